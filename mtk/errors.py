@@ -1,0 +1,47 @@
+"""mtk's error hierarchy: library code raises these, the CLI maps each to one line and an exit code.
+
+| exit code | class               | meaning                                                      |
+|-----------|---------------------|--------------------------------------------------------------|
+| 1         | MtkError            | an unexpected failure (a bug: run with MTK_DEBUG=1)           |
+| 2         | UsageError          | bad command-line usage or option values                      |
+| 3         | UnsupportedError    | an architecture, tensor type or feature mtk does not support |
+| 4         | InvalidFileError    | a truncated, corrupt or wrong-kind input file                |
+| 5         | VerificationError   | an artifact disagrees with its source beyond tolerance       |
+| 6         | EnvironmentProblem  | a missing optional dependency or device                      |
+| 7         | OutputError         | the output cannot be written (exists, disk full, no access)  |
+| 130       | (Ctrl-C)            | interrupted; no partial output is left                       |
+"""
+
+from __future__ import annotations
+
+EXIT_INTERRUPTED = 130
+
+
+class MtkError(Exception):
+    """Base of every error mtk raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(MtkError):
+    exit_code = 2
+
+
+class UnsupportedError(MtkError):
+    exit_code = 3
+
+
+class InvalidFileError(MtkError):
+    exit_code = 4
+
+
+class VerificationError(MtkError):
+    exit_code = 5
+
+
+class EnvironmentProblem(MtkError):
+    exit_code = 6
+
+
+class OutputError(MtkError):
+    exit_code = 7
