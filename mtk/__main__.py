@@ -1,0 +1,3 @@
+from mtk.cli.app import main
+
+main()

@@ -1,0 +1,100 @@
+"""Gemma 2 and Gemma 3 (text): four norms per layer stored as ``w + 1``, tied embeddings, NEOX RoPE.
+
+llama.cpp does not store ``query_pre_attn_scalar``: it scales queries by ``1/sqrt(head_dim)``, except for
+Gemma 2 27B (46 layers), which uses ``hidden_size / num_heads``; the import mirrors that rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtk.converters.family import COMMON_HPARAMS, Family, Metadata, register
+
+GEMMA_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "blk.{bid}.attn_norm.weight": "model.layers.{bid}.input_layernorm.weight",
+    "blk.{bid}.attn_q.weight": "model.layers.{bid}.self_attn.q_proj.weight",
+    "blk.{bid}.attn_k.weight": "model.layers.{bid}.self_attn.k_proj.weight",
+    "blk.{bid}.attn_v.weight": "model.layers.{bid}.self_attn.v_proj.weight",
+    "blk.{bid}.attn_output.weight": "model.layers.{bid}.self_attn.o_proj.weight",
+    "blk.{bid}.post_attention_norm.weight": "model.layers.{bid}.post_attention_layernorm.weight",
+    "blk.{bid}.ffn_norm.weight": "model.layers.{bid}.pre_feedforward_layernorm.weight",
+    "blk.{bid}.post_ffw_norm.weight": "model.layers.{bid}.post_feedforward_layernorm.weight",
+    "blk.{bid}.ffn_gate.weight": "model.layers.{bid}.mlp.gate_proj.weight",
+    "blk.{bid}.ffn_up.weight": "model.layers.{bid}.mlp.up_proj.weight",
+    "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
+}
+GEMMA_HPARAMS = {**COMMON_HPARAMS, "attention.sliding_window": "sliding_window"}
+# llama.cpp's Gemma 3 runs its sliding-window layers with this RoPE base and every sixth layer global.
+GEMMA3_SWA_ROPE_BASE = 10000.0
+GEMMA3_SWA_PATTERN = 6
+
+
+def _query_scale(meta: Metadata, arch: str) -> float:
+    heads = meta[f"{arch}.attention.head_count"]
+    head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // heads
+    if arch == "gemma2" and meta[f"{arch}.block_count"] == 46:
+        return meta[f"{arch}.embedding_length"] // heads
+    return head_dim
+
+
+def _gemma2_config(meta: Metadata, arch: str) -> dict[str, Any]:
+    return {
+        "query_pre_attn_scalar": _query_scale(meta, arch),
+        "attn_logit_softcapping": meta.get(f"{arch}.attn_logit_softcapping"),
+        "final_logit_softcapping": meta.get(f"{arch}.final_logit_softcapping"),
+        "tie_word_embeddings": True,
+    }
+
+
+def _gemma3_config(meta: Metadata, arch: str) -> dict[str, Any]:
+    n_layers = meta[f"{arch}.block_count"]
+    base = float(meta.get(f"{arch}.rope.freq_base", 1_000_000.0))
+    full: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+        full = {
+            "rope_type": "linear",
+            "rope_theta": base,
+            "factor": float(meta[f"{arch}.rope.scaling.factor"]),
+        }
+    return {
+        "query_pre_attn_scalar": _query_scale(meta, arch),
+        "layer_types": [
+            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention"
+            for i in range(n_layers)
+        ],
+        "rope_parameters": {
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_SWA_ROPE_BASE},
+        },
+        "tie_word_embeddings": True,
+    }
+
+
+GEMMA2 = register(
+    Family(
+        "gemma2",
+        "Gemma2ForCausalLM",
+        "gemma2",
+        GEMMA_TENSORS,
+        GEMMA_HPARAMS,
+        norm_shift=1.0,
+        extra_config=_gemma2_config,
+    )
+)
+GEMMA3 = register(
+    Family(
+        "gemma3",
+        "Gemma3ForCausalLM",
+        "gemma3_text",
+        {
+            **GEMMA_TENSORS,
+            "blk.{bid}.attn_q_norm.weight": "model.layers.{bid}.self_attn.q_norm.weight",
+            "blk.{bid}.attn_k_norm.weight": "model.layers.{bid}.self_attn.k_norm.weight",
+        },
+        GEMMA_HPARAMS,
+        norm_shift=1.0,
+        extra_config=_gemma3_config,
+    )
+)

@@ -1,0 +1,261 @@
+"""gguf-import: a GGUF model (single or split) to a Hugging Face checkpoint folder, streaming.
+
+Load (metadata, tensor infos: no weights), plan (HF names, shapes, dtypes, shards), then for each GGUF
+tensor: dequantize on the device, undo llama.cpp's layout changes, cast, write, drop. Peak memory is one
+dequantized tensor plus the pages of the map being read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from gguf import GGMLQuantizationType
+
+from mtk.converters.family import Family, family_for_gguf
+from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.formats.atomic import atomic_dir
+from mtk.formats.gguf_reader import GGUFModel, GGUFTensorInfo, open_gguf
+from mtk.formats.safetensors_io import SafetensorsWriter
+from mtk.kernels.dequant import dequantize
+from mtk.runtime import resolve_device
+
+ImportDType = Literal["auto", "bf16", "f16", "f32"]
+Progress = Callable[[int, int, str], None]
+TORCH_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One HF tensor to write: it comes from ``source`` (expert ``expert`` of it for stacked experts)."""
+
+    hf_name: str
+    shape: tuple[int, ...]
+    source: GGUFTensorInfo
+    gguf_template: str
+    expert: int | None = None
+
+
+def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
+    """transformers config fields from the GGUF metadata (the result feeds ``AutoConfig.for_model``)."""
+    meta, arch = model.metadata, model.architecture
+    cfg: dict[str, Any] = {}
+    for key, field in family.hparams.items():
+        if f"{arch}.{key}" in meta:
+            cfg[field] = meta[f"{arch}.{key}"]
+    if "intermediate_size" in cfg and isinstance(cfg["intermediate_size"], list):
+        cfg["intermediate_size"] = cfg["intermediate_size"][0]
+    heads = cfg["num_attention_heads"]
+    cfg.setdefault("num_key_value_heads", heads)
+    cfg["head_dim"] = meta.get(f"{arch}.attention.key_length") or cfg["hidden_size"] // heads
+    tokens = meta.get("tokenizer.ggml.tokens")
+    cfg["vocab_size"] = (
+        len(tokens) if tokens else meta.get(f"{arch}.vocab_size", model.by_name["token_embd.weight"].shape[0])
+    )
+    cfg["tie_word_embeddings"] = "output.weight" not in model.by_name
+    cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
+    rope: dict[str, Any] = {
+        "rope_type": "default",
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+    }
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling in ("linear", "yarn"):
+        rope.update(rope_type=scaling, factor=float(meta[f"{arch}.rope.scaling.factor"]))
+        if scaling == "yarn":
+            rope["original_max_position_embeddings"] = meta[f"{arch}.rope.scaling.original_context_length"]
+    elif scaling not in (None, "none"):
+        raise UnsupportedError(f"RoPE scaling {scaling!r} is not supported by gguf-import")
+    cfg["rope_parameters"] = rope
+    for key, field in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("padding_token_id", "pad_token_id"),
+    ):
+        if f"tokenizer.ggml.{key}" in meta:
+            cfg[field] = meta[f"tokenizer.ggml.{key}"]
+    if family.extra_config:
+        cfg.update(family.extra_config(meta, arch))
+    return cfg
+
+
+def plan_tensors(family: Family, model: GGUFModel, config: Any) -> list[PlannedTensor]:
+    """Map every GGUF tensor to its HF tensor(s); unknown tensors and shape mismatches are errors."""
+    expected = _expected_shapes(config)
+    plan: list[PlannedTensor] = []
+    for info in model.tensors:
+        found = family.gguf_to_hf(info.name)
+        if found is None:
+            raise UnsupportedError(
+                f"{model.path}: tensor {info.name} has no {family.hf_architecture} counterpart"
+            )
+        hf_t, idx = found
+        gguf_t = next(g for g, h in family.all_tensors().items() if h == hf_t)
+        if gguf_t in family.expert_tensors:
+            for x in range(info.shape[0]):
+                name = hf_t.format(xid=x, **idx)
+                plan.append(PlannedTensor(name, tuple(info.shape[1:]), info, gguf_t, expert=x))
+            continue
+        name = hf_t.format(**idx)
+        shape = expected.get(name)
+        if shape is None:
+            raise InvalidFileError(
+                f"{model.path}: tensor {info.name} -> {name} does not fit the model its metadata describes"
+            )
+        if _numel(shape) != info.n_elements:
+            raise InvalidFileError(
+                f"{model.path}: tensor {info.name} has shape {info.shape}, the model needs {shape}"
+            )
+        plan.append(PlannedTensor(name, shape, info, gguf_t))
+    missing = set(expected) - {p.hf_name for p in plan} - {"lm_head.weight"}
+    missing = {m for m in missing if ".experts." not in m}
+    if missing:
+        raise InvalidFileError(f"{model.path}: GGUF lacks tensors for {', '.join(sorted(missing)[:5])}")
+    return plan
+
+
+def _expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row order: per head, rows (0, d/2, 1, d/2+1, ...) back to (0..d/2, d/2..d).
+
+    ``w`` is (n_head * head_dim, ...) for a weight or (n_head * head_dim,) for a bias.
+    """
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def convert_tensor(family: Family, gguf_t: str, w: torch.Tensor, config: Any) -> torch.Tensor:
+    """A dequantized GGUF tensor (float32) in HF layout."""
+    if family.permute_qk and gguf_t.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
+        heads = config.num_attention_heads if ".attn_q." in gguf_t else config.num_key_value_heads
+        w = unpermute_rows(w, heads)
+    if family.norm_shift and gguf_t.endswith("norm.weight"):
+        w = w - family.norm_shift
+    return w
+
+
+def pick_dtype(model: GGUFModel, dtype: ImportDType) -> torch.dtype:
+    """``auto`` keeps a float model's own precision (F16 or BF16); quantized and F32 models import as f32."""
+    if dtype != "auto":
+        return TORCH_DTYPES[dtype]
+    kinds = {t.qtype for t in model.tensors if len(t.shape) > 1}
+    if kinds == {GGMLQuantizationType.BF16}:
+        return torch.bfloat16
+    if kinds == {GGMLQuantizationType.F16}:
+        return torch.float16
+    return torch.float32
+
+
+def iter_hf_tensors(
+    family: Family,
+    model: GGUFModel,
+    plan: list[PlannedTensor],
+    config: Any,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+    """Yield (planned tensor, HF tensor on the CPU), dequantizing each GGUF tensor once."""
+    current: GGUFTensorInfo | None = None
+    full: torch.Tensor | None = None
+    for p in plan:
+        if p.source is not current:
+            current = p.source
+            raw = model.tensor_bytes(current).to(device)
+            full = convert_tensor(
+                family, p.gguf_template, dequantize(raw, current.qtype, current.shape), config
+            )
+        assert full is not None
+        w = full[p.expert] if p.expert is not None else full
+        yield p, w.reshape(p.shape).to(dtype).cpu()
+
+
+def gguf_import(
+    gguf_path: Path | str,
+    out_dir: Path | str,
+    *,
+    dtype: ImportDType = "auto",
+    device: str = "auto",
+    verify: bool | None = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = 2 << 30,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Convert a GGUF file to an HF checkpoint folder; returns a result dict (the ``--json`` output).
+
+    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
+    and leaves no output.
+    """
+    from mtk.converters.tokenizer import write_hf_tokenizer
+    from transformers import AutoConfig, GenerationConfig
+
+    from mtk.verify import llama_cpp_available, verify_import
+
+    start = time.perf_counter()
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    model = open_gguf(gguf_path)
+    family = family_for_gguf(model.architecture)
+    config = AutoConfig.for_model(family.model_type, **hf_config(family, model))
+    config.architectures = [family.hf_architecture]
+    torch_dtype = pick_dtype(model, dtype)
+    config.dtype = torch_dtype
+    plan = plan_tensors(family, model, config)
+    dev = resolve_device(device)
+    if verify is None:
+        verify = llama_cpp_available()
+    result: dict[str, Any] = {
+        "input": str(gguf_path),
+        "output": str(out_dir),
+        "architecture": family.hf_architecture,
+        "gguf_architecture": model.architecture,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "device": str(dev),
+        "tensors": len(plan),
+        "parameters": sum(_numel(p.shape) for p in plan),
+    }
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = SafetensorsWriter(
+            tmp, [(p.hf_name, torch_dtype, p.shape) for p in plan], max_shard_bytes=max_shard_bytes
+        )
+        with writer:
+            for i, (p, w) in enumerate(iter_hf_tensors(family, model, plan, config, torch_dtype, dev)):
+                writer.write(p.hf_name, w)
+                if progress:
+                    progress(i + 1, len(plan), p.hf_name)
+        config.save_pretrained(tmp)
+        _generation_config(GenerationConfig, config).save_pretrained(tmp)
+        write_hf_tokenizer(model.metadata, tmp)
+        (tmp / "mtk.json").write_text(
+            json.dumps({"source": gguf_path.name, "tool": "mtk gguf-import"}, indent=2) + "\n"
+        )
+        result["shards"] = len(writer.shards)
+        result["convert_seconds"] = round(time.perf_counter() - start, 3)
+        if verify:
+            result["verification"] = verify_import(gguf_path, tmp)
+    model.close()
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _generation_config(cls: Any, config: Any) -> Any:
+    return cls(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )

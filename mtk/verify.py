@@ -1,0 +1,211 @@
+"""Checks of artifacts in their real runtimes: llama.cpp (through llama-cpp-python) against transformers.
+
+Metrics compare two sets of next-token logits for the same token ids, row by row: ``top1`` is the
+fraction of positions where the arg-max agrees, ``kl_mean``/``kl_max`` the KL divergence
+KL(reference || candidate) in nats, ``max_abs`` the largest absolute logit difference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtk.errors import EnvironmentProblem, VerificationError
+
+# Tokenizer probe: accented Latin, Greek, Cyrillic, CJK, emoji (with ZWJ), digits, code, runs of spaces,
+# tabs and newlines, and text right after special-looking punctuation.
+PROBE_TEXT = (
+    "Hello, world! Grüße aus Köln — naïve café, œuvre, Ångström. Ελληνικά, русский текст.\n"
+    "東京は日本の首都です。北京欢迎你！한국어 문장. 🙂🚀 👩‍💻 emoji✨\n"
+    "Numbers: 0 7 42 1234 3.14159 1,000,000 2026-11-28 0x1F.\n"
+    "def add(a, b):\n    return a + b  # sum\n\n\n\tindented\tline\n"
+    "    four spaces,  two spaces,        eight.  \n"
+    'if (x != y && z >= 10) { print("ok"); }  </s> <|endoftext|> [INST]\n'
+)
+PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Once upon a time, in a land far away, there lived",
+    "Les élèves étudient 12 345 pages; 東京は日本の首都です。",
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Bounds a comparison must meet; ``None`` means not checked."""
+
+    max_abs: float | None = None
+    kl_mean: float | None = None
+    top1: float | None = None
+
+    def failures(self, m: dict[str, float]) -> list[str]:
+        out = []
+        if self.max_abs is not None and m["max_abs"] > self.max_abs:
+            out.append(f"max abs logit diff {m['max_abs']:.3g} > {self.max_abs:g}")
+        if self.kl_mean is not None and m["kl_mean"] > self.kl_mean:
+            out.append(f"mean KL {m['kl_mean']:.3g} > {self.kl_mean:g}")
+        if self.top1 is not None and m["top1"] < self.top1:
+            out.append(f"top-1 agreement {m['top1']:.3f} < {self.top1:g}")
+        return out
+
+
+# Lossless float weights on both sides: only summation order and activation precision differ.
+EXACT_F32 = Tolerance(max_abs=1e-3)
+FLOAT16 = Tolerance(kl_mean=2e-3, top1=0.95)
+# Quantized weights (or a lossy cast): llama.cpp also quantizes activations for its integer dot products.
+QUANTIZED = Tolerance(kl_mean=0.05, top1=0.85)
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def logit_metrics(
+    reference: torch.Tensor | np.ndarray, candidate: torch.Tensor | np.ndarray
+) -> dict[str, float]:
+    """Compare (positions, vocab) logits; see the module docstring for the metrics."""
+    ref = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+    cand = torch.as_tensor(np.asarray(candidate), dtype=torch.float64)
+    if ref.shape != cand.shape:
+        raise VerificationError(f"logit shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
+    log_p = torch.log_softmax(ref, dim=-1)
+    log_q = torch.log_softmax(cand, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return {
+        "positions": int(ref.shape[0]),
+        "top1": float((ref.argmax(-1) == cand.argmax(-1)).double().mean()),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "max_abs": float((ref - cand).abs().max()),
+    }
+
+
+@contextmanager
+def _quiet_stderr() -> Any:
+    """llama.cpp's C code logs to fd 2 even with verbose=False for some messages; silence it."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class LlamaCppModel:
+    """A GGUF model loaded in llama.cpp for logits and tokenization."""
+
+    def __init__(
+        self, path: Path | str, *, n_ctx: int = 512, vocab_only: bool = False, threads: int | None = None
+    ):
+        if not llama_cpp_available():
+            raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'")
+        import llama_cpp
+
+        with _quiet_stderr():
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                logits_all=not vocab_only,
+                vocab_only=vocab_only,
+                verbose=False,
+                n_threads=threads or max(1, os.cpu_count() or 1),
+                seed=0,
+            )
+        if self.llm is None:  # pragma: no cover
+            raise VerificationError(f"llama.cpp could not load {path}")
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits at every position of ``ids`` (a fresh context each call)."""
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def hf_logits(model: Any, ids: Sequence[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([list(ids)])).logits[0].float()
+
+
+def tolerance_for(gguf_types: set[str], lossless_dtype: bool) -> Tolerance:
+    if not lossless_dtype or gguf_types - {"F32", "F16", "BF16"}:
+        return QUANTIZED
+    return EXACT_F32 if gguf_types == {"F32"} else FLOAT16
+
+
+def compare_tokenizers(gguf_path: Path | str, hf_dir: Path | str, text: str = PROBE_TEXT) -> dict[str, Any]:
+    """Token ids of llama.cpp's tokenizer on the GGUF and of the HF tokenizer in ``hf_dir`` for ``text``."""
+    from transformers import AutoTokenizer
+
+    llm = LlamaCppModel(gguf_path, vocab_only=True)
+    try:
+        ids_llama = llm.tokenize(text)
+    finally:
+        llm.close()
+    ids_hf = AutoTokenizer.from_pretrained(str(hf_dir))(text, add_special_tokens=False)["input_ids"]
+    first = next(
+        (i for i, (a, b) in enumerate(zip(ids_llama, ids_hf, strict=False)) if a != b), min(len(ids_llama), len(ids_hf))
+    )
+    return {
+        "tokens": len(ids_llama),
+        "identical": ids_llama == ids_hf,
+        "first_difference": None if ids_llama == ids_hf else first,
+    }
+
+
+def verify_import(
+    gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[str] = PROMPTS
+) -> dict[str, Any]:
+    """The imported checkpoint in transformers against llama.cpp on the original GGUF.
+
+    Raises VerificationError when tokenization differs or the logits are beyond the tolerance for the
+    GGUF's tensor types.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from mtk.formats.gguf_reader import open_gguf
+
+    g = open_gguf(gguf_path)
+    types = {t.qtype.name for t in g.tensors if len(t.shape) > 1}
+    g.close()
+    tok = compare_tokenizers(gguf_path, hf_dir)
+    if not tok["identical"]:
+        raise VerificationError(
+            f"tokenizer mismatch: the imported tokenizer and llama.cpp differ at token {tok['first_difference']} "
+            "of the probe text"
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    stored = model.config.dtype
+    lossless = stored == torch.float32 or types <= {"F16" if stored == torch.float16 else "BF16"}
+    tol = tolerance_for(types, lossless)
+    llm = LlamaCppModel(gguf_path)
+    ref, cand = [], []
+    try:
+        for prompt in prompts:
+            ids = llm.tokenize(prompt, add_bos=True)
+            ref.append(torch.from_numpy(llm.logits(ids)))
+            cand.append(hf_logits(model, ids))
+    finally:
+        llm.close()
+    metrics = logit_metrics(torch.cat(ref), torch.cat(cand))
+    report = {"tokenizer": tok, "logits": metrics, "tolerance": tol.__dict__}
+    failures = tol.failures(metrics)
+    if failures:
+        raise VerificationError("imported model disagrees with llama.cpp: " + "; ".join(failures))
+    return report
