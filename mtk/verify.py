@@ -20,15 +20,20 @@ import torch
 
 from mtk.errors import EnvironmentProblem, VerificationError
 
-# Tokenizer probe: accented Latin, Greek, Cyrillic, CJK, emoji (with ZWJ), digits, code, runs of spaces,
-# tabs and newlines, and text right after special-looking punctuation.
+# Tokenizer probe: non-ASCII letters, CJK, emoji (with a skin-tone modifier and ZWJ sequences), digits,
+# code, contractions, runs of spaces, tabs and newlines (also CRLF), and rare characters.
 PROBE_TEXT = (
-    "Hello, world! Grüße aus Köln — naïve café, œuvre, Ångström. Ελληνικά, русский текст.\n"
-    "東京は日本の首都です。北京欢迎你！한국어 문장. 🙂🚀 👩‍💻 emoji✨\n"
-    "Numbers: 0 7 42 1234 3.14159 1,000,000 2026-11-28 0x1F.\n"
-    "def add(a, b):\n    return a + b  # sum\n\n\n\tindented\tline\n"
-    "    four spaces,  two spaces,        eight.  \n"
-    'if (x != y && z >= 10) { print("ok"); }  </s> <|endoftext|> [INST]\n'
+    "Hello, world! It's 2024-06-01; we'll pay 3.14159 € or $1,234,567.89 — don't we?\n"
+    "Ünïcödé façade naïve coöperate Ærøskøbing Łódź Straße ΑΒΓ αβγ Привет, мир!\n"
+    "東京は日本の首都です。北京欢迎你！한국어 텍스트입니다. ภาษาไทย\n"
+    "Emoji: 😀🚀👍🏽 👨‍👩‍👧 ❤️ ✓\n\n\n"
+    "def fib(n: int) -> int:\n"
+    "    if n < 2:\n"
+    "\treturn n  # tab-indented\n"
+    "    return fib(n - 1) + fib(n - 2)\n"
+    "x  =   [1,2,3]    ;   y={'a': 0x1F}\r\n"
+    "    trailing spaces    \n"
+    "ꙮ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 end"
 )
 PROMPTS = (
     "The capital of France is",
@@ -57,8 +62,9 @@ class Tolerance:
         return out
 
 
-# Lossless float weights on both sides: only summation order and activation precision differ.
-EXACT_F32 = Tolerance(max_abs=1e-3)
+# Lossless float weights on both sides: only summation order and activation precision differ. SiLU models
+# agree to ~3e-6; llama.cpp's CPU GELU uses an f16 lookup table, which moves Gemma's logits by up to ~2e-3.
+EXACT_F32 = Tolerance(max_abs=5e-3, kl_mean=1e-5)
 FLOAT16 = Tolerance(kl_mean=2e-3, top1=0.95)
 # Quantized weights (or a lossy cast): llama.cpp also quantizes activations for its integer dot products.
 QUANTIZED = Tolerance(kl_mean=0.05, top1=0.85)
@@ -68,9 +74,7 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def logit_metrics(
-    reference: torch.Tensor | np.ndarray, candidate: torch.Tensor | np.ndarray
-) -> dict[str, float]:
+def logit_metrics(reference: torch.Tensor | np.ndarray, candidate: torch.Tensor | np.ndarray) -> dict[str, float]:
     """Compare (positions, vocab) logits; see the module docstring for the metrics."""
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
     cand = torch.as_tensor(np.asarray(candidate), dtype=torch.float64)
@@ -105,9 +109,7 @@ def _quiet_stderr() -> Any:
 class LlamaCppModel:
     """A GGUF model loaded in llama.cpp for logits and tokenization."""
 
-    def __init__(
-        self, path: Path | str, *, n_ctx: int = 512, vocab_only: bool = False, threads: int | None = None
-    ):
+    def __init__(self, path: Path | str, *, n_ctx: int = 512, vocab_only: bool = False, threads: int | None = None):
         if not llama_cpp_available():
             raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'")
         import llama_cpp
@@ -121,6 +123,10 @@ class LlamaCppModel:
                 verbose=False,
                 n_threads=threads or max(1, os.cpu_count() or 1),
                 seed=0,
+                # An f32 KV cache: the default f16 cache alone moves logits by ~1e-3.
+                type_k=0,
+                type_v=0,
+                flash_attn=False,
             )
         if self.llm is None:  # pragma: no cover
             raise VerificationError(f"llama.cpp could not load {path}")
@@ -169,17 +175,18 @@ def compare_tokenizers(gguf_path: Path | str, hf_dir: Path | str, text: str = PR
     }
 
 
-def verify_import(
-    gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[str] = PROMPTS
-) -> dict[str, Any]:
+def verify_import(gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[str] = PROMPTS) -> dict[str, Any]:
     """The imported checkpoint in transformers against llama.cpp on the original GGUF.
 
     Raises VerificationError when tokenization differs or the logits are beyond the tolerance for the
     GGUF's tensor types.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from mtk.formats.gguf_reader import open_gguf
+
+    hf_logging.disable_progress_bar()
 
     g = open_gguf(gguf_path)
     types = {t.qtype.name for t in g.tensors if len(t.shape) > 1}

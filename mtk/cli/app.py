@@ -28,9 +28,7 @@ app.command("gguf-import")(gguf_import.gguf_import_command)
 
 @app.callback()
 def _global_options(
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON result object on stdout.")
-    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
 ) -> None:
@@ -65,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        code = _fail(
-            f"internal error: {type(exc).__name__}: {exc} (run with MTK_DEBUG=1 for the traceback)", 1
-        )
+        code = _fail(f"internal error: {type(exc).__name__}: {exc} (run with MTK_DEBUG=1 for the traceback)", 1)
     if __name__ != "__main__":
         sys.exit(code)
     return code  # pragma: no cover

@@ -16,9 +16,7 @@ def inspect_command(
     path: Annotated[
         Path, typer.Argument(help="A .gguf (split parts too), .safetensors or .onnx file, or an HF folder.")
     ],
-    tensors: Annotated[
-        bool, typer.Option("--tensors", help="List every tensor: name, shape, type, bytes.")
-    ] = False,
+    tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor: name, shape, type, bytes.")] = False,
 ) -> None:
     """Show architecture, key metadata, tensor and type counts, parameters, size and bits per weight.
 

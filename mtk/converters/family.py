@@ -69,6 +69,8 @@ class Family:
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
+    # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
+    export_config: Callable[[Any], dict[str, Any]] | None = None
     # Other HF architectures that export to this GGUF architecture (e.g. Mistral -> llama).
     also_exports: tuple[str, ...] = ()
 
@@ -79,6 +81,25 @@ class Family:
             if m:
                 return self.all_tensors()[gguf_t], {k: int(v) for k, v in m.groupdict().items()}
         return None
+
+    def hf_to_gguf(self, name: str) -> tuple[str, dict[str, int]] | None:
+        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None."""
+        for pattern, gguf_t in _compile_hf(tuple(self.all_tensors().items())).items():
+            m = pattern.fullmatch(name)
+            if m:
+                return gguf_t, {k: int(v) for k, v in m.groupdict().items()}
+        return None
+
+    def export_hparams(self, config: Any) -> dict[str, Any]:
+        """GGUF hyper-parameter keys (without the "{arch}." prefix) from a transformers config."""
+        out = {}
+        for key, field_name in self.hparams.items():
+            value = getattr(config, field_name, None)
+            if value is not None:
+                out[key] = value
+        if self.export_config:
+            out.update(self.export_config(config))
+        return out
 
     def all_tensors(self) -> dict[str, str]:
         return {**self.tensors, **self.expert_tensors}
@@ -98,6 +119,18 @@ def _compile(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], tuple[
             compiled[re.compile(rx)] = (gguf_t, hf_t)
         _CACHE[items] = compiled
     return _CACHE[items]
+
+
+_HF_CACHE: dict[tuple[tuple[str, str], ...], dict[re.Pattern[str], str]] = {}
+
+
+def _compile_hf(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], str]:
+    if items not in _HF_CACHE:
+        _HF_CACHE[items] = {
+            re.compile(re.escape(hf_t).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)")): g
+            for g, hf_t in items
+        }
+    return _HF_CACHE[items]
 
 
 FAMILIES: Registry[Family] = Registry("architecture", entry_point_group="mtk.converters")
@@ -121,11 +154,7 @@ def family_for_hf(architecture: str) -> Family:
     from mtk.errors import UnsupportedError
 
     known = sorted(
-        {
-            a
-            for n in FAMILIES.names()
-            for a in (FAMILIES.get(n).hf_architecture, *FAMILIES.get(n).also_exports)
-        }
+        {a for n in FAMILIES.names() for a in (FAMILIES.get(n).hf_architecture, *FAMILIES.get(n).also_exports)}
     )
     raise UnsupportedError(f"unsupported architecture {architecture!r}; supported: {', '.join(known)}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
@@ -48,7 +49,9 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     for key, field in family.hparams.items():
         if f"{arch}.{key}" in meta:
-            cfg[field] = meta[f"{arch}.{key}"]
+            value = meta[f"{arch}.{key}"]
+            # GGUF floats are float32: write the shortest decimal that gives the same float32 (1e-05).
+            cfg[field] = float(str(np.float32(value))) if isinstance(value, float) else value
     if "intermediate_size" in cfg and isinstance(cfg["intermediate_size"], list):
         cfg["intermediate_size"] = cfg["intermediate_size"][0]
     heads = cfg["num_attention_heads"]
@@ -60,6 +63,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     )
     cfg["tie_word_embeddings"] = "output.weight" not in model.by_name
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
+    cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
     rope: dict[str, Any] = {
         "rope_type": "default",
         "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
@@ -91,9 +95,7 @@ def plan_tensors(family: Family, model: GGUFModel, config: Any) -> list[PlannedT
     for info in model.tensors:
         found = family.gguf_to_hf(info.name)
         if found is None:
-            raise UnsupportedError(
-                f"{model.path}: tensor {info.name} has no {family.hf_architecture} counterpart"
-            )
+            raise UnsupportedError(f"{model.path}: tensor {info.name} has no {family.hf_architecture} counterpart")
         hf_t, idx = found
         gguf_t = next(g for g, h in family.all_tensors().items() if h == hf_t)
         if gguf_t in family.expert_tensors:
@@ -108,9 +110,7 @@ def plan_tensors(family: Family, model: GGUFModel, config: Any) -> list[PlannedT
                 f"{model.path}: tensor {info.name} -> {name} does not fit the model its metadata describes"
             )
         if _numel(shape) != info.n_elements:
-            raise InvalidFileError(
-                f"{model.path}: tensor {info.name} has shape {info.shape}, the model needs {shape}"
-            )
+            raise InvalidFileError(f"{model.path}: tensor {info.name} has shape {info.shape}, the model needs {shape}")
         plan.append(PlannedTensor(name, shape, info, gguf_t))
     missing = set(expected) - {p.hf_name for p in plan} - {"lm_head.weight"}
     missing = {m for m in missing if ".experts." not in m}
@@ -180,9 +180,7 @@ def iter_hf_tensors(
         if p.source is not current:
             current = p.source
             raw = model.tensor_bytes(current).to(device)
-            full = convert_tensor(
-                family, p.gguf_template, dequantize(raw, current.qtype, current.shape), config
-            )
+            full = convert_tensor(family, p.gguf_template, dequantize(raw, current.qtype, current.shape), config)
         assert full is not None
         w = full[p.expert] if p.expert is not None else full
         yield p, w.reshape(p.shape).to(dtype).cpu()
@@ -256,6 +254,4 @@ def gguf_import(
 
 
 def _generation_config(cls: Any, config: Any) -> Any:
-    return cls(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
+    return cls(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)

@@ -26,6 +26,12 @@ def _output_error(exc: OSError, target: Path) -> OutputError:
     return OutputError(f"writing {target} failed: {exc.strerror or exc}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_target(target: Path, *, overwrite: bool) -> None:
     """Refuse to replace an existing output unless asked to; a parent folder must exist or be creatable."""
     if target.exists() and not overwrite:
@@ -43,6 +49,7 @@ def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         os.close(fd)
+        os.chmod(tmp_name, 0o666 & ~_umask())
     except OSError as exc:
         raise _output_error(exc, target) from exc
     tmp = Path(tmp_name)
@@ -65,6 +72,7 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the artifact gets the usual permissions
     except OSError as exc:
         raise _output_error(exc, target) from exc
     try:

@@ -127,8 +127,15 @@ class HFCheckpoint:
         return self._files[self._where[name]].tensors[name].dtype
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each tensor in turn, as a read-only view; its pages are released once the consumer moves on,
+        so peak memory is one tensor, not the model. Do not write to the views."""
         for name in self.names():
             yield name, self.get(name)
+            self.release(name)
+
+    def release(self, name: str) -> None:
+        if name in self._where:
+            self._files[self._where[name]].release(name)
 
     def tokenizer_files(self) -> list[Path]:
         return [self.path / n for n in TOKENIZER_FILES if (self.path / n).exists()]

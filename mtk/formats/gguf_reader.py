@@ -98,9 +98,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise InvalidFileError(
-                f"{self.path}: truncated or corrupt GGUF ({what} runs past the end of the file)"
-            )
+            raise InvalidFileError(f"{self.path}: truncated or corrupt GGUF ({what} runs past the end of the file)")
 
     def unpack(self, fmt: str, what: str) -> Any:
         n = struct.calcsize(fmt)
@@ -125,9 +123,7 @@ class _Cursor:
         try:
             return GGUFValueType(raw)
         except ValueError:
-            raise InvalidFileError(
-                f"{self.path}: corrupt GGUF (unknown value type {raw} in {what})"
-            ) from None
+            raise InvalidFileError(f"{self.path}: corrupt GGUF (unknown value type {raw} in {what})") from None
 
     def value(self, vtype: GGUFValueType, what: str) -> Any:
         if vtype == GGUFValueType.STRING:
@@ -175,9 +171,7 @@ class GGUFFile:
         cur.pos = 4
         self.version = cur.unpack("<I", "version")
         if self.version not in (2, 3):
-            raise InvalidFileError(
-                f"{self.path}: unsupported GGUF version {self.version} (mtk reads 2 and 3)"
-            )
+            raise InvalidFileError(f"{self.path}: unsupported GGUF version {self.version} (mtk reads 2 and 3)")
         n_tensors = cur.unpack("<Q", "tensor count")
         n_kv = cur.unpack("<Q", "metadata count")
         if n_tensors > MAX_COUNT or n_kv > MAX_COUNT:
@@ -230,6 +224,12 @@ class GGUFFile:
         """The raw bytes of one tensor as a zero-copy uint8 tensor over the map."""
         return torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
 
+    def release(self, info: GGUFTensorInfo) -> None:
+        """Let the pages of a tensor that has been used go (see safetensors_io.release_pages)."""
+        from mtk.formats.safetensors_io import release_pages
+
+        release_pages(self._map, info.offset, info.nbytes)
+
     @property
     def size(self) -> int:
         return len(self._map)
@@ -271,6 +271,9 @@ class GGUFModel:
     def tensor_bytes(self, info: GGUFTensorInfo) -> torch.Tensor:
         return self.files[info.file_index].tensor_bytes(info)
 
+    def release(self, info: GGUFTensorInfo) -> None:
+        self.files[info.file_index].release(info)
+
     def close(self) -> None:
         for f in self.files:
             f.close()
@@ -297,7 +300,5 @@ def open_gguf(path: Path | str) -> GGUFModel:
     expected = files[0].metadata.get("split.tensors.count")
     model = GGUFModel(files)
     if expected is not None and expected != len(model.tensors):
-        raise InvalidFileError(
-            f"{path}: split GGUF holds {len(model.tensors)} tensors, its header says {expected}"
-        )
+        raise InvalidFileError(f"{path}: split GGUF holds {len(model.tensors)} tensors, its header says {expected}")
     return model

