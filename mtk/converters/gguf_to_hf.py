@@ -202,9 +202,9 @@ def gguf_import(
     ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
     and leaves no output.
     """
-    from mtk.converters.tokenizer import write_hf_tokenizer
     from transformers import AutoConfig, GenerationConfig
 
+    from mtk.converters.tokenizer import write_hf_tokenizer
     from mtk.verify import llama_cpp_available, verify_import
 
     start = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mtk.converters.family import COMMON_HPARAMS, Family, register
 
-
 PHI3 = register(
     Family(
         "phi3",
