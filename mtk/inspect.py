@@ -62,9 +62,7 @@ def inspect(path: Path | str, *, tensors: bool = False) -> Report:
     if path.suffix == ".onnx":
         return _inspect_onnx(path, tensors)
     if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        raise UnsupportedError(
-            f"{path}: pickle checkpoints are not inspected; convert it to safetensors first"
-        )
+        raise UnsupportedError(f"{path}: pickle checkpoints are not inspected; convert it to safetensors first")
     if not head:
         raise InvalidFileError(f"{path}: empty file")
     raise InvalidFileError(f"{path}: not a GGUF, safetensors or ONNX file")
@@ -112,8 +110,7 @@ def _inspect_gguf(path: Path, with_rows: bool) -> Report:
         if len(model.files) > 1:
             meta["split.count"] = len(model.files)
         rows = [
-            {"name": t.name, "shape": list(t.shape), "type": t.qtype.name, "bytes": t.nbytes}
-            for t in model.tensors
+            {"name": t.name, "shape": list(t.shape), "type": t.qtype.name, "bytes": t.nbytes} for t in model.tensors
         ]
         return _summary(path, "gguf", arch, meta, rows, model.size, with_rows)
     finally:
@@ -149,9 +146,7 @@ def _inspect_onnx(path: Path, with_rows: bool) -> Report:
     except ImportError:  # pragma: no cover - onnx is an optional extra
         from mtk.errors import EnvironmentProblem
 
-        raise EnvironmentProblem(
-            "inspecting ONNX files needs the onnx package: pip install 'mtk[onnx]'"
-        ) from None
+        raise EnvironmentProblem("inspecting ONNX files needs the onnx package: pip install 'mtk[onnx]'") from None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:

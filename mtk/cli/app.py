@@ -7,7 +7,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from mtk.cli import gguf_import, inspect
@@ -46,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="mtk", standalone_mode=False)
         code = 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = _fail("interrupted", EXIT_INTERRUPTED)
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
         if debug:
             traceback.print_exc()
         code = _fail(exc.format_message().replace("\n", " "), UsageError.exit_code)

@@ -17,6 +17,7 @@ import torch
 from gguf import GGMLQuantizationType, LlamaFileType
 
 from mtk.converters.family import Family, family_for_hf
+from mtk.converters.tokenizer import METADATA_TYPES
 from mtk.errors import UnsupportedError
 from mtk.formats.atomic import atomic_file
 from mtk.formats.checkpoint import HFCheckpoint
@@ -145,8 +146,11 @@ def gguf_export(
     plan = plan_export(family, ckpt, target)
     meta = gguf_metadata(family, config, ckpt, file_type)
     tensors = [PlannedGGUFTensor(t.name, t.qtype, t.shape) for t in plan]
+    # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
+    value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in meta}
+    array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in meta and it is not None}
     with atomic_file(Path(out_path), overwrite=overwrite) as tmp, open(tmp, "wb") as fp:
-        writer = GGUFStreamWriter(fp, meta, tensors)
+        writer = GGUFStreamWriter(fp, meta, tensors, value_types=value_types, array_types=array_types)
         for i, t in enumerate(plan):
             w = gguf_tensor(family, t, ckpt, config)
             writer.write(t.name, w.to(TORCH_OF[t.qtype]))

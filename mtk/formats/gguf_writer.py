@@ -177,3 +177,28 @@ def write_gguf(
         for name, (_, data) in tensors.items():
             w.write(name, data)
         w.finish()
+
+
+def split_name(path: Path, index: int, count: int) -> Path:
+    """llama.cpp's split naming: ``model.gguf`` -> ``model-00001-of-00003.gguf`` (index from 0)."""
+    stem = path.name.removesuffix(".gguf")
+    return path.with_name(f"{stem}-{index + 1:05d}-of-{count:05d}.gguf")
+
+
+def split_tensors(tensors: Sequence[PlannedGGUFTensor], max_bytes: int) -> list[list[PlannedGGUFTensor]]:
+    """Cut the tensor list into parts of at most ``max_bytes`` of data each (a larger tensor gets its own)."""
+    parts: list[list[PlannedGGUFTensor]] = [[]]
+    used = 0
+    for t in tensors:
+        if parts[-1] and used + t.nbytes > max_bytes:
+            parts.append([])
+            used = 0
+        parts[-1].append(t)
+        used += t.nbytes
+    return parts
+
+
+def split_metadata(metadata: Mapping[str, Any], index: int, count: int, n_tensors: int) -> dict[str, Any]:
+    """The first part carries the model's metadata, every part the split keys, as llama.cpp's gguf-split."""
+    keys = {"split.no": index, "split.count": count, "split.tensors.count": n_tensors}
+    return {**metadata, **keys} if index == 0 else keys

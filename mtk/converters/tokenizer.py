@@ -1,0 +1,335 @@
+"""Tokenizers between GGUF metadata and Hugging Face tokenizer files, both ways.
+
+GGUF keeps a tokenizer as `tokenizer.*` metadata, read by llama.cpp's `llama-vocab.cpp`; Hugging Face keeps it
+as `tokenizer.json` (a `tokenizers` pipeline) plus `tokenizer_config.json` and `special_tokens_map.json`.
+Metadata here is a plain dict: GGUF key -> str, int, float, bool or a list of them (`METADATA_TYPES` gives the
+GGUF value type of each key, which llama.cpp checks).
+
+| tokenizer.ggml.model | what it is                                        | module        |
+|----------------------|---------------------------------------------------|---------------|
+| "gpt2"               | byte-level BPE; pre-tokenizer regexes named by    | tokenizer_bpe |
+|                      | tokenizer.ggml.pre; ranked merges                 |               |
+| "llama"              | SentencePiece-style pieces with scores, ▁ for     | tokenizer_spm |
+|                      | spaces, <0xNN> byte pieces                        |               |
+
+Token types (`gguf.TokenType`): CONTROL and UNKNOWN pieces become special added tokens, USER_DEFINED pieces
+non-special added tokens; both are matched on the raw text, as llama.cpp matches them before tokenizing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType, Keys, TokenType
+from tokenizers import AddedToken, Tokenizer, processors
+
+from mtk.converters import tokenizer_bpe, tokenizer_spm
+from mtk.errors import InvalidFileError, UnsupportedError
+
+K = Keys.Tokenizer
+
+# GGUF value type of each key (and of an array's items): llama.cpp refuses, e.g., a token id stored as int32.
+METADATA_TYPES: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {
+    K.MODEL: (GGUFValueType.STRING, None),
+    K.PRE: (GGUFValueType.STRING, None),
+    K.LIST: (GGUFValueType.ARRAY, GGUFValueType.STRING),
+    K.TOKEN_TYPE: (GGUFValueType.ARRAY, GGUFValueType.INT32),
+    K.SCORES: (GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
+    K.MERGES: (GGUFValueType.ARRAY, GGUFValueType.STRING),
+    K.BOS_ID: (GGUFValueType.UINT32, None),
+    K.EOS_ID: (GGUFValueType.UINT32, None),
+    K.UNK_ID: (GGUFValueType.UINT32, None),
+    K.PAD_ID: (GGUFValueType.UINT32, None),
+    K.ADD_BOS: (GGUFValueType.BOOL, None),
+    K.ADD_EOS: (GGUFValueType.BOOL, None),
+    K.ADD_PREFIX: (GGUFValueType.BOOL, None),
+    K.CHAT_TEMPLATE: (GGUFValueType.STRING, None),
+    K.CHAT_TEMPLATES: (GGUFValueType.ARRAY, GGUFValueType.STRING),
+    # and K.CHAT_TEMPLATE_N ("tokenizer.chat_template.<name>"): STRING
+}
+
+# Hugging Face special-token role -> GGUF id key.
+SPECIAL_TOKEN_KEYS: dict[str, str] = {
+    "bos_token": K.BOS_ID,
+    "eos_token": K.EOS_ID,
+    "unk_token": K.UNK_ID,
+    "pad_token": K.PAD_ID,
+}
+# llama.cpp's ids for an SPM vocabulary whose GGUF names none (its "gpt2" defaults, 11, are not carried over).
+_SPM_DEFAULT_IDS = {"bos_token": 1, "eos_token": 2, "unk_token": 0}
+
+# transformers 5's named classes (LlamaTokenizer, Qwen2Tokenizer, GPT2Tokenizer, ...) rebuild their
+# normalizer and pre-tokenizer from vocab and merges; only the generic class uses tokenizer.json as written.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+# Pieces llama.cpp matches in the text before tokenizing only when asked to parse special tokens.
+_SPECIAL_TYPES = (TokenType.CONTROL, TokenType.UNKNOWN)
+
+
+def write_hf_tokenizer(metadata: Mapping[str, Any], out_dir: Path) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json for GGUF tokenizer metadata.
+
+    The folder loads with `transformers.AutoTokenizer.from_pretrained(out_dir)` and gives llama.cpp's token ids.
+    Raises UnsupportedError for a tokenizer model or pre-tokenizer type mtk cannot represent.
+    """
+    tokens = list(_required(metadata, K.LIST))
+    types = [int(t) for t in metadata.get(K.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens)]
+    if len(types) != len(tokens):
+        raise InvalidFileError(f"{K.TOKEN_TYPE} has {len(types)} entries for {len(tokens)} tokens")
+    tokenizer, default_ids, add_bos_default, clean_spaces = _build_tokenizer(metadata, tokens, types)
+    _add_tokens(tokenizer, tokens, types)
+    specials = {}
+    for role in SPECIAL_TOKEN_KEYS:
+        token_id = _special_id(metadata, role, default_ids, len(tokens))
+        if token_id is not None:
+            specials[role] = tokens[token_id]
+    add_bos = bool(metadata.get(K.ADD_BOS, add_bos_default))
+    add_eos = bool(metadata.get(K.ADD_EOS, False))
+    for flag, role in ((add_bos, "bos_token"), (add_eos, "eos_token")):
+        if flag and role not in specials:
+            raise InvalidFileError(f"the GGUF asks to add a {role} but names none")
+    tokenizer.post_processor = _post_processor(tokenizer, specials, add_bos, add_eos)
+
+    config: dict[str, Any] = {"tokenizer_class": TOKENIZER_CLASS, **specials}
+    config.update(add_bos_token=add_bos, add_eos_token=add_eos, clean_up_tokenization_spaces=clean_spaces)
+    context_length = metadata.get(f"{metadata.get('general.architecture')}.context_length")
+    if context_length is not None:
+        config["model_max_length"] = int(context_length)
+    chat_template = _chat_template_from_gguf(metadata)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    _write_json(out_dir / "tokenizer_config.json", config)
+    _write_json(out_dir / "special_tokens_map.json", specials)
+
+
+def _build_tokenizer(
+    metadata: Mapping[str, Any], tokens: list[str], types: list[int]
+) -> tuple[Tokenizer, Mapping[str, int], bool, bool]:
+    """The tokenizer's model, normalizer, pre-tokenizer and decoder; llama.cpp's default special ids,
+    its default for add_bos_token, and clean_up_tokenization_spaces."""
+    model = metadata.get(K.MODEL)
+    if model == "gpt2":
+        pre = tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+        tokenizer = tokenizer_bpe.build_tokenizer(tokens, _required(metadata, K.MERGES), pre)
+        return tokenizer, {}, pre.add_bos, pre.clean_spaces
+    if model == "llama":
+        unk = _special_id(metadata, "unk_token", _SPM_DEFAULT_IDS, len(tokens))
+        tokenizer = tokenizer_spm.build_tokenizer(
+            tokens,
+            scores=[float(s) for s in metadata.get(K.SCORES) or [0.0] * len(tokens)],
+            types=types,
+            unk_token=None if unk is None else tokens[unk],
+            add_space_prefix=bool(metadata.get(K.ADD_PREFIX, True)),
+        )
+        return tokenizer, _SPM_DEFAULT_IDS, True, False
+    raise UnsupportedError(f"GGUF tokenizer model {model!r} is not supported; supported: gpt2, llama")
+
+
+def gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
+    """GGUF tokenizer metadata for the Hugging Face tokenizer in `hf_dir` (tokenizer.json is required).
+
+    The vocabulary is padded with unused "[PADn]" tokens up to config.json's vocab_size when that is larger,
+    as llama.cpp wants one token per embedding row. Raises UnsupportedError for a tokenizer GGUF cannot hold.
+    """
+    hf_dir = Path(hf_dir)
+    tokenizer_json = _read_json(hf_dir / "tokenizer.json")
+    if tokenizer_json is None and (hf_dir / "tokenizer.model").is_file():
+        raise UnsupportedError(
+            f"{hf_dir} has a SentencePiece tokenizer.model but no tokenizer.json; mtk needs the latter"
+        )
+    if tokenizer_json is None:
+        raise InvalidFileError(f"{hf_dir} has no tokenizer.json")
+    config = _read_json(hf_dir / "tokenizer_config.json") or {}
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UnsupportedError(
+            f"a {model.get('type')} tokenizer has no GGUF form in mtk; supported: byte-level BPE, "
+            "SentencePiece-style BPE"
+        )
+    model_config = _read_json(hf_dir / "config.json") or {}
+    tokens, added, gaps = _id_to_token(tokenizer_json, int(model_config.get("vocab_size") or 0))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+
+    if tokenizer_bpe.is_byte_level(tokenizer_json):
+        types = [_token_type(i, tokens[i], added, gaps, None, False) for i in range(len(tokens))]
+        clean_spaces = config.get("clean_up_tokenization_spaces")
+        pre = tokenizer_bpe.identify_pre_tokenizer(tokenizer_json, clean_spaces)
+        metadata: dict[str, Any] = {K.MODEL: "gpt2", K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
+    elif tokenizer_spm.is_sentencepiece_style(tokenizer_json):
+        unk = model.get("unk_token")
+        byte_fallback = bool(model.get("byte_fallback"))
+        types = [_token_type(i, tokens[i], added, gaps, unk, byte_fallback) for i in range(len(tokens))]
+        metadata = {K.MODEL: "llama", K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[K.SCORES] = tokenizer_spm.scores_from_merges(tokens, merges, types)
+        metadata[K.ADD_PREFIX] = tokenizer_spm.has_space_prefix(tokenizer_json)
+    else:
+        raise UnsupportedError("a BPE tokenizer that is neither byte-level nor SentencePiece-style has no GGUF form")
+
+    metadata.update(_special_token_metadata(hf_dir, tokens, config, tokenizer_json.get("post_processor")))
+    metadata.update(_chat_templates_from_hf(hf_dir, config))
+    return metadata
+
+
+def _special_token_metadata(
+    hf_dir: Path, tokens: list[str], config: Mapping[str, Any], post: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Special-token ids, and whether bos/eos are added (from tokenizer_config, else from the post-processor)."""
+    special_map = _read_json(hf_dir / "special_tokens_map.json") or {}
+    ids = {token: i for i, token in enumerate(tokens)}
+    metadata: dict[str, Any] = {}
+    for role, key in SPECIAL_TOKEN_KEYS.items():
+        token = _token_text(config.get(role, special_map.get(role)))
+        if token is None:
+            continue
+        if token not in ids:
+            raise InvalidFileError(f"{role} {token!r} of {hf_dir} is not in its vocabulary")
+        metadata[key] = ids[token]
+    for role, key, flag in (("bos_token", K.ADD_BOS, "add_bos_token"), ("eos_token", K.ADD_EOS, "add_eos_token")):
+        if flag in config:  # transformers ignores the flag when the token is not set; so does llama.cpp's check
+            metadata[key] = bool(config[flag]) and SPECIAL_TOKEN_KEYS[role] in metadata
+        else:
+            metadata[key] = _template_adds(post, metadata.get(SPECIAL_TOKEN_KEYS[role]), first=role == "bos_token")
+    return metadata
+
+
+def _required(metadata: Mapping[str, Any], key: str) -> Any:
+    if key not in metadata:
+        raise InvalidFileError(f"the GGUF tokenizer metadata has no {key}")
+    return metadata[key]
+
+
+def _special_id(metadata: Mapping[str, Any], role: str, defaults: Mapping[str, int], n_tokens: int) -> int | None:
+    # Like llama.cpp: an id outside the vocabulary is ignored and the default (if any) stays.
+    for candidate in (metadata.get(SPECIAL_TOKEN_KEYS[role]), defaults.get(role)):
+        if candidate is not None and 0 <= int(candidate) < n_tokens:
+            return int(candidate)
+    return None
+
+
+def _add_tokens(tokenizer: Tokenizer, tokens: Sequence[str], types: Sequence[int]) -> None:
+    """Register control/unknown pieces as special added tokens and user-defined ones as plain added tokens."""
+    special = [
+        AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t in _SPECIAL_TYPES
+    ]
+    user = [
+        AddedToken(tokens[i], special=False, normalized=False)
+        for i, t in enumerate(types)
+        if t == TokenType.USER_DEFINED
+    ]
+    tokenizer.add_special_tokens(special)
+    tokenizer.add_tokens(user)
+
+
+def _post_processor(
+    tokenizer: Tokenizer, specials: Mapping[str, str], add_bos: bool, add_eos: bool
+) -> processors.TemplateProcessing:
+    # The same template transformers builds from add_bos_token / add_eos_token.
+    bos, eos = specials.get("bos_token"), specials.get("eos_token")
+    head = [f"{bos}:0"] if add_bos else []
+    tail = [f"{eos}:0"] if add_eos else []
+    single = [*head, "$A:0", *tail]
+    pair = [*single, *(f"{bos}:1" for _ in head), "$B:1", *(f"{eos}:1" for _ in tail)]
+    used = {t for t, flag in ((bos, add_bos), (eos, add_eos)) if flag}
+    return processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, tokenizer.token_to_id(t)) for t in used]
+    )
+
+
+def _chat_template_from_gguf(metadata: Mapping[str, Any]) -> str | list[dict[str, str]] | None:
+    default = metadata.get(K.CHAT_TEMPLATE)
+    names = [n for n in metadata.get(K.CHAT_TEMPLATES) or [] if n != "default"]
+    if not names:
+        return default
+    named = [{"name": n, "template": _required(metadata, K.CHAT_TEMPLATE_N.format(name=n))} for n in names]
+    return ([{"name": "default", "template": default}] if default is not None else []) + named
+
+
+def _chat_templates_from_hf(hf_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    templates: dict[str, str] = {}
+    value = config.get("chat_template")
+    if isinstance(value, str):
+        templates["default"] = value
+    elif isinstance(value, list):
+        templates.update({t["name"]: t["template"] for t in value})
+    if (hf_dir / "chat_template.jinja").is_file():
+        templates["default"] = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    for path in sorted((hf_dir / "additional_chat_templates").glob("*.jinja")):
+        templates[path.stem] = path.read_text(encoding="utf-8")
+    metadata: dict[str, Any] = {}
+    if "default" in templates:
+        metadata[K.CHAT_TEMPLATE] = templates.pop("default")
+    if templates:
+        metadata[K.CHAT_TEMPLATES] = sorted(templates)
+        metadata.update({K.CHAT_TEMPLATE_N.format(name=n): t for n, t in templates.items()})
+    return metadata
+
+
+def _id_to_token(tokenizer_json: Mapping[str, Any], vocab_size: int) -> tuple[list[str], dict[str, bool], set[int]]:
+    """Tokens by id (the model's vocabulary and the added tokens), added token -> special, and the unused ids.
+
+    Unused ids (gaps, and ids up to `vocab_size`) get "[PADn]" tokens, as llama.cpp's converter names them.
+    """
+    by_id: dict[int, str] = {int(i): token for token, i in tokenizer_json["model"]["vocab"].items()}
+    added = {}
+    for entry in tokenizer_json.get("added_tokens", []):
+        by_id[int(entry["id"])] = entry["content"]
+        added[entry["content"]] = bool(entry.get("special"))
+    size = max(max(by_id, default=-1) + 1, vocab_size)
+    gaps = set(range(size)) - set(by_id)
+    return [by_id.get(i, f"[PAD{i}]") for i in range(size)], added, gaps
+
+
+def _token_type(
+    i: int, token: str, added: Mapping[str, bool], gaps: set[int], unk: str | None, byte_fallback: bool
+) -> int:
+    if i in gaps:
+        return TokenType.UNUSED
+    if token == unk:
+        return TokenType.UNKNOWN
+    if token in added:
+        return TokenType.CONTROL if added[token] else TokenType.USER_DEFINED
+    if byte_fallback and tokenizer_spm.BYTE_PIECE.fullmatch(token):
+        return TokenType.BYTE
+    return TokenType.NORMAL
+
+
+def _template_adds(post: Mapping[str, Any] | None, token_id: int | None, first: bool) -> bool:
+    """Whether a TemplateProcessing post-processor puts the token with this id first (or last) in a single text."""
+    if post is None or token_id is None:
+        return False
+    if post.get("type") == "Sequence":
+        return any(_template_adds(p, token_id, first) for p in post["processors"])
+    if post.get("type") != "TemplateProcessing" or not post.get("single"):
+        return False
+    piece = post["single"][0 if first else -1]
+    if "SpecialToken" not in piece:
+        return False
+    entry = post.get("special_tokens", {}).get(piece["SpecialToken"]["id"], {})
+    return entry.get("ids") == [token_id]
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        return value.get("content")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidFileError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
