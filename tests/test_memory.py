@@ -72,10 +72,8 @@ def _wide_llama_gguf(path: Path, n_layers: int, tokenizer_meta: dict) -> int:
     def f16(*shape: int) -> tuple:
         return (gguf.GGMLQuantizationType.F16, (rng.standard_normal(shape) * 0.02).astype(np.float16))
 
-    tensors = {
-        "token_embd.weight": f16(vocab, d),
-        "output_norm.weight": (gguf.GGMLQuantizationType.F32, np.ones(d, np.float32)),
-    }
+    norm = (gguf.GGMLQuantizationType.F32, np.ones(d, np.float32))
+    tensors = {"token_embd.weight": f16(vocab, d), "output_norm.weight": norm}
     for i in range(n_layers):
         tensors[f"blk.{i}.attn_norm.weight"] = norm
         tensors[f"blk.{i}.ffn_norm.weight"] = norm
