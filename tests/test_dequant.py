@@ -88,9 +88,15 @@ def random_blocks(qtype: GGMLQuantizationType, n_blocks: int, seed: int) -> np.n
 
 def random_tensor(qtype: GGMLQuantizationType, rows: int, row_values: int) -> np.ndarray:
     """uint8 (rows, bytes_per_row) of random blocks, seeded by the type."""
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    block_size = GGML_QUANT_SIZES[qtype][0]
     blocks = random_blocks(qtype, rows * row_values // block_size, seed=qtype.value)
     return blocks.reshape(rows, -1)
+
+
+def reference(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """gguf-py's dequantization; inf and NaN scales are intended, so numpy need not warn about them."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return gguf.quants.dequantize(raw, qtype)
 
 
 def assert_bit_equal(actual: torch.Tensor, expected: np.ndarray) -> None:
@@ -121,17 +127,24 @@ def test_random_blocks_match_gguf_py(qtype: GGMLQuantizationType) -> None:
     raw = random_tensor(qtype, rows=16, row_values=4096)
     out = dequantize(torch.from_numpy(raw), qtype, (16, 4096))
     assert out.shape == (16, 4096)
-    assert_bit_equal(out, gguf.quants.dequantize(raw, qtype))
+    assert_bit_equal(out, reference(raw, qtype))
 
 
+@pytest.mark.parametrize("source", ["torch_offset", "numpy_pointer"])
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_3d_shape_from_flat_misaligned_bytes(qtype: GGMLQuantizationType) -> None:
+def test_3d_shape_from_flat_misaligned_bytes(qtype: GGMLQuantizationType, source: str) -> None:
     raw = random_tensor(qtype, rows=6, row_values=512)
-    expected = gguf.quants.dequantize(raw, qtype).reshape(2, 3, 512)
-    # The bytes start one past an aligned address, and come as one flat run.
-    buffer = torch.zeros(raw.size + 1, dtype=torch.uint8)
-    buffer[1:] = torch.from_numpy(raw.reshape(-1))
-    out = dequantize(buffer[1:], qtype, (2, 3, 512))
+    expected = reference(raw, qtype).reshape(2, 3, 512)
+    # One flat run of bytes starting one past an aligned address: as a storage offset, or a raw pointer.
+    if source == "torch_offset":
+        data = torch.zeros(raw.size + 1, dtype=torch.uint8)
+        data[1:] = torch.from_numpy(raw.reshape(-1))
+        data = data[1:]
+    else:
+        buffer = np.zeros(raw.size + 1, dtype=np.uint8)
+        buffer[1:] = raw.reshape(-1)
+        data = torch.from_numpy(buffer[1:])
+    out = dequantize(data, qtype, (2, 3, 512))
     assert out.shape == (2, 3, 512)
     assert_bit_equal(out, expected)
 
@@ -145,13 +158,25 @@ def test_unsupported_type_raises(qtype: GGMLQuantizationType) -> None:
         dequantize(torch.zeros(64, dtype=torch.uint8), qtype, (1, 32))
 
 
+def test_unknown_type_number_raises() -> None:
+    with pytest.raises(UnsupportedError, match="unknown GGML tensor type 4"):
+        dequantize(torch.zeros(20, dtype=torch.uint8), 4, (1, 32))  # 4 was Q4_2, long removed
+
+
 def test_byte_count_and_row_length_are_checked() -> None:
-    with pytest.raises(InvalidFileError, match="needs 36 bytes"):
+    with pytest.raises(InvalidFileError, match="needs 40 bytes"):
         dequantize(torch.zeros(34, dtype=torch.uint8), QT.Q4_1, (1, 64))
     with pytest.raises(InvalidFileError, match="not whole blocks"):
         dequantize(torch.zeros(20, dtype=torch.uint8), QT.Q4_1, (1, 48))
     with pytest.raises(TypeError):
         dequantize(torch.zeros(8, dtype=torch.int8), QT.Q4_1, (1, 32))
+
+
+@pytest.mark.parametrize("shape", [(0, 256), (3, 0), (2, 0, 512)])
+def test_empty_tensors(shape: tuple[int, ...]) -> None:
+    for qtype in TYPES:
+        out = dequantize(torch.zeros(0, dtype=torch.uint8), qtype, shape)
+        assert out.shape == shape and out.dtype == torch.float32
 
 
 def test_registering_a_type_twice_is_refused() -> None:
@@ -165,7 +190,7 @@ def test_cuda_matches_gguf_py(qtype: GGMLQuantizationType) -> None:
     raw = random_tensor(qtype, rows=16, row_values=4096)
     out = dequantize(torch.from_numpy(raw).cuda(), qtype, (16, 4096))
     assert out.device.type == "cuda"
-    assert_bit_equal(out, gguf.quants.dequantize(raw, qtype))
+    assert_bit_equal(out, reference(raw, qtype))
 
 
 # --- a real model file -----------------------------------------------------------------------------------
@@ -201,4 +226,4 @@ def test_real_tensor_matches_gguf_py(smollm2: gguf.GGUFReader, name: str) -> Non
         shape = (len(data), shape[1])
     raw = np.array(data.view(np.uint8), copy=True)  # writable, so torch takes it without a warning
     out = dequantize(torch.from_numpy(raw), tensor.tensor_type, shape)
-    assert_bit_equal(out, gguf.quants.dequantize(data, tensor.tensor_type).reshape(shape))
+    assert_bit_equal(out, reference(data, tensor.tensor_type).reshape(shape))

@@ -20,8 +20,8 @@ class OutputSettings:
 
 
 SETTINGS = OutputSettings()
-stderr = Console(stderr=True)
-stdout = Console()
+stderr = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)
 
 
 class Device(str, Enum):

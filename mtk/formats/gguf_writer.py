@@ -164,11 +164,12 @@ class GGUFStreamWriter:
 def write_gguf(
     path: Path, metadata: Mapping[str, Any], tensors: Mapping[str, tuple[GGMLQuantizationType, Any]]
 ) -> None:
-    """Small helper for whole-in-memory files (tests, fixtures): ``tensors`` maps name -> (type, data)."""
+    """Small helper for whole-in-memory files (tests, fixtures): ``tensors`` maps name -> (type, data);
+    uint8 data is taken as the encoded bytes of the type, other arrays as values."""
     plan = []
     for name, (qtype, data) in tensors.items():
         shape = tuple(data.shape)
-        if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        if data.dtype == np.uint8 and qtype != GGMLQuantizationType.I8:
             block, type_size = GGML_QUANT_SIZES[qtype]
             shape = (*shape[:-1], shape[-1] // type_size * block)  # data is raw bytes
         plan.append(PlannedGGUFTensor(name, qtype, shape))

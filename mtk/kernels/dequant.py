@@ -20,7 +20,7 @@ from functools import cache
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from mtk.errors import InvalidFileError
+from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.kernels import iq_grids
 from mtk.registry import Registry
 
@@ -34,8 +34,8 @@ def _register(qtype: GGMLQuantizationType) -> Callable[[BlockFn], BlockFn]:
     return _KERNELS.register(qtype.name)
 
 
-def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType, shape: Sequence[int]) -> torch.Tensor:
-    """Dequantize the raw GGUF bytes of one tensor to float32.
+def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType | int, shape: Sequence[int]) -> torch.Tensor:
+    """Dequantize the raw GGUF bytes of one tensor (``qtype`` as the enum or its number) to float32.
 
     ``data`` is uint8 on any device, 1-D or ``(rows, bytes_per_row)``; ``shape`` is the logical row-major
     shape (GGUF's ``ne`` reversed, last dimension contiguous). Returns float32 ``shape`` on ``data``'s
@@ -44,7 +44,12 @@ def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType, shape: Sequence[
     Raises ``UnsupportedError`` for a type without a kernel and ``InvalidFileError`` when the byte count
     does not match ``shape``.
     """
-    qtype = GGMLQuantizationType(qtype)
+    try:
+        qtype = GGMLQuantizationType(qtype)
+    except ValueError:
+        raise UnsupportedError(f"unknown GGML tensor type {qtype!r}") from None
+    if qtype.name not in _KERNELS:
+        raise UnsupportedError(f"cannot dequantize {qtype.name} tensors; supported: {', '.join(_KERNELS)}")
     kernel = _KERNELS.get(qtype.name)
     if data.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 bytes, got {data.dtype}")
@@ -58,9 +63,11 @@ def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType, shape: Sequence[
         raise InvalidFileError(
             f"{qtype.name} tensor of shape {shape} needs {n_blocks * type_size} bytes, got {data.numel()}"
         )
+    if n_blocks == 0:
+        return torch.empty(shape, dtype=torch.float32, device=data.device)
     blocks = data.reshape(n_blocks, type_size)
     # The kernels read fields through int16/int32/f16 views, which need contiguous, 4-aligned bytes.
-    if not blocks.is_contiguous() or blocks.storage_offset() % 4:
+    if not blocks.is_contiguous() or blocks.storage_offset() % 4 or blocks.data_ptr() % 4:
         blocks = blocks.clone(memory_format=torch.contiguous_format)
     return kernel(blocks).reshape(shape)
 
