@@ -165,14 +165,52 @@ def compare_tokenizers(gguf_path: Path | str, hf_dir: Path | str, text: str = PR
     finally:
         llm.close()
     ids_hf = AutoTokenizer.from_pretrained(str(hf_dir))(text, add_special_tokens=False)["input_ids"]
-    first = next(
-        (i for i, (a, b) in enumerate(zip(ids_llama, ids_hf, strict=False)) if a != b), min(len(ids_llama), len(ids_hf))
-    )
-    return {
-        "tokens": len(ids_llama),
-        "identical": ids_llama == ids_hf,
-        "first_difference": None if ids_llama == ids_hf else first,
-    }
+    return _token_report(ids_llama, ids_hf)
+
+
+def _token_report(a: list[int], b: list[int]) -> dict[str, Any]:
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return {"tokens": len(a), "identical": a == b, "first_difference": None if a == b else first}
+
+
+def _gguf_types(path: Path | str) -> set[str]:
+    from mtk.formats.gguf_reader import open_gguf
+
+    g = open_gguf(path)
+    types = {t.qtype.name for t in g.tensors if len(t.shape) > 1}
+    g.close()
+    return types
+
+
+def _hf_model(hf_dir: Path | str) -> Any:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+
+
+def compare_on_prompts(
+    tokenizer: LlamaCppModel, reference: Any, candidate: Any, prompts: Sequence[str] = PROMPTS
+) -> dict[str, float]:
+    """Logit metrics over ``prompts`` (tokenized by llama.cpp, with BOS) for two logits functions."""
+    ref, cand = [], []
+    for prompt in prompts:
+        ids = tokenizer.tokenize(prompt, add_bos=True)
+        ref.append(torch.as_tensor(np.asarray(reference(ids)), dtype=torch.float32))
+        cand.append(torch.as_tensor(np.asarray(candidate(ids)), dtype=torch.float32))
+    return logit_metrics(torch.cat(ref), torch.cat(cand))
+
+
+def _check(what: str, tok: dict[str, Any], metrics: dict[str, float], tol: Tolerance) -> dict[str, Any]:
+    if not tok["identical"]:
+        raise VerificationError(
+            f"{what}: tokenizer ids differ from llama.cpp's at token {tok['first_difference']} of the probe text"
+        )
+    failures = tol.failures(metrics)
+    if failures:
+        raise VerificationError(f"{what} disagrees with llama.cpp: " + "; ".join(failures))
+    return {"tokenizer": tok, "logits": metrics, "tolerance": tol.__dict__}
 
 
 def verify_import(gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[str] = PROMPTS) -> dict[str, Any]:
@@ -181,38 +219,53 @@ def verify_import(gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[s
     Raises VerificationError when tokenization differs or the logits are beyond the tolerance for the
     GGUF's tensor types.
     """
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from mtk.formats.gguf_reader import open_gguf
-
-    hf_logging.disable_progress_bar()
-
-    g = open_gguf(gguf_path)
-    types = {t.qtype.name for t in g.tensors if len(t.shape) > 1}
-    g.close()
+    types = _gguf_types(gguf_path)
     tok = compare_tokenizers(gguf_path, hf_dir)
-    if not tok["identical"]:
-        raise VerificationError(
-            f"tokenizer mismatch: the imported tokenizer and llama.cpp differ at token {tok['first_difference']} "
-            "of the probe text"
-        )
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = _hf_model(hf_dir)
     stored = model.config.dtype
     lossless = stored == torch.float32 or types <= {"F16" if stored == torch.float16 else "BF16"}
-    tol = tolerance_for(types, lossless)
     llm = LlamaCppModel(gguf_path)
-    ref, cand = [], []
     try:
-        for prompt in prompts:
-            ids = llm.tokenize(prompt, add_bos=True)
-            ref.append(torch.from_numpy(llm.logits(ids)))
-            cand.append(hf_logits(model, ids))
+        metrics = compare_on_prompts(llm, llm.logits, lambda ids: hf_logits(model, ids), prompts)
     finally:
         llm.close()
-    metrics = logit_metrics(torch.cat(ref), torch.cat(cand))
-    report = {"tokenizer": tok, "logits": metrics, "tolerance": tol.__dict__}
-    failures = tol.failures(metrics)
-    if failures:
-        raise VerificationError("imported model disagrees with llama.cpp: " + "; ".join(failures))
-    return report
+    return _check("imported model", tok, metrics, tolerance_for(types, lossless))
+
+
+def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[str] = PROMPTS) -> dict[str, Any]:
+    """llama.cpp on the exported GGUF, checked two ways.
+
+    - Conversion: against transformers running the weights the GGUF holds (exactly its dequantized
+      values). This isolates layout, metadata and tokenizer errors from quantization error, and is what
+      fails (VerificationError) beyond the tolerance for the file's tensor types. For float exports of an
+      HF folder the GGUF's weights are the source's, and the source model is the reference.
+    - Quality (quantized types, or a GGUF source): against the source (transformers on an HF folder,
+      llama.cpp on a source GGUF), reported as ``quality`` for the caller to bound.
+    """
+    from mtk.converters.gguf_to_hf import load_in_memory
+
+    types = _gguf_types(gguf_path)
+    float_only = types <= {"F32", "F16", "BF16"}
+    from_hf = Path(source).is_dir()
+    llm = LlamaCppModel(gguf_path)
+    try:
+        if from_hf:
+            tok = compare_tokenizers(gguf_path, source)
+            src_model = _hf_model(source)
+            src_logits = lambda ids: hf_logits(src_model, ids)  # noqa: E731
+        else:
+            src = LlamaCppModel(source)
+            tok = _token_report(src.tokenize(PROBE_TEXT), llm.tokenize(PROBE_TEXT))
+            src_logits = src.logits
+        if float_only and from_hf:
+            metrics = compare_on_prompts(llm, src_logits, llm.logits, prompts)
+            return _check("exported GGUF", tok, metrics, tolerance_for(types, lossless_dtype=True))
+        held = load_in_memory(gguf_path)
+        metrics = compare_on_prompts(llm, lambda ids: hf_logits(held, ids), llm.logits, prompts)
+        report = _check("exported GGUF", tok, metrics, tolerance_for(types, lossless_dtype=True))
+        report["quality"] = compare_on_prompts(llm, src_logits, llm.logits, prompts)
+        if not from_hf:
+            src.close()
+        return report
+    finally:
+        llm.close()

@@ -255,3 +255,47 @@ def gguf_import(
 
 def _generation_config(cls: Any, config: Any) -> Any:
     return cls(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+
+
+def load_in_memory(gguf_path: Path | str, device: str = "auto") -> Any:
+    """The GGUF's model in transformers (float32, on the CPU), its weights the exact dequantized values,
+    without writing a checkpoint: what verification compares llama.cpp with."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_file = open_gguf(gguf_path)
+    family = family_for_gguf(model_file.architecture)
+    config = AutoConfig.for_model(family.model_type, **hf_config(family, model_file))
+    plan = plan_tensors(family, model_file, config)
+    state = {
+        p.hf_name: w
+        for p, w in iter_hf_tensors(family, model_file, plan, config, torch.float32, resolve_device(device))
+    }
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(_fused_experts(state, model.state_dict().keys()), strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise InvalidFileError(f"{gguf_path}: weights do not fit the model: {(missing + result.unexpected_keys)[:5]}")
+    return model.eval()
+
+
+def _fused_experts(state: dict[str, torch.Tensor], wanted: Any) -> dict[str, torch.Tensor]:
+    """transformers 5 holds MoE experts fused ((E, 2F, D) gate_up and (E, D, F) down); build them from the
+    per-expert tensors when the model asks for that layout."""
+    wanted = set(wanted)
+    out = {k: v for k, v in state.items() if ".experts." not in k}
+    layers = sorted({k.split(".mlp.experts.")[0] for k in state if ".mlp.experts." in k})
+    for layer in layers:
+        n = 1 + max(
+            int(k.split(".mlp.experts.")[1].split(".")[0]) for k in state if k.startswith(layer + ".mlp.experts.")
+        )
+        experts = [f"{layer}.mlp.experts.{x}" for x in range(n)]
+        if f"{layer}.mlp.experts.gate_up_proj" in wanted:
+            out[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+                [torch.cat([state[f"{e}.gate_proj.weight"], state[f"{e}.up_proj.weight"]]) for e in experts]
+            )
+            out[f"{layer}.mlp.experts.down_proj"] = torch.stack([state[f"{e}.down_proj.weight"] for e in experts])
+        else:
+            out.update({k: v for k, v in state.items() if k.startswith(layer + ".mlp.experts.")})
+    return out

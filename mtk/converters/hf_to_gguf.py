@@ -1,8 +1,9 @@
-"""gguf-export: a Hugging Face checkpoint to a GGUF file that llama.cpp runs, streaming.
+"""gguf-export: a Hugging Face checkpoint (or a GGUF, re-typed) to a GGUF that llama.cpp runs, streaming.
 
-Plan (metadata, GGUF names, types and shapes, from the config and the safetensors headers alone), write
-the header, then for each GGUF tensor: read its HF tensor(s) from the memory map, apply llama.cpp's
-layout changes, encode, write, drop. Memory holds one tensor (one layer's experts for MoE).
+Plan (metadata, GGUF names, types and shapes, from the config and the tensor headers alone), write the
+header, then for each GGUF tensor: read its source tensor(s) from the memory map, apply llama.cpp's layout
+changes, encode, write, drop. Memory holds one tensor (one layer's experts for MoE). A GGUF source tensor
+already in its target type is copied byte for byte.
 """
 
 from __future__ import annotations
@@ -11,34 +12,38 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from gguf import GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType
 
 from mtk.converters.family import Family, family_for_hf
+from mtk.converters.gguf_types import TypeRules
 from mtk.converters.tokenizer import METADATA_TYPES
 from mtk.errors import UnsupportedError
-from mtk.formats.atomic import atomic_file
+from mtk.formats.atomic import atomic_files
 from mtk.formats.checkpoint import HFCheckpoint
-from mtk.formats.gguf_writer import GGUFStreamWriter, PlannedGGUFTensor
+from mtk.formats.gguf_reader import GGUFModel, open_gguf
+from mtk.formats.gguf_writer import (
+    GGUFStreamWriter,
+    PlannedGGUFTensor,
+    split_metadata,
+    split_name,
+    split_tensors,
+)
+from mtk.kernels.dequant import dequantize
+from mtk.kernels.quantize import quantize
+from mtk.runtime import resolve_device
 
-ExportType = Literal["f32", "f16", "bf16"]
 Progress = Callable[[int, int, str], None]
 Q = GGMLQuantizationType
-EXPORT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
-    "f32": (Q.F32, LlamaFileType.ALL_F32),
-    "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
-}
-TORCH_OF = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
 # HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
 class ExportTensor:
-    """One GGUF tensor and the HF tensors it is made of (several for stacked experts)."""
+    """One GGUF tensor: its target type, and where its values come from (HF names, or a GGUF tensor)."""
 
     name: str
     template: str
@@ -54,18 +59,33 @@ def _rope_theta(config: Any) -> float:
     return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, file_type: LlamaFileType) -> dict[str, Any]:
+def _rope_scaling(config: Any, arch: str) -> dict[str, Any]:
+    rope = getattr(config, "rope_parameters", None) or {}
+    if "full_attention" in rope:
+        rope = rope["full_attention"]
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return {}
+    if kind in ("linear", "yarn"):
+        out: dict[str, Any] = {f"{arch}.rope.scaling.type": kind, f"{arch}.rope.scaling.factor": float(rope["factor"])}
+        if kind == "yarn" and rope.get("original_max_position_embeddings"):
+            out[f"{arch}.rope.scaling.original_context_length"] = int(rope["original_max_position_embeddings"])
+        return out
+    raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by gguf-export yet")
+
+
+def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRules) -> dict[str, Any]:
     from mtk.converters.tokenizer import gguf_tokenizer_metadata
 
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",
         "general.name": ckpt.path.name,
-        "general.file_type": int(file_type),
+        "general.file_type": int(rules.file_type),
         "general.quantization_version": 2,
     }
     for key, value in family.export_hparams(config).items():
@@ -75,16 +95,16 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, file_type: Ll
     meta[f"{arch}.attention.value_length"] = head_dim
     meta[f"{arch}.rope.dimension_count"] = rotary
     meta[f"{arch}.rope.freq_base"] = _rope_theta(config)
+    meta.update(_rope_scaling(config, arch))
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
     return meta
 
 
-def plan_export(family: Family, ckpt: HFCheckpoint, target: GGMLQuantizationType) -> list[ExportTensor]:
-    """GGUF tensors in checkpoint order; 1-D tensors (norms, biases) stay F32 as in llama.cpp."""
+def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules) -> list[ExportTensor]:
+    """GGUF tensors in checkpoint order, experts of a layer stacked into one tensor."""
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
-    order: list[str] = []
     for hf_name in ckpt.names():
         if hf_name.endswith(SKIPPED_SUFFIXES):
             continue
@@ -92,21 +112,28 @@ def plan_export(family: Family, ckpt: HFCheckpoint, target: GGMLQuantizationType
         if found is None:
             raise UnsupportedError(f"{ckpt.path}: tensor {hf_name} has no {family.gguf_arch} GGUF counterpart")
         template, idx = found
-        xid = idx.pop("xid", None)
+        xid = idx.pop("xid", 0)
         name = template.format(**idx)
-        if name not in groups:
-            groups[name], templates[name] = {}, template
-            order.append(name)
-        groups[name][xid if xid is not None else 0] = hf_name
+        groups.setdefault(name, {})[xid] = hf_name
+        templates[name] = template
+    tied = "output.weight" not in groups
     plan = []
-    for name in order:
-        sources = tuple(groups[name][i] for i in sorted(groups[name]))
+    for name, members in groups.items():
+        sources = tuple(members[i] for i in sorted(members))
         shape = ckpt.shape(sources[0])
         if templates[name] in family.expert_tensors:
             shape = (len(sources), *shape)
-        qtype = target if len(shape) > 1 else Q.F32
+        qtype = rules.tensor_type(name, shape, tied=tied)
         plan.append(ExportTensor(name, templates[name], qtype, shape, sources))
     return plan
+
+
+def plan_gguf(model: GGUFModel, rules: TypeRules) -> list[ExportTensor]:
+    tied = "output.weight" not in model.by_name
+    return [
+        ExportTensor(t.name, t.name, rules.tensor_type(t.name, t.shape, tied=tied), t.shape, (t.name,))
+        for t in model.tensors
+    ]
 
 
 def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -115,9 +142,9 @@ def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def gguf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any) -> torch.Tensor:
-    """The float32 GGUF-layout tensor for one planned tensor."""
-    parts = [ckpt.get(s).to(torch.float32) for s in t.sources]
+def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, device: torch.device) -> torch.Tensor:
+    """The float32 GGUF-layout tensor for one planned tensor of an HF source."""
+    parts = [ckpt.get(s).to(device=device, dtype=torch.float32) for s in t.sources]
     w = torch.stack(parts) if t.template in family.expert_tensors else parts[0]
     if family.permute_qk and t.template.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = config.num_attention_heads if ".attn_q." in t.template else config.num_key_value_heads
@@ -127,44 +154,143 @@ def gguf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any
     return w
 
 
+def encode(w: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
+    """Float weights to the bytes of ``qtype`` (F32 is a plain float32 view)."""
+    if qtype == Q.F32:
+        return w.to(torch.float32).contiguous().view(torch.uint8)
+    return quantize(w, qtype)
+
+
+class _Source:
+    """Reads the values of planned tensors from an HF checkpoint or a GGUF file."""
+
+    def __init__(self, path: Path, rules: TypeRules, device: torch.device) -> None:
+        self.device = device
+        self.gguf: GGUFModel | None = None
+        if path.is_file():
+            self.gguf = open_gguf(path)
+            self.plan = plan_gguf(self.gguf, rules)
+            skip = ("general.file_type", "split.no", "split.count", "split.tensors.count")
+            self.metadata = {k: v for k, v in self.gguf.metadata.items() if k not in skip}
+            self.metadata["general.file_type"] = int(rules.file_type)
+            self.value_types = {k: v for k, v in self.gguf.value_types.items() if k in self.metadata}
+            self.array_types = dict(self.gguf.array_types)
+            self.architecture = self.gguf.architecture
+            return
+        from transformers import AutoConfig
+
+        self.ckpt = HFCheckpoint(path)
+        self.config = AutoConfig.from_pretrained(str(path))
+        self.family = family_for_hf(self.ckpt.architecture)
+        self.plan = plan_hf(self.family, self.ckpt, rules)
+        self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
+        # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
+        self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
+        self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
+        self.architecture = self.family.gguf_arch
+
+    def encoded(self, t: ExportTensor) -> tuple[torch.Tensor, bool]:
+        """The GGUF bytes of ``t`` and whether they were copied unchanged from the source."""
+        if self.gguf is not None:
+            info = self.gguf.by_name[t.name]
+            raw = self.gguf.tensor_bytes(info)
+            if info.qtype == t.qtype:
+                return raw, True
+            out = encode(dequantize(raw.to(self.device), info.qtype, info.shape), t.qtype)
+            self.gguf.release(info)
+            return out, False
+        out = encode(hf_tensor(self.family, t, self.ckpt, self.config, self.device), t.qtype)
+        for s in t.sources:
+            self.ckpt.release(s)
+        return out, False
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``500M``, ``100K`` or a byte count; decimal units, as llama.cpp's gguf-split."""
+    units = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    text = text.strip().upper()
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 2G, 500M)") from None
+
+
 def gguf_export(
-    hf_dir: Path | str,
+    source: Path | str,
     out_path: Path | str,
     *,
-    out_type: ExportType = "f16",
+    rules: TypeRules,
+    split_max_bytes: int | None = None,
+    device: str = "auto",
+    verify: bool | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_path`` from the checkpoint in ``hf_dir``; returns a result dict (the ``--json`` output)."""
-    from transformers import AutoConfig
+    """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
+
+    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
+    and publishes nothing.
+    """
+    from mtk.verify import llama_cpp_available, verify_export
 
     start = time.perf_counter()
-    ckpt = HFCheckpoint(hf_dir)
-    config = AutoConfig.from_pretrained(str(hf_dir))
-    family = family_for_hf(ckpt.architecture)
-    target, file_type = EXPORT_TYPES[out_type]
-    plan = plan_export(family, ckpt, target)
-    meta = gguf_metadata(family, config, ckpt, file_type)
-    tensors = [PlannedGGUFTensor(t.name, t.qtype, t.shape) for t in plan]
-    # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
-    value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in meta}
-    array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in meta and it is not None}
-    with atomic_file(Path(out_path), overwrite=overwrite) as tmp, open(tmp, "wb") as fp:
-        writer = GGUFStreamWriter(fp, meta, tensors, value_types=value_types, array_types=array_types)
-        for i, t in enumerate(plan):
-            w = gguf_tensor(family, t, ckpt, config)
-            writer.write(t.name, w.to(TORCH_OF[t.qtype]))
-            for s in t.sources:
-                ckpt.release(s)
-            if progress:
-                progress(i + 1, len(plan), t.name)
-        writer.finish()
-    return {
-        "input": str(hf_dir),
-        "output": str(out_path),
-        "architecture": family.gguf_arch,
-        "type": out_type,
+    source, out_path = Path(source), Path(out_path)
+    src = _Source(source, rules, resolve_device(device))
+    plan = src.plan
+    parts = split_tensors([PlannedGGUFTensor(t.name, t.qtype, t.shape) for t in plan], split_max_bytes or 1 << 62)
+    paths = [out_path] if len(parts) == 1 else [split_name(out_path, i, len(parts)) for i in range(len(parts))]
+    by_name = {t.name: t for t in plan}
+    copied, done, total_bytes = 0, 0, 0
+    with atomic_files(paths, overwrite=overwrite) as tmps:
+        for i, (tmp, part) in enumerate(zip(tmps, parts, strict=True)):
+            meta = split_metadata(src.metadata, i, len(parts), len(plan)) if len(parts) > 1 else src.metadata
+            with open(tmp, "wb") as fp:
+                writer = GGUFStreamWriter(fp, meta, part, value_types=src.value_types, array_types=src.array_types)
+                for t in part:
+                    data, same = src.encoded(by_name[t.name])
+                    writer.write(t.name, data)
+                    copied += same
+                    done += 1
+                    if progress:
+                        progress(done, len(plan), t.name)
+                writer.finish()
+                total_bytes += writer.total_size
+        convert_seconds = round(time.perf_counter() - start, 3)
+        if verify is None:
+            verify = llama_cpp_available()
+        verification = verify_export(tmps[0], source) if verify else None
+    types: dict[str, int] = {}
+    for t in plan:
+        types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
+    result: dict[str, Any] = {
+        "input": str(source),
+        "output": [str(p) for p in paths] if len(paths) > 1 else str(out_path),
+        "architecture": src.architecture,
+        "file_type": rules.file_type.name,
+        "types": types,
         "tensors": len(plan),
-        "bytes": writer.total_size,
+        "copied_unchanged": copied,
+        "bytes": total_bytes,
+        "convert_seconds": convert_seconds,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if verification is not None:
+        result["verification"] = verification
+    return result
+
+
+def auto_type(source: Path | str) -> GGMLQuantizationType:
+    """``--type auto``, as convert_hf_to_gguf: BF16 for a bf16 checkpoint, else F16; a GGUF keeps its type."""
+    source = Path(source)
+    if source.is_file():
+        model = open_gguf(source)
+        counts: dict[GGMLQuantizationType, int] = {}
+        for t in model.tensors:
+            if len(t.shape) > 1:
+                counts[t.qtype] = counts.get(t.qtype, 0) + 1
+        return max(counts, key=lambda k: counts[k]) if counts else Q.F16
+    ckpt = HFCheckpoint(source)
+    dtypes = {ckpt.dtype(n) for n in ckpt.names() if len(ckpt.shape(n)) > 1}
+    return Q.BF16 if dtypes == {torch.bfloat16} else Q.F16

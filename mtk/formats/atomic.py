@@ -92,3 +92,31 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_files(targets: list[Path], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """Yield paths with the targets' own names inside a hidden temporary folder beside the first target.
+
+    Keeping the names lets tools that find sibling files by name (llama.cpp's split GGUFs) read the set
+    before it is published; on success each file replaces its target, on failure the folder is removed.
+    """
+    targets = [Path(t) for t in targets]
+    for t in targets:
+        check_target(t, overwrite=overwrite)
+    parent = targets[0].parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise _output_error(exc, targets[0]) from exc
+    try:
+        paths = [tmp / t.name for t in targets]
+        yield paths
+        for p, t in zip(paths, targets, strict=True):
+            p.chmod(0o666 & ~_umask())
+            os.replace(p, t)
+    except OSError as exc:
+        raise _output_error(exc, targets[0]) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

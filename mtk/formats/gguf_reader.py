@@ -161,6 +161,7 @@ class GGUFFile:
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         self.metadata: dict[str, Any] = {}
         self.value_types: dict[str, GGUFValueType] = {}
+        self.array_types: dict[str, GGUFValueType] = {}
         self.tensors: list[GGUFTensorInfo] = []
         self._parse(file_index)
 
@@ -179,7 +180,11 @@ class GGUFFile:
         for _ in range(n_kv):
             key = cur.string("metadata key")
             vtype = cur.value_type(key)
+            start = cur.pos
             self.metadata[key] = cur.value(vtype, key)
+            if vtype == GGUFValueType.ARRAY:
+                # Keep the item type (validated by value()), so that a copy of this file keeps it too.
+                self.array_types[key] = GGUFValueType(struct.unpack_from("<I", self._map, start)[0])
             self.value_types[key] = vtype
         infos = [self._tensor_info(cur) for _ in range(n_tensors)]
         self.alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
@@ -248,6 +253,7 @@ class GGUFModel:
         self.files = files
         self.metadata = files[0].metadata
         self.value_types = files[0].value_types
+        self.array_types = files[0].array_types
         self.tensors = [t for f in files for t in f.tensors]
         self.by_name = {t.name: t for t in self.tensors}
         if len(self.by_name) != len(self.tensors):
