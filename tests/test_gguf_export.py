@@ -96,7 +96,6 @@ def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_te
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32)
     ppl_hf = perplexity(lambda w: hf_logits(model, w), windows)
-    del model
     f16 = tmp_path / "smol.f16.gguf"
     assert gguf_export(smollm2_hf, f16, rules=TypeRules(Q.F16), verify=True)["verification"]["tokenizer"]["identical"]
     assert abs(llama_ppl(f16) / ppl_hf - 1) < 0.005
@@ -104,7 +103,6 @@ def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_te
     gguf_export(smollm2_hf, q8, rules=TypeRules(Q.Q8_0), verify=True)
     held = load_in_memory(q8)
     ppl_hf_q8 = perplexity(lambda w: hf_logits(held, w), windows)
-    del held
     ppl_q8 = llama_ppl(q8)
     assert abs(ppl_q8 / ppl_hf_q8 - 1) < 0.005, (ppl_q8, ppl_hf_q8)
     assert abs(ppl_q8 / ppl_hf - 1) < 0.01, (ppl_q8, ppl_hf)
