@@ -114,6 +114,9 @@ class LlamaCppModel:
             raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'")
         import llama_cpp
 
+        from mtk.formats.gguf_reader import split_paths
+
+        path = split_paths(Path(path))[0]  # llama.cpp opens a split model from its first part
         with _quiet_stderr():
             self.llm = llama_cpp.Llama(
                 model_path=str(path),

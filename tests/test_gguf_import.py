@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.bench.perplexity import perplexity, token_windows
 from mtk.converters.gguf_to_hf import gguf_import
+from mtk.converters.gguf_types import TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import OutputError, UnsupportedError, VerificationError
 from mtk.formats.gguf_reader import open_gguf
@@ -48,7 +49,7 @@ def f32_ggufs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     class Lazy(dict):
         def __missing__(self, family: str) -> Path:
             path = root / f"{family}.gguf"
-            gguf_export(tiny_models[family], path, out_type="f32")
+            gguf_export(tiny_models[family], path, rules=TypeRules(Q.F32), verify=False)
             self[family] = path
             return path
 
@@ -129,7 +130,7 @@ def wide_f32_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wide")
     src = build_tiny_model("llama", root / "hf", hidden_size=256, intermediate_size=512, initializer_range=0.05)
     path = root / "wide-f32.gguf"
-    gguf_export(src, path, out_type="f32")
+    gguf_export(src, path, rules=TypeRules(Q.F32), verify=False)
     return path
 
 

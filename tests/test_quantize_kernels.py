@@ -25,10 +25,9 @@ from mtk.kernels.quantize import QUANTIZE_TYPES, quantize
 
 QT = GGMLQuantizationType
 TYPES = sorted(QUANTIZE_TYPES, key=lambda t: t.value)
-BLOCK_TYPES = [t for t in TYPES if GGML_QUANT_SIZES[t][0] == 32]
 # Types whose bytes keep a NaN's payload in a well-defined way (elementwise, or picked by argmax).
 PAYLOAD_TYPES = [QT.F16, QT.BF16, QT.Q4_0, QT.Q5_0]
-# The (largest magnitude, code levels) gguf-py divides by per block type, to build exact ties.
+# What gguf-py divides a block's peak (or max - min) by to get its scale; a power-of-two scale makes ties.
 SCALE_STEPS = {QT.Q4_0: 8, QT.Q5_0: 16, QT.Q4_1: 15, QT.Q5_1: 31, QT.Q8_0: 127}
 
 

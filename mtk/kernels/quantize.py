@@ -44,8 +44,9 @@ QT = GGMLQuantizationType
 # an encoder must not write to them.
 EncodeFn = Callable[[torch.Tensor, torch.Tensor], None]
 
-# Values per chunk: 1 Mi values is 4 MiB of float32, so an encoder's few temporaries stay far below 64 MiB,
-# and each torch op has enough work to amortise its dispatch cost.
+# Values per chunk: 1 Mi values is 4 MiB of float32. The fast encoders hold about three chunk-sized float32
+# temporaries, the references (which may get a whole chunk, e.g. of zeros) more: ~32 MiB at most (measured).
+# Larger chunks were no faster; smaller ones pay torch's per-op dispatch cost more often.
 CHUNK_VALUES = 1 << 20
 
 _FAST: Registry[EncodeFn] = Registry("quantization type")
@@ -167,9 +168,9 @@ def _high_bits(codes: torch.Tensor, out: torch.Tensor) -> None:
 
 def _numpy_u8(q: torch.Tensor) -> torch.Tensor:
     """numpy's float32 -> uint8 cast on x86, as int32 0..255: through int32, where NaN, +-inf and values
-    beyond int32 become INT_MIN, then the low byte."""
-    q = torch.where(q.abs() < 2.0**31, q, -(2.0**31))  # NaN fails the comparison too
-    return q.to(torch.int32) & 0xFF
+    beyond int32 become INT_MIN, then the low byte. ``q`` is overwritten."""
+    q.masked_fill_(~(q.abs() < 2.0**31), -(2.0**31))  # NaN fails the comparison too
+    return q.to(torch.int32).bitwise_and_(0xFF)
 
 
 # --- float16 -----------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def _f16_reference(x: torch.Tensor) -> torch.Tensor:
 
 def _cast_f16(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """torch's float16 cast of float32 ``x`` into the bytes of ``out`` (``x.numel() * 2``); returns that
-    half view. It rounds as numpy does (checked on all 2**32 inputs) but quiets NaNs."""
+    half view. It rounds as numpy does (on CPU checked for all 2**32 inputs) but quiets NaNs."""
     half = out.view(torch.float16).view(x.shape)
     half.copy_(x)
     return half
@@ -261,8 +262,8 @@ def _bf16_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
 @_register(QT.BF16, _FAST)
 def _bf16(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    """torch's bfloat16 cast rounds the same way (checked on all 2**32 inputs); it makes NaNs canonical,
-    so those are redone."""
+    """torch's bfloat16 cast rounds the same way (on CPU checked for all 2**32 inputs); it makes NaNs
+    canonical, so those are redone."""
     out.view(torch.bfloat16).copy_(blocks)
     if _has_nan(blocks):
         _redo(blocks, out, blocks.isnan(), _bf16_ref)
@@ -354,8 +355,8 @@ def _q8_0_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     # gguf-py's np_roundf, half away from zero: sign(q) * (floor(a) + floor(2 * (a - floor(a)))), a = |q|.
     a = q.abs()
     whole = a.floor()
-    q = ((a - whole) * 2).floor_().add_(whole).mul_(q.sign())
-    out[:, 2:34].copy_(_numpy_u8(q))
+    rounded = a.sub_(whole).mul_(2).floor_().add_(whole).mul_(q.sign_())
+    out[:, 2:34].copy_(_numpy_u8(rounded))
 
 
 # --- legacy 32-value blocks: fast encoders -----------------------------------------------------------------

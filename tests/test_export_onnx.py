@@ -1,0 +1,255 @@
+"""export-onnx: tiny models exported with torch.onnx (dynamo), run in onnxruntime, compared with PyTorch.
+
+One real export per model; the dtype / quantization / optimization variants and the failure path reuse the
+tiny llama's traced fp32 graph (``_reuse_graph``) and run every later step for real: the passes, the
+manifest, onnxruntime and the comparison with the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from fixtures_models import FAMILY_NAMES, build_tiny_model
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from mtk.bench.onnx_runtime import OnnxCausalLM, generate_text, make_session
+from mtk.converters import hf_to_onnx
+from mtk.converters.hf_to_onnx import OnnxExportConfig, export_onnx
+from mtk.errors import UnsupportedError, VerificationError
+
+# Every family is exported by `MTK_ONNX_ALL_FAMILIES=1 pytest tests/test_export_onnx.py`; each costs ~20-30 s of
+# tracing on 2 cores, so the default run keeps llama (the other families' results are in the module docs).
+ALL_FAMILIES = os.environ.get("MTK_ONNX_ALL_FAMILIES", "") not in ("", "0")
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("onnx") / "llama"
+    return out, export_onnx(tiny_models["llama"], out)
+
+
+def _reuse_graph(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make export_onnx copy ``folder``'s fp32 graph instead of tracing the model again."""
+    manifest = json.loads((folder / "mtk_onnx.json").read_text())
+    graph = {k: manifest[k] for k in ("inputs", "outputs", "cache")}
+
+    def copy_graph(model: object, task: str, opset: int, dst: Path) -> dict:
+        shutil.copyfile(folder / "model.onnx", dst)
+        return json.loads(json.dumps(graph))
+
+    monkeypatch.setattr(hf_to_onnx, "_export_graph", copy_graph)
+
+
+def test_config_is_validated() -> None:
+    for bad in (
+        {"task": "translation"},
+        {"dtype": "bf16"},
+        {"quantize": "int2"},
+        {"block_size": 64},
+        {"opset": 13},
+        {"quantize": "int8", "dtype": "fp16"},
+    ):
+        with pytest.raises(ValueError):
+            OnnxExportConfig(**bad)
+    assert OnnxExportConfig().task == "auto"
+
+
+def test_llama_with_past_layout(llama_onnx: tuple[Path, dict]) -> None:
+    out, result = llama_onnx
+    assert result["task"] == "text-generation-with-past"
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "mtk_onnx.json", "config.json", "tokenizer.json"} <= names
+    assert not any(n.startswith(".") for n in names)
+    manifest = json.loads((out / "mtk_onnx.json").read_text())
+    assert manifest["cache"] == {"layers": 2, "kv_heads": 2, "head_dim": 16, "dtype": "float32"}
+    graph = onnx.load(str(out / "model.onnx")).graph
+    inputs = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    assert inputs == ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{k}" for i in range(2) for k in ("key", "value")
+    ]
+    assert outputs == ["logits"] + [f"present.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    past_dims = [d.dim_param or d.dim_value for d in graph.input[3].type.tensor_type.shape.dim]
+    assert past_dims == ["batch", 2, "past_sequence", 16]
+    m = result["validation"]["logits"]
+    assert m["positions"] == len(AutoTokenizer.from_pretrained(out)("The capital of France is")["input_ids"]) + 2
+    assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
+
+
+def test_llama_dynamic_batch_and_past(llama_onnx: tuple[Path, dict], tiny_models: dict[str, Path]) -> None:
+    """Batch 3, a 5-token prefill then a 2-token chunk through the cache, against PyTorch's own cache."""
+    out, _ = llama_onnx
+    runner = OnnxCausalLM(out)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    logits1, cache = runner.step(ids[:, :5].numpy(), runner.empty_cache(3))
+    logits2, cache = runner.step(ids[:, 5:].numpy(), cache)
+    assert cache[0].shape == (3, 2, 7, 16)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    assert np.abs(np.concatenate([logits1, logits2], axis=1) - ref).max() <= 1e-4
+
+
+def test_left_padding_matches_unpadded(llama_onnx: tuple[Path, dict]) -> None:
+    out, _ = llama_onnx
+    runner = OnnxCausalLM(out)
+    ids = np.array([[5, 6, 7, 8]])
+    alone, _ = runner.step(ids, runner.empty_cache())
+    padded, _ = runner.step(
+        np.array([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]),
+        runner.empty_cache(2),
+        np.array([[0, 0, 1, 1, 1, 1], [1] * 6]),
+    )
+    assert np.abs(padded[0, 2:] - alone[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("options", "kl_bound", "top1_bound"),
+    [
+        ({"dtype": "fp16"}, 1e-3, 0.9),
+        ({"quantize": "int8"}, 1e-2, 0.8),
+        ({"quantize": "int4", "block_size": 32}, 0.1, 0.7),
+        ({"optimize": True}, 1e-9, 1.0),
+    ],
+    ids=["fp16", "int8", "int4", "optimize"],
+)
+def test_lossy_variants_are_validated(
+    options: dict,
+    kl_bound: float,
+    top1_bound: float,
+    llama_onnx: tuple[Path, dict],
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _reuse_graph(monkeypatch, llama_onnx[0])
+    result = export_onnx(tiny_models["llama"], tmp_path / "out", OnnxExportConfig(**options))
+    m = result["validation"]["logits"]
+    assert m["kl_mean"] <= kl_bound and m["top1"] >= top1_bound, m
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    if options.get("quantize") == "int4":
+        assert "MatMulNBits" in ops and result["bytes"] < llama_onnx[1]["bytes"] * 0.6
+    if options.get("quantize") == "int8":
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}
+    if options.get("dtype") == "fp16":
+        assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+        assert json.loads((tmp_path / "out" / "mtk_onnx.json").read_text())["cache"]["dtype"] == "float16"
+    if options.get("optimize"):
+        assert m["max_abs"] <= 1e-4
+
+
+def test_mismatch_fails_and_publishes_nothing(
+    llama_onnx: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph traced from other weights (another seed) must fail validation; the output folder never appears."""
+    other = build_tiny_model("llama", tmp_path / "other", seed=1)
+    _reuse_graph(monkeypatch, llama_onnx[0])
+    with pytest.raises(VerificationError, match="max abs logit diff") as err:
+        export_onnx(other, tmp_path / "out")
+    assert err.value.exit_code == 5
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_cli_json(
+    llama_onnx: tuple[Path, dict], tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from mtk.cli.common import SETTINGS
+    from mtk.cli.export_onnx import export_onnx_command
+
+    _reuse_graph(monkeypatch, llama_onnx[0])
+    app = typer.Typer()
+    app.command()(export_onnx_command)
+    monkeypatch.setattr(SETTINGS, "json", True)
+    res = CliRunner().invoke(
+        app, [str(tiny_models["llama"]), "-o", str(tmp_path / "o"), "--quantize", "int4", "--block-size", "128"]
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout[res.stdout.index("{") :])
+    assert result["quantize"] == "int4" and result["validation"]["kind"] == "int4"
+    bad = CliRunner().invoke(app, [str(tiny_models["llama"]), "-o", str(tmp_path / "p"), "--block-size", "64"])
+    assert bad.exit_code != 0 and isinstance(bad.exception, Exception)
+
+
+def test_task_must_fit_the_model() -> None:
+    from transformers import BertConfig, LlamaConfig
+
+    assert hf_to_onnx.resolve_task(LlamaConfig(), "auto") == "text-generation-with-past"
+    assert hf_to_onnx.resolve_task(BertConfig(), "auto") == "feature-extraction"
+    with pytest.raises(UnsupportedError, match="not a causal LM"):
+        hf_to_onnx.resolve_task(BertConfig(), "text-generation-with-past")
+
+
+@pytest.mark.skipif(not ALL_FAMILIES, reason="set MTK_ONNX_ALL_FAMILIES=1 to export every family (~3 min)")
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f != "llama"])
+def test_every_family(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    result = export_onnx(tiny_models[family], tmp_path / family)
+    m = result["validation"]["logits"]
+    assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
+
+
+def test_bert_feature_extraction(tmp_path: Path) -> None:
+    src = _tiny_bert(tmp_path / "bert")
+    result = export_onnx(src, tmp_path / "onnx")
+    assert result["task"] == "feature-extraction"
+    manifest = json.loads((tmp_path / "onnx" / "mtk_onnx.json").read_text())
+    assert manifest["outputs"] == ["last_hidden_state", "pooler_output"]
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert max(result["validation"]["max_abs"].values()) <= 1e-4
+    tok = AutoTokenizer.from_pretrained(tmp_path / "onnx")
+    enc = tok(["hello world", "the cat sat on the mat"], padding=True, return_tensors="np")
+    session = make_session(tmp_path / "onnx" / "model.onnx")
+    hidden = session.run(["last_hidden_state"], {k: enc[k].astype(np.int64) for k in manifest["inputs"]})[0]
+    model = AutoModel.from_pretrained(src).eval()
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(enc[k]) for k in manifest["inputs"]}).last_hidden_state.numpy()
+    assert hidden.shape == (2, enc["input_ids"].shape[1], 32)
+    assert np.abs(hidden[1] - ref[1]).max() <= 1e-4
+
+
+def _tiny_bert(out: Path) -> Path:
+    """A random 2-layer BertModel (width 32) with a WordPiece tokenizer built offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["the", "cat", "sat", "on", "mat", "hello", "world", "a", "dog", "ran", "##s", "##ed", "##ing"]
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    BertTokenizerFast(tokenizer_object=tok).save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+def test_smollm2_greedy_matches_transformers(smollm2_hf: Path, tmp_path: Path) -> None:
+    """fp32 onnxruntime greedy decoding gives transformers' greedy tokens for 32 new tokens."""
+    out = tmp_path / "smollm2-onnx"
+    result = export_onnx(smollm2_hf, out)
+    assert result["validation"]["logits"]["top1"] == 1.0
+    got = generate_text(out, "The capital of France is", max_new_tokens=32)
+    tok = AutoTokenizer.from_pretrained(smollm2_hf)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32).eval()
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1] :].tolist()
+    assert got["new_ids"] == ref, (got["new_ids"], ref)
+    assert got["text"].lstrip().startswith("Paris")
