@@ -8,6 +8,7 @@ when asked, ``tensors``: a list of ``{name, shape, type, bytes}``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def _summary(
     size: int,
     with_rows: bool,
 ) -> Report:
-    params = sum(_numel(r["shape"]) for r in rows)
+    params = sum(math.prod(r["shape"]) for r in rows)
     tensor_bytes = sum(r["bytes"] for r in rows)
     return {
         "path": str(path),
@@ -159,7 +160,7 @@ def _inspect_onnx(path: Path, with_rows: bool) -> Report:
                 "name": init.name,
                 "shape": list(init.dims),
                 "type": onnx.TensorProto.DataType.Name(init.data_type),
-                "bytes": _numel(list(init.dims)) * dtype.itemsize,
+                "bytes": math.prod(list(init.dims)) * dtype.itemsize,
             }
         )
     meta = {
@@ -172,10 +173,3 @@ def _inspect_onnx(path: Path, with_rows: bool) -> Report:
     }
     size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data"))
     return _summary(path, "onnx", model.graph.name or "onnx", meta, rows, size, with_rows)
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

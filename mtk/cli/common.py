@@ -50,6 +50,17 @@ def render(result: dict[str, Any], human: str | None = None) -> None:
         stdout.print(human, highlight=False)
 
 
+def report_verification(result: dict[str, Any], runtime: str = "llama.cpp") -> None:
+    """One status line for a result's ``verification`` block, when there is one."""
+    v = result.get("verification")
+    if v:
+        m = v["logits"]
+        info(
+            f"verified against {runtime}: tokenizer identical on {v['tokenizer']['tokens']} probe tokens; "
+            f"logits top-1 {m['top1']:.3f}, mean KL {m['kl_mean']:.2e}, max |diff| {m['max_abs']:.3g}"
+        )
+
+
 def info(message: str) -> None:
     """A status line on stderr (hidden by --quiet)."""
     if not SETTINGS.quiet:

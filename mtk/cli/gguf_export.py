@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mtk.cli.common import Device, DeviceOpt, Overwrite, info, progress_bar, render
+from mtk.cli.common import Device, DeviceOpt, Overwrite, progress_bar, render, report_verification
 from mtk.errors import UsageError
 
 
@@ -79,13 +79,7 @@ def gguf_export_command(
             overwrite=overwrite,
             progress=bar.update,
         )
-    v = result.get("verification")
-    if v:
-        m = v["logits"]
-        info(
-            f"verified in llama.cpp: tokenizer identical on {v['tokenizer']['tokens']} probe tokens; "
-            f"logits top-1 {m['top1']:.3f}, mean KL {m['kl_mean']:.2e}, max |diff| {m['max_abs']:.3g}"
-        )
+    report_verification(result)
     types = ", ".join(f"{k}: {n}" for k, n in result["types"].items())
     render(
         result,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtk.cli.common import Device, DeviceOpt, DType, OutputDir, Overwrite, info, progress_bar, render
+from mtk.cli.common import Device, DeviceOpt, DType, OutputDir, Overwrite, progress_bar, render, report_verification
 
 
 def gguf_import_command(
@@ -44,13 +44,7 @@ def gguf_import_command(
             overwrite=overwrite,
             progress=bar.update,
         )
-    v = result.get("verification")
-    if v:
-        m = v["logits"]
-        info(
-            f"verified against llama.cpp: tokenizer identical on {v['tokenizer']['tokens']} probe tokens; "
-            f"logits top-1 {m['top1']:.3f}, mean KL {m['kl_mean']:.2e}, max |diff| {m['max_abs']:.3g}"
-        )
+    report_verification(result)
     render(
         result,
         f"wrote {result['output']}: {result['architecture']}, {result['tensors']} tensors, "

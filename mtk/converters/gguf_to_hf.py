@@ -8,6 +8,7 @@ dequantized tensor plus the pages of the map being read.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ def plan_tensors(family: Family, model: GGUFModel, config: Any) -> list[PlannedT
             raise InvalidFileError(
                 f"{model.path}: tensor {info.name} -> {name} does not fit the model its metadata describes"
             )
-        if _numel(shape) != info.n_elements:
+        if math.prod(shape) != info.n_elements:
             raise InvalidFileError(f"{model.path}: tensor {info.name} has shape {info.shape}, the model needs {shape}")
         plan.append(PlannedTensor(name, shape, info, gguf_t))
     missing = set(expected) - {p.hf_name for p in plan} - {"lm_head.weight"}
@@ -125,13 +126,6 @@ def _expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -227,7 +221,7 @@ def gguf_import(
         "dtype": str(torch_dtype).removeprefix("torch."),
         "device": str(dev),
         "tensors": len(plan),
-        "parameters": sum(_numel(p.shape) for p in plan),
+        "parameters": sum(math.prod(p.shape) for p in plan),
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writer = SafetensorsWriter(

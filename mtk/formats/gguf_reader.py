@@ -17,6 +17,7 @@ Split files (``NAME-00001-of-0000N.gguf``, written by llama.cpp's ``gguf-split``
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import re
 import struct
@@ -81,10 +82,7 @@ class GGUFTensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 class _Cursor:
@@ -218,9 +216,7 @@ class GGUFFile:
             raise InvalidFileError(
                 f"{self.path}: corrupt GGUF (tensor {name} row of {ne[0]} is not a multiple of {block})"
             )
-        n = 1
-        for d in ne:
-            n *= d
+        n = math.prod(ne)
         if n > 1 << 48:
             raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {name} claims {n} elements)")
         return name, qtype, tuple(reversed(ne)), rel, n // block * type_size

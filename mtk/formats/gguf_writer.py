@@ -7,6 +7,7 @@ the alignment (32) from the data section's start, padded with zero bytes, as lla
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from mtk.formats.gguf_reader import DEFAULT_ALIGNMENT
+from mtk.formats.gguf_reader import _SCALAR_FORMATS, DEFAULT_ALIGNMENT
 
 # Keys whose value type llama.cpp checks strictly and that Python's int/float would not pin down.
 KEY_TYPES: dict[str, GGUFValueType] = {
@@ -30,19 +31,6 @@ KEY_TYPES: dict[str, GGUFValueType] = {
     "split.count": GGUFValueType.UINT16,
     "split.tensors.count": GGUFValueType.INT32,
 }
-_SCALAR_FORMATS = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
-}
 
 
 @dataclass(frozen=True)
@@ -54,10 +42,7 @@ class PlannedGGUFTensor:
     @property
     def nbytes(self) -> int:
         block, type_size = GGML_QUANT_SIZES[self.qtype]
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n // block * type_size
+        return math.prod(self.shape) // block * type_size
 
 
 def infer_type(key: str, value: Any) -> GGUFValueType:

@@ -10,6 +10,7 @@ and dropped after.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from collections.abc import Iterable, Iterator
@@ -60,10 +61,7 @@ class TensorRef:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 class SafetensorsFile:
@@ -177,7 +175,7 @@ class SafetensorsWriter:
         shards: list[list[int]] = [[]]
         used = 0
         for i, (_, dtype, shape) in enumerate(self.plan):
-            size = _numel(shape) * dtype_size(dtype)
+            size = math.prod(shape) * dtype_size(dtype)
             if shards[-1] and used + size > limit:
                 shards.append([])
                 used = 0
@@ -195,7 +193,7 @@ class SafetensorsWriter:
         offset = 0
         for i in self.shards[k]:
             name, dtype, shape = self.plan[i]
-            size = _numel(shape) * dtype_size(dtype)
+            size = math.prod(shape) * dtype_size(dtype)
             header[name] = {
                 "dtype": DTYPE_NAMES[dtype],
                 "shape": list(shape),
@@ -238,7 +236,7 @@ class SafetensorsWriter:
             raise ValueError(f"only {self._next} of {len(self.plan)} planned tensors were written")
         if len(self.shards) > 1:
             weight_map = {self.plan[i][0]: self.shard_name(k) for k, idx in enumerate(self.shards) for i in idx}
-            total = sum(_numel(s) * dtype_size(d) for _, d, s in self.plan)
+            total = sum(math.prod(s) * dtype_size(d) for _, d, s in self.plan)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -250,13 +248,6 @@ class SafetensorsWriter:
             self.close()
         else:
             self._close_shard()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def iter_tensors(files: Iterable[SafetensorsFile]) -> Iterator[tuple[str, torch.Tensor]]:
