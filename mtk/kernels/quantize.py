@@ -163,7 +163,7 @@ def _high_bits(codes: torch.Tensor, out: torch.Tensor) -> None:
     word |= word >> 7
     word |= word >> 14
     word |= word >> 28
-    out.copy_(word & 0xFF)
+    out.copy_(word.view(torch.uint8)[:, ::8])  # the low byte of each word
 
 
 def _numpy_u8(q: torch.Tensor) -> torch.Tensor:
