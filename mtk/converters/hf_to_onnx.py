@@ -18,6 +18,7 @@ The folder holds ``model.onnx`` (``model.onnx.data`` past 2 GB), ``mtk_onnx.json
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import warnings
@@ -30,7 +31,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from mtk.converters.onnx_validate import validate_causal, validate_encoder
+from mtk.converters.onnx_validate import Kind, validate
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
@@ -133,10 +134,14 @@ class Encoder(torch.nn.Module):
 
 
 def resolve_task(config: Any, task: Task) -> Task:
-    """``auto``: text-generation-with-past for a model transformers loads as a causal LM, else feature-extraction."""
+    """``auto``: text-generation-with-past for a causal LM, else feature-extraction.
+
+    A causal LM is a config transformers has a causal-LM class for that is not a bidirectional encoder
+    (BERT-style configs say ``is_decoder=False``; decoder-only configs have no such field).
+    """
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
-    causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
+    causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and getattr(config, "is_decoder", True)
     if task == "auto":
         if causal:
             return "text-generation-with-past"
@@ -167,7 +172,7 @@ def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[
         if getattr(model.config, "type_vocab_size", 0):
             names.append("token_type_ids")
         args = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
-        return args, {"inputs": [{0: batch, 1: seq}] * len(names)}, names, []
+        return args, {"inputs": tuple({0: batch, 1: seq} for _ in names)}, names, []
     mask = torch.ones(2, 3 + (4 if task == "text-generation-with-past" else 0), dtype=torch.int64)
     names = ["input_ids", "attention_mask", "position_ids"]
     if task == "text-generation":
@@ -271,10 +276,10 @@ def _post_process(src: Path, dst: Path, config: OnnxExportConfig, external: bool
         passes.append(
             ("onnxruntime graph optimization (extended)", partial(onnx_passes.optimize, external_data=external))
         )
-    if not passes:
-        shutil.copyfile(src, dst)
+    if not passes:  # same file name, so an external-data sidecar keeps its recorded location
+        os.replace(src, dst)
         if (data := src.with_name(f"{src.name}.data")).exists():
-            shutil.copyfile(data, dst.with_name(f"{dst.name}.data"))
+            os.replace(data, dst.with_name(f"{dst.name}.data"))
     current = src
     for i, (_, apply) in enumerate(passes):
         target = dst if i == len(passes) - 1 else src.with_name(f"step{i}.onnx")
@@ -312,19 +317,24 @@ def export_onnx(
         except Exception as exc:  # the exporter raises many kinds; name the model in one line
             raise UnsupportedError(f"torch.onnx could not export {model.config.model_type}: {exc}") from exc
         external = (scratch / "model.onnx.data").exists()
+        for name in SIDE_FILES:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
+        _write_manifest(tmp, _manifest(model, task, config, graph, [], external))
+        kind = kind_of(config)
+        validation: dict[str, Any] | None = None
+        if config.validate and (kind != "fp32" or config.optimize):
+            # The traced fp32 graph first, to the fp32 bound: a conversion bug cannot hide in quantization error.
+            conversion = validate(tmp, model, "fp32", model_file=".fp32/model.onnx")
         steps = _post_process(scratch / "model.onnx", tmp / "model.onnx", config, external)
         shutil.rmtree(scratch)
         if "cache" in graph and config.dtype == "fp16":
             graph["cache"]["dtype"] = "float16"
-        for name in SIDE_FILES:
-            if (model_dir / name).is_file():
-                shutil.copyfile(model_dir / name, tmp / name)
-        manifest = _manifest(model, task, config, graph, steps, external)
-        (tmp / "mtk_onnx.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        validation = None
+        _write_manifest(tmp, _manifest(model, task, config, graph, steps, external))
         if config.validate:
-            check = validate_encoder if task == "feature-extraction" else validate_causal
-            validation = check(tmp, model, config)
+            validation = validate(tmp, model, kind)
+            if kind != "fp32" or config.optimize:
+                validation["conversion"] = conversion
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
     return {
         "output": str(output),
@@ -340,6 +350,15 @@ def export_onnx(
         "validation": validation,
         "seconds": time.perf_counter() - start,
     }
+
+
+def kind_of(config: OnnxExportConfig) -> Kind:
+    """What the artifact's numbers are judged as: the quantization if any, else the dtype."""
+    return config.quantize or config.dtype
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / "mtk_onnx.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def _manifest(
