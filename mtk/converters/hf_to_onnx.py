@@ -35,6 +35,7 @@ from mtk.converters.onnx_validate import Kind, validate
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
+from mtk.formats.checkpoint import TOKENIZER_FILES
 
 Task = Literal["auto", "text-generation", "text-generation-with-past", "feature-extraction"]
 OnnxDType = Literal["fp32", "fp16"]
@@ -42,19 +43,7 @@ Quantize = Literal["int8", "int4"]
 BLOCK_SIZES = (32, 128)
 MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and newer
 # Copied verbatim beside model.onnx, when present in the source folder.
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
+SIDE_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
+    "vocab.txt",
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
