@@ -221,3 +221,12 @@ def test_verification_failure_exits_5_and_leaves_nothing(
     assert "disagrees with llama.cpp" in proc.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu_is_an_environment_error(f32_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    from mtk.errors import EnvironmentProblem
+
+    proc = run_mtk("gguf-import", str(f32_ggufs["llama"]), "-o", str(tmp_path / "out"), "--device", "cuda")
+    assert proc.returncode == EnvironmentProblem.exit_code and "no CUDA device" in proc.stderr
+    assert not (tmp_path / "out").exists()
