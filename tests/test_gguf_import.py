@@ -230,3 +230,19 @@ def test_cuda_without_gpu_is_an_environment_error(f32_ggufs: dict[str, Path], tm
     proc = run_mtk("gguf-import", str(f32_ggufs["llama"]), "-o", str(tmp_path / "out"), "--device", "cuda")
     assert proc.returncode == EnvironmentProblem.exit_code and "no CUDA device" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_shapes_that_contradict_the_metadata_are_invalid(f32_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    """A GGUF whose KV-head count disagrees with its K projection is refused before anything is written."""
+    from mtk.errors import InvalidFileError
+
+    src = open_gguf(f32_ggufs["llama"])
+    meta = dict(src.metadata)
+    meta["llama.attention.head_count_kv"] = 4  # the K/V projections hold 2 heads
+    tensors = {t.name: (t.qtype, src.tensor_bytes(t).numpy().view(np.float32).reshape(t.shape)) for t in src.tensors}
+    bad = tmp_path / "bad.gguf"
+    write_gguf(bad, meta, tensors)
+    proc = run_mtk("gguf-import", str(bad), "-o", str(tmp_path / "out"))
+    assert proc.returncode == InvalidFileError.exit_code, proc.stderr
+    assert "attn_k.weight" in proc.stderr and "metadata implies" in proc.stderr
+    assert not (tmp_path / "out").exists()

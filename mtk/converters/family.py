@@ -101,6 +101,10 @@ class Family:
             out.update(self.export_config(config))
         return out
 
+    @property
+    def hf_template_to_gguf(self) -> dict[str, str]:
+        return {hf_t: gguf_t for gguf_t, hf_t in self.all_tensors().items()}
+
     def all_tensors(self) -> dict[str, str]:
         return {**self.tensors, **self.expert_tensors}
 
