@@ -281,11 +281,11 @@ def load_in_memory(gguf_path: Path | str, device: str = "auto") -> Any:
 
     model_file = open_gguf(gguf_path)
     family = family_for_gguf(model_file.architecture)
-    config = AutoConfig.for_model(family.model_type, **hf_config(family, model_file))
-    plan = plan_tensors(family, model_file, config)
+    cfg = hf_config(family, model_file)
+    config = AutoConfig.for_model(family.model_type, **cfg)
+    plan = plan_tensors(family, model_file, cfg)
     state = {
-        p.hf_name: w
-        for p, w in iter_hf_tensors(family, model_file, plan, config, torch.float32, resolve_device(device))
+        p.hf_name: w for p, w in iter_hf_tensors(family, model_file, plan, cfg, torch.float32, resolve_device(device))
     }
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     result = model.load_state_dict(_fused_experts(state, model.state_dict().keys()), strict=False, assign=True)
