@@ -1,4 +1,4 @@
-"""Device choice and resource measurement shared by the commands."""
+"""Device choice shared by the commands."""
 
 from __future__ import annotations
 
@@ -16,10 +16,3 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return torch.device(device)
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

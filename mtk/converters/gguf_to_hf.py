@@ -30,7 +30,6 @@ from mtk.runtime import resolve_device
 ImportDType = Literal["auto", "bf16", "f16", "f32"]
 Progress = Callable[[int, int, str], None]
 TORCH_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
-FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
 @dataclass(frozen=True)

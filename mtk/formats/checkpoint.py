@@ -138,9 +138,6 @@ class HFCheckpoint:
         if name in self._where:
             self._files[self._where[name]].release(name)
 
-    def tokenizer_files(self) -> list[Path]:
-        return [self.path / n for n in TOKENIZER_FILES if (self.path / n).exists()]
-
 
 def _read_json(path: Path) -> Any:
     try:

@@ -13,7 +13,7 @@ import json
 import math
 import mmap
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -248,9 +248,3 @@ class SafetensorsWriter:
             self.close()
         else:
             self._close_shard()
-
-
-def iter_tensors(files: Iterable[SafetensorsFile]) -> Iterator[tuple[str, torch.Tensor]]:
-    for f in files:
-        for name in f.tensors:
-            yield name, f.get(name)
