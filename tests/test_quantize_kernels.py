@@ -21,7 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from mtk.errors import UnsupportedError
 from mtk.kernels import quantize as kernels
 from mtk.kernels.dequant import dequantize
-from mtk.kernels.quantize import QUANTIZE_TYPES, quantize
+from mtk.kernels.quantize import KQUANT_TYPES, QUANTIZE_TYPES, quantize
 
 QT = GGMLQuantizationType
 TYPES = sorted(QUANTIZE_TYPES, key=lambda t: t.value)
@@ -220,7 +220,8 @@ def test_empty_tensors(shape: tuple[int, ...]) -> None:
         assert out.shape == (*shape[:-1], shape[-1] // block_size * type_size) and out.dtype == torch.uint8
 
 
-UNSUPPORTED = [t for t in GGMLQuantizationType if t not in QUANTIZE_TYPES]
+# The K-quant and IQ4 encoders have no gguf-py counterpart: tests/test_kquant_kernels.py covers them.
+UNSUPPORTED = [t for t in GGMLQuantizationType if t not in QUANTIZE_TYPES | KQUANT_TYPES]
 
 
 @pytest.mark.parametrize("qtype", UNSUPPORTED, ids=lambda t: t.name)

@@ -37,6 +37,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
+from mtk.kernels.kquants import KQUANT_TYPES, quantize_kquant
 from mtk.registry import Registry
 
 QT = GGMLQuantizationType
@@ -50,6 +51,8 @@ EncodeFn = Callable[[torch.Tensor, torch.Tensor], None]
 CHUNK_VALUES = 1 << 20
 
 _FAST: Registry[EncodeFn] = Registry("quantization type")
+# Types whose llama.cpp encoders take no importance either.
+_IGNORES_IMPORTANCE = frozenset({QT.F32, QT.F16, QT.BF16, QT.Q8_0})
 _REFERENCE: Registry[EncodeFn] = Registry("quantization type")
 
 _CANONICAL_NAN = 0x7FC00000  # numpy's reductions
@@ -61,8 +64,19 @@ def _register(qtype: GGMLQuantizationType, registry: Registry[EncodeFn]) -> Call
     return registry.register(qtype.name)
 
 
-def quantize(weights: torch.Tensor, qtype: GGMLQuantizationType, *, reference: bool = False) -> torch.Tensor:
+def quantize(
+    weights: torch.Tensor,
+    qtype: GGMLQuantizationType,
+    *,
+    reference: bool = False,
+    importance: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Encode a float tensor as the bytes of GGUF type ``qtype``.
+
+    The K-quants and IQ4 types (``KQUANT_TYPES``: Q2_K ... Q6_K, IQ4_NL, IQ4_XS) are encoded as llama.cpp
+    does by :mod:`mtk.kernels.kquants`, optionally with ``importance``: float (cols,) per-column weights
+    (llama.cpp's imatrix values). F32/F16/BF16/Q8_0 ignore importance, as llama.cpp does; the other legacy
+    types refuse it (llama.cpp would use it, mtk's encoders follow gguf-py's, which does not).
 
     ``weights`` is a floating-point tensor on any device (float16 and bfloat16 widen to float32 exactly);
     its last dimension must be whole blocks. Returns uint8 ``(*weights.shape[:-1], row_bytes)`` on the
@@ -77,10 +91,15 @@ def quantize(weights: torch.Tensor, qtype: GGMLQuantizationType, *, reference: b
         qtype = GGMLQuantizationType(qtype)
     except ValueError:
         raise UnsupportedError(f"unknown GGML tensor type {qtype!r}") from None
-    if qtype.name not in _FAST:
-        raise UnsupportedError(f"cannot quantize to {qtype.name}; supported: {', '.join(_FAST)}")
+    if qtype.name not in _FAST and qtype not in KQUANT_TYPES:
+        names = ", ".join([*_FAST, *sorted(t.name for t in KQUANT_TYPES)])
+        raise UnsupportedError(f"cannot quantize to {qtype.name}; supported: {names}")
     if not weights.is_floating_point():
         raise TypeError(f"quantize expects a float tensor, got {weights.dtype}")
+    if qtype in KQUANT_TYPES:
+        return quantize_kquant(weights, qtype, importance, reference=reference)
+    if importance is not None and qtype not in _IGNORES_IMPORTANCE:
+        raise UnsupportedError(f"{qtype.name} cannot use importance weights")
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     shape = tuple(weights.shape)
     row = shape[-1] if shape else 1

@@ -1,0 +1,295 @@
+"""Batched scale searches behind the K-quant and IQ4 encoders (ggml's ``make_*_quants``), in torch.
+
+Each search runs on many sub-blocks at once: ``x`` is float32 ``(..., n)`` (n values per sub-block, a
+power of two), weights are float32 of the same shape, results are per sub-block ``(...)`` plus integer
+codes ``(..., n)`` held as float32. Where ggml's candidate scales are independent of each other they are
+evaluated together, as an extra dimension ``(..., K, n)``; the choice among them is then made in ggml's
+order, one candidate after the other (its comparisons are not transitive in float, so an argmin could pick
+differently).
+
+Float arithmetic is ggml's, one rounding per operation, in its order (``w*l*x`` is ``(w*l)*x``), with one
+deliberate difference: every sum over a sub-block is :func:`fold` (pairwise halving), where ggml adds left to
+right. Folding is a few wide operations instead of n narrow ones, and the slow twin in
+``mtk.kernels.kquants_ref`` folds the same way, so the two agree bit for bit. Divisions are tensor by
+tensor (true divisions): torch computes ``number / tensor`` as a reciprocal times the number, which can
+differ in the last bit. Rounding is ``torch.round`` (half to even), which is what ggml's ``nearest_int``
+does for the magnitudes that occur here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+GROUP_MAX_EPS = 1e-15  # ggml's "all zero" threshold on a sub-block's largest magnitude
+
+
+def fold(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension (a power of two) by repeated halving: ``t[..., :h] + t[..., h:]``.
+    ``(..., n)`` -> ``(...)``."""
+    n = t.shape[-1]
+    while n > 1:
+        n //= 2
+        t = t[..., :n] + t[..., n : 2 * n]
+    return t[..., 0]
+
+
+def nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """ggml's ``nearest_int`` bit for bit, as float32: the low mantissa bits of ``v + 1.5 * 2**23``.
+
+    Half to even like ``torch.round`` while ``|v| < 2**22``; beyond that ggml's result wraps, and this one
+    wraps the same way. Used where a ratio is unbounded (the coordinate descents)."""
+    bits = (v + 12582912.0).view(torch.int32)
+    return ((bits & 0x007FFFFF) - 0x00400000).float()
+
+
+def div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """``a / b`` rounded once, whichever side is a Python number (see the module docstring)."""
+    if not isinstance(a, torch.Tensor):
+        a = torch.full_like(b, a)
+    elif not isinstance(b, torch.Tensor):
+        b = torch.full_like(a, b)
+    return a / b
+
+
+def f32_table(values: list[float]) -> torch.Tensor:
+    """A float32 constant table computed in float32 on the host, as the C computes it per step."""
+    return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+
+def qkx_numerators(nmax: int, rmin: float, rdelta: float, nstep: int) -> np.ndarray:
+    """``rmin + rdelta*is + nmax`` for ``is = 0..nstep`` in float32, each op rounded (make_qkx2/3_quants)."""
+    f = np.float32
+    return np.array([f(rmin) + f(rdelta) * f(i) + f(nmax) for i in range(nstep + 1)], dtype=np.float32)
+
+
+def qx_numerators(nmax: int) -> np.ndarray:
+    """``-(nmax + 0.1f*is)`` for ``is = -9..9, is != 0`` in float32 (make_qx_quants' candidates)."""
+    f = np.float32
+    return np.array([-(f(nmax) + f(0.1) * f(i)) for i in range(-9, 10) if i], dtype=np.float32)
+
+
+def qp_numerators(nmax: int) -> np.ndarray:
+    """``0.1f*is + nmax`` for ``is = -4..4, is != 0`` in float32 (make_qp_quants' candidates)."""
+    f = np.float32
+    return np.array([f(0.1) * f(i) + f(nmax) for i in range(-4, 5) if i], dtype=np.float32)
+
+
+def _table(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(values).to(like.device)
+
+
+def qkx_search(
+    x: torch.Tensor, w: torch.Tensor, nmax: int, numerators: np.ndarray, mad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """make_qkx2_quants / make_qkx3_quants (same search): an asymmetric ``x ~ scale*L - the_min`` with codes
+    ``L`` in 0..nmax, minimising the weighted squared (``mad``: absolute) error.
+
+    Step k tries the inverse scale ``numerators[k] / (max - min)`` and fits scale and min to its codes by
+    weighted least squares. ``min`` is the best fit so far, so each step depends on the ones before: the
+    steps run one after the other, each on all sub-blocks at once.
+    ``x``, ``w``: float32 (..., n). Returns (scale (...), the_min (...), L float32 (..., n)).
+    """
+    low = x.amin(-1)
+    low = torch.where(low > 0, 0.0, low)
+    high = x.amax(-1)
+    span = high - low
+    sum_w = fold(w)
+    sum_x = fold(w * x)
+    iscale = div(float(nmax), span)
+    scale = div(1.0, iscale)
+    codes = torch.round(iscale.unsqueeze(-1) * (x - low.unsqueeze(-1))).clamp_(0, nmax)
+    best = fold(w * _error(scale.unsqueeze(-1) * codes + low.unsqueeze(-1) - x, mad))
+    the_min = low
+    for numerator in numerators.tolist():
+        step_iscale = div(numerator, high - the_min)
+        l = torch.round(step_iscale.unsqueeze(-1) * (x - the_min.unsqueeze(-1))).clamp_(0, nmax)
+        wl = w * l
+        sum_l, sum_l2, sum_xl = fold(wl), fold(wl * l), fold(wl * x)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+        positive = this_min > 0
+        this_min = torch.where(positive, 0.0, this_min)
+        this_scale = torch.where(positive, sum_xl / sum_l2, this_scale)
+        err = fold(w * _error(this_scale.unsqueeze(-1) * l + this_min.unsqueeze(-1) - x, mad))
+        take = (det > 0) & (err < best)
+        best = torch.where(take, err, best)
+        scale = torch.where(take, this_scale, scale)
+        the_min = torch.where(take, this_min, the_min)
+        codes = torch.where(take.unsqueeze(-1), l, codes)
+    flat = span == 0
+    codes = torch.where(flat.unsqueeze(-1), 0.0, codes)
+    scale = torch.where(flat, 0.0, scale)
+    return scale, -the_min, codes
+
+
+def _error(diff: torch.Tensor, mad: bool) -> torch.Tensor:
+    return diff.abs() if mad else diff * diff
+
+
+def signed_peak(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value of largest magnitude (the first on a tie) and that magnitude, (...) each, for (..., n)."""
+    ax = x.abs()
+    index = ax.argmax(-1, keepdim=True)
+    return x.gather(-1, index).squeeze(-1), ax.gather(-1, index).squeeze(-1)
+
+
+def qx_search(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qx_quants with rmse_type 1: a symmetric ``x ~ scale*(L - nmax)``, L in 0..2*nmax-1, maximising
+    ``sumlx**2 / suml2`` (weights ``w``) over inverse scales ``-(nmax + 0.1*is) / max``.
+
+    ``x``, ``w``: float32 (..., n). Returns (scale (...), L float32 (..., n)); all-zero sub-blocks give 0, 0.
+    """
+    peak, amax = signed_peak(x)
+    iscale = div(float(-nmax), peak)
+    l0 = torch.round(iscale.unsqueeze(-1) * x).clamp_(-nmax, nmax - 1)
+    wx = w * x
+    sumlx, suml2 = fold(wx * l0), fold(w * l0 * l0)
+    scale = torch.where(suml2 != 0, sumlx / suml2, 0.0)
+    best = scale * sumlx
+    cand_iscale = _table(qx_numerators(nmax), x) / peak.unsqueeze(-1)
+    l_all = torch.round(cand_iscale.unsqueeze(-1) * x.unsqueeze(-2)).clamp_(-nmax, nmax - 1)
+    wk = w.unsqueeze(-2)
+    sumlx_k, suml2_k = fold(wx.unsqueeze(-2) * l_all), fold(wk * l_all * l_all)
+    chosen = iscale
+    for k in range(cand_iscale.shape[-1]):
+        slx, sl2 = sumlx_k[..., k], suml2_k[..., k]
+        take = (sl2 > 0) & (slx * slx > best * sl2)
+        scale = torch.where(take, slx / sl2, scale)
+        best = torch.where(take, scale * slx, best)
+        chosen = torch.where(take, cand_iscale[..., k], chosen)
+    codes = torch.round(chosen.unsqueeze(-1) * x).clamp_(-nmax, nmax - 1) + nmax
+    zero = (amax < GROUP_MAX_EPS).unsqueeze(-1)
+    return torch.where(zero.squeeze(-1), 0.0, scale), torch.where(zero, 0.0, codes)
+
+
+def q3_search(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_q3_quants with do_rmse: start from ``round(-nmax/max * x)``, then up to five passes of
+    per-value coordinate descent on ``sumlx**2 / suml2`` with weights ``x*x``.
+
+    A pass that changes nothing leaves the state as it found it, so running all five passes equals ggml's
+    early exit. ``x``: float32 (..., n). Returns (scale (...), L float32 (..., n), offset by nmax).
+    """
+    peak, amax = signed_peak(x)
+    iscale = div(float(-nmax), peak)
+    codes = torch.round(iscale.unsqueeze(-1) * x).clamp_(-nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    sumlx, suml2 = fold(wx * codes), fold(w * codes * codes)
+    columns = list(codes.unbind(-1))
+    for _ in range(5):
+        for i, l_old in enumerate(columns):
+            wi, wxi, xi = w[..., i], wx[..., i], x[..., i]
+            slx = sumlx - wxi * l_old
+            sl2 = suml2 - wi * l_old * l_old
+            new_l = nearest_int(xi * sl2 / slx).clamp_(-nmax, nmax - 1)
+            slx = slx + wxi * new_l
+            sl2 = sl2 + wi * new_l * new_l
+            take = (sumlx - wxi * l_old > 0) & (new_l != l_old) & (sl2 > 0)
+            take &= slx * slx * suml2 > sumlx * sumlx * sl2
+            columns[i] = torch.where(take, new_l, l_old)
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    codes = torch.stack(columns, -1) + nmax
+    scale = torch.where(suml2 > 0, sumlx / suml2, 0.0)
+    zero = amax < GROUP_MAX_EPS
+    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0.0, codes)
+
+
+def _u8(l: torch.Tensor) -> torch.Tensor:
+    """An int result stored in a uint8 variable (wraps modulo 256), as float32."""
+    return torch.remainder(l, 256.0)
+
+
+def qp_search(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_qp_quants: a scale for non-negative ``x ~ scale*L``, L in 0..nmax (uint8), from candidates
+    ``(nmax + 0.1*is) / max`` by weighted squared error, then five passes of coordinate descent.
+
+    ``x``, ``w``: float32 (..., n). Returns (scale (...), L float32 (..., n)).
+    """
+    peak = torch.clamp(x, min=0).amax(-1)  # ggml starts its running max at 0
+    iscale = div(float(nmax), peak)
+    first = _u8(torch.round(iscale.unsqueeze(-1) * x))
+    best = fold(_sq_err(x, div(1.0, iscale).unsqueeze(-1) * first, w))
+    cand_iscale = _table(qp_numerators(nmax), x) / peak.unsqueeze(-1)
+    cand_scale = div(1.0, cand_iscale)
+    l_all = torch.round(cand_iscale.unsqueeze(-1) * x.unsqueeze(-2)).clamp_(max=nmax)
+    mse = fold(_sq_err(x.unsqueeze(-2), cand_scale.unsqueeze(-1) * l_all, w.unsqueeze(-2)))
+    for k in range(cand_iscale.shape[-1]):
+        take = mse[..., k] < best
+        best = torch.where(take, mse[..., k], best)
+        iscale = torch.where(take, cand_iscale[..., k], iscale)
+    codes = torch.round(iscale.unsqueeze(-1) * x).clamp_(max=nmax)
+    wx = w * x
+    sumlx, suml2 = fold(wx * codes), fold(w * codes * codes)
+    codes = _u8(codes)
+    columns = list(codes.unbind(-1))
+    for _ in range(5):
+        for i, l_old in enumerate(columns):
+            wi, wxi, xi = w[..., i], wx[..., i], x[..., i]
+            slx = sumlx - wxi * l_old
+            sl2 = suml2 - wi * l_old * l_old
+            new_l = nearest_int(xi * sl2 / slx).clamp_(max=nmax)
+            take = (slx > 0) & (sl2 > 0) & (new_l != l_old)
+            slx = slx + wxi * new_l
+            sl2 = sl2 + wi * new_l * new_l
+            take &= slx * slx * suml2 > sumlx * sumlx * sl2
+            columns[i] = torch.where(take, _u8(new_l), l_old)
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    codes = torch.stack(columns, -1)
+    scale = torch.where(suml2 > 0, sumlx / suml2, 0.0)
+    zero = peak < GROUP_MAX_EPS
+    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0.0, codes)
+
+
+def _sq_err(x: torch.Tensor, approx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    diff = x - approx
+    return w * diff * diff
+
+
+# ggml's kvalues_iq4nl: the 16 levels of IQ4_NL / IQ4_XS codes.
+IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+IQ4_TRIES = 7  # llama.cpp's quantize_iq4_nl / quantize_iq4_xs pass ntry = 7, with or without weights
+
+
+def iq4_index(v: torch.Tensor) -> torch.Tensor:
+    """ggml's best_index_int8 over IQ4_VALUES: the nearest level's index for float32 ``v``, the upper
+    one unless ``v - lower < upper - v`` (in float32). int64, same shape."""
+    levels = torch.tensor(IQ4_VALUES, dtype=torch.float32, device=v.device)
+    upper = torch.bucketize(v, levels, right=True).clamp_(1, 15)  # levels[upper - 1] <= v < levels[upper]
+    below = (v - levels[upper - 1]) < (levels[upper] - v)
+    index = upper - below.long()
+    index = torch.where(v <= levels[0], 0, index)
+    return torch.where(v >= levels[15], 15, index)
+
+
+def iq4_levels(index: torch.Tensor) -> torch.Tensor:
+    """The float32 level of each index."""
+    return torch.tensor(IQ4_VALUES, dtype=torch.float32, device=index.device)[index]
+
+
+def iq4_search(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The sub-block scale search of quantize_row_iq4_nl_impl (ntry = 7): ``x ~ d * level[L]``, maximising
+    ``sumqx**2 / sumq2`` (weights ``w``) over the start ``d = max / 127`` and inverse scales
+    ``(t - 127) / max`` for t in -7..7. ``x``, ``w``: float32 (..., n). Returns d (...); 0 for all-zero
+    sub-blocks."""
+    peak, amax = signed_peak(x)
+    inv = div(1.0, div(-peak, float(IQ4_VALUES[0])))
+    q = iq4_levels(iq4_index(inv.unsqueeze(-1) * x))
+    wq = w * q
+    sumqx, sumq2 = fold(wq * x), fold(wq * q)
+    d = torch.where(sumq2 > 0, sumqx / sumq2, 0.0)
+    best = d * sumqx
+    numerators = np.array([t + IQ4_VALUES[0] for t in range(-IQ4_TRIES, IQ4_TRIES + 1)], dtype=np.float32)
+    cand_inv = _table(numerators, x) / peak.unsqueeze(-1)
+    q_all = iq4_levels(iq4_index(cand_inv.unsqueeze(-1) * x.unsqueeze(-2)))
+    wq_all = w.unsqueeze(-2) * q_all
+    sumqx_k, sumq2_k = fold(wq_all * x.unsqueeze(-2)), fold(wq_all * q_all)
+    for k in range(numerators.shape[0]):
+        sqx, sq2 = sumqx_k[..., k], sumq2_k[..., k]
+        take = (sq2 > 0) & (sqx * sqx > best * sq2)
+        d = torch.where(take, sqx / sq2, d)
+        best = torch.where(take, d * sqx, best)
+    return torch.where(amax < GROUP_MAX_EPS, 0.0, d)
