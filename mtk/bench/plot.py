@@ -1,0 +1,52 @@
+"""``--plot``: file size against perplexity, one labelled point per artifact (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mtk.errors import EnvironmentProblem
+from mtk.formats.atomic import atomic_file
+
+# Marker and colour per runtime, so that a GGUF and an ONNX file of the same size read apart.
+STYLE = {"hf": ("o", "tab:blue"), "gguf": ("s", "tab:orange"), "onnx": ("^", "tab:green")}
+
+
+def write_plot(rows: Sequence[dict[str, Any]], output: Path, *, title: str, overwrite: bool = True) -> Path:
+    """Write a PNG of ``size_bytes`` (MB, log scale) against ``ppl``; the reference gets a dashed line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: CI machines have none
+        from matplotlib import pyplot as plt
+    except ImportError as exc:
+        raise EnvironmentProblem("--plot needs matplotlib: pip install 'mtk[bench]'") from exc
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    try:
+        for kind, (marker, color) in STYLE.items():
+            pts = [r for r in rows if r["kind"] == kind]
+            if pts:
+                ax.scatter(
+                    [r["size_bytes"] / 1e6 for r in pts], [r["ppl"] for r in pts], marker=marker, color=color, s=60,
+                    label=kind, zorder=3,
+                )  # fmt: skip
+        for r in rows:
+            label = r["name"] + (f"\n{r['bpw']:.2f} bpw" if r.get("bpw") else "")
+            ax.annotate(label, (r["size_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ref = next((r for r in rows if r.get("is_reference")), None)
+        if ref is not None:
+            ax.axhline(ref["ppl"], color="grey", linestyle="--", linewidth=1, label="reference perplexity")
+        ax.set_xscale("log")
+        ax.set_xlabel("artifact size (MB, log scale)")
+        ax.set_ylabel("perplexity (lower is better)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.margins(x=0.25, y=0.15)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_file(Path(output), overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(output)
