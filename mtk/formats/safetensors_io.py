@@ -212,6 +212,14 @@ class SafetensorsWriter:
             self._file.close()
             self._file = None
 
+    @property
+    def pending(self) -> tuple[str, torch.dtype] | None:
+        """Name and dtype of the next tensor to write (None when all are written)."""
+        if self._next >= len(self.plan):
+            return None
+        name, dtype, _ = self.plan[self._next]
+        return name, dtype
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write the next planned tensor; its name, dtype and shape must match the plan."""
         if self._next >= len(self.plan):

@@ -1,0 +1,119 @@
+"""GPTQ (Frantar et al., 2022) for one Linear weight, given the Hessian of its layer-wise reconstruction loss.
+
+Columns are quantized in order (or by decreasing Hessian diagonal with act-order); the rounding error of each
+column is spread over the columns not yet quantized through the inverse Hessian's upper Cholesky factor,
+``block_size`` columns at a time with a lazy update of the rest (the paper's Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mtk.errors import MtkError
+from mtk.quantizers.grid import fit_gptq, from_codes, to_codes
+
+
+@dataclass
+class QuantizedLinear:
+    """Integer codes ``(out, in)``, per-group ``scale``/``zero`` ``(out, n_groups)`` and ``g_idx`` ``(in,)``."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        g = self.g_idx.long()
+        return self.scale[:, g] * (self.codes - self.zero[:, g])
+
+
+def hessian_update(h: torch.Tensor, x: torch.Tensor) -> int:
+    """Add ``x^T x`` of activations ``(..., in)`` to ``h`` ``(in, in)`` in place; returns the row count."""
+    x = x.reshape(-1, x.shape[-1]).to(h.dtype)
+    h.addmm_(x.t(), x)
+    return x.shape[0]
+
+
+def _inverse_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp I)^-1``; dampening grows tenfold until H is positive definite."""
+    damp = damp_percent * torch.mean(torch.diag(h))
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for _ in range(6):
+        factor, info = torch.linalg.cholesky_ex(h + damp * eye)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper
+        damp = damp * 10
+    raise MtkError("GPTQ: the layer's Hessian is not positive definite even with strong dampening")
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    damp_percent: float,
+    desc_act: bool = False,
+    static_groups: bool = False,
+    block_size: int = 128,
+) -> QuantizedLinear:
+    """Quantize ``weight`` ``(out, in)`` against ``hessian`` ``(in, in)`` (float32; neither is modified)."""
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone()
+    cols = w.shape[1]
+    gs = cols if group_size == -1 else group_size
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    static: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if static_groups:
+        static = [fit_gptq(w[:, g : g + gs], bits, sym) for g in range(0, cols, gs)]
+    perm = torch.argsort(torch.diag(h), descending=True) if desc_act else torch.arange(cols, device=w.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_factor(h, damp_percent)
+    block = max(gs, block_size // gs * gs) if gs < cols else block_size
+    codes = torch.zeros_like(w)
+    scales: list[torch.Tensor] = []
+    zeros: list[torch.Tensor] = []
+    col_group = torch.empty(cols, dtype=torch.long, device=w.device)  # group of each (permuted) column
+    scale = zero = torch.empty(0)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if static_groups:
+                g = int(perm[col]) // gs
+                scale, zero = static[g]
+            elif col % gs == 0:
+                # The group's grid is fitted on its columns as updated so far (this block's errors included).
+                scale, zero = fit_gptq(w1[:, i : i + gs] if i + gs <= i2 - i1 else w[:, col : col + gs], bits, sym)
+                g = len(scales)
+                scales.append(scale)
+                zeros.append(zero)
+            else:
+                g = len(scales) - 1
+            col_group[col] = g
+            x = w1[:, i]
+            q = to_codes(x[:, None], scale, zero, bits)[:, 0]
+            codes[:, col] = q
+            e = (x - from_codes(q[:, None], scale, zero)[:, 0]) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if static_groups:
+        scales, zeros = [s for s, _ in static], [z for _, z in static]
+    inv = torch.argsort(perm)
+    return QuantizedLinear(
+        codes=codes[:, inv],
+        scale=torch.stack(scales, dim=1),
+        zero=torch.stack(zeros, dim=1),
+        g_idx=col_group[inv].to(torch.int32),
+    )

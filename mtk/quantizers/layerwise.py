@@ -1,0 +1,127 @@
+"""A transformers model run one decoder layer at a time: only that layer and its activations are on the device.
+
+The model is built on the meta device (no memory), its embedding and rotary modules are materialised from the
+checkpoint, and one forward pass per calibration sample records the first layer's inputs and the keyword
+arguments each layer receives (masks, rotary embeddings: per layer, since Gemma's sliding and global layers
+get different ones). Each layer is then loaded from the checkpoint, used, and sent back to the meta device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.formats.checkpoint import HFCheckpoint
+
+
+class _Stop(Exception):
+    """Raised inside a forward pass once everything needed from it has been recorded."""
+
+
+class _Recorder(nn.Module):
+    def __init__(self, index: int, last: bool, store: dict[str, Any], template: nn.Module) -> None:
+        super().__init__()
+        self.index, self.last, self.store = index, last, store
+        if hasattr(template, "attention_type"):
+            self.attention_type = template.attention_type
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:
+            raise UnsupportedError("decoder layers called with positional arguments are not supported")
+        self.store["kwargs"].setdefault(self.index, kwargs)
+        if self.index == 0:
+            self.store["inputs"].append(hidden_states.detach().to("cpu"))
+        if self.last:
+            raise _Stop
+        return hidden_states
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Move the tensors of nested tuples, lists and dicts to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class LayerwiseModel:
+    """``model_dir``'s causal LM with decoder layers loaded on demand; see the module notes."""
+
+    def __init__(self, model_dir: Path | str, device: torch.device, ckpt: HFCheckpoint | None = None) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.ckpt = ckpt or HFCheckpoint(model_dir)
+        self.device = device
+        self.config = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
+        self.decoder = self.model.get_decoder()
+        self.layers: nn.ModuleList = self.decoder.layers
+        self.prefix = self._find_prefix()
+
+    def _find_prefix(self) -> str:
+        for name, _ in self.model.named_parameters():
+            if name.endswith("embed_tokens.weight"):
+                if name in self.ckpt:
+                    return name.removesuffix("embed_tokens.weight")
+                break
+        raise InvalidFileError(f"{self.ckpt.path}: no embed_tokens.weight tensor where transformers expects it")
+
+    def layer_prefix(self, i: int) -> str:
+        return f"{self.prefix}layers.{i}."
+
+    def materialize(self, module: nn.Module, prefix: str) -> None:
+        """Allocate ``module`` on the device and fill it from the checkpoint (non-persistent buffers re-derived)."""
+        module.to_empty(device=self.device)
+        for sub in module.modules():
+            self.model._init_weights(sub)  # rotary frequencies, embedding scales: computed, not stored
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if prefix + name not in self.ckpt:
+                    raise UnsupportedError(f"{prefix}{name}: not in the checkpoint (fused or renamed weights)")
+                p.copy_(self.ckpt.get(prefix + name).to(p.dtype))
+                self.ckpt.release(prefix + name)
+
+    def load_layer(self, i: int) -> nn.Module:
+        layer = self.layers[i]
+        self.materialize(layer, self.layer_prefix(i))
+        return layer
+
+    def unload_layer(self, i: int) -> None:
+        self.layers[i].to("meta")
+
+    def capture(self, ids: torch.Tensor) -> tuple[list[torch.Tensor], dict[int, dict[str, Any]]]:
+        """First-layer inputs (one ``(1, L, hidden)`` CPU tensor per sample) and each layer's keyword arguments."""
+        for name, child in self.decoder.named_children():
+            if name != "layers":
+                self.materialize(child, f"{self.prefix}{name}.")
+        store: dict[str, Any] = {"inputs": [], "kwargs": {}}
+        real = list(self.layers)
+        n = len(real)
+        for i in range(n):
+            self.layers[i] = _Recorder(i, i == n - 1, store, real[i])
+        try:
+            with torch.no_grad():
+                for row in ids:
+                    with contextlib.suppress(_Stop):
+                        self.decoder(input_ids=row[None].to(self.device), use_cache=False)
+        finally:
+            for i in range(n):
+                self.layers[i] = real[i]
+            for name, child in self.decoder.named_children():
+                if name != "layers":
+                    child.to("meta")
+        return store["inputs"], store["kwargs"]
