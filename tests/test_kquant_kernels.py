@@ -1,0 +1,214 @@
+"""K-quant and IQ4 encoders (mtk.kernels.kquants): fast == slow twin byte for byte, both decoders read the
+bytes alike, and the error is llama.cpp's (its own quantizer run on the same weights, through
+``llama_model_quantize`` on a GGUF and through ggml's ``ggml_quantize_chunk`` for importance weights)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from fixtures_models import build_tiny_model
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from mtk.converters.gguf_types import TypeRules
+from mtk.converters.hf_to_gguf import gguf_export
+from mtk.errors import UnsupportedError
+from mtk.formats.gguf_reader import open_gguf
+from mtk.kernels import kquants
+from mtk.kernels.dequant import dequantize
+from mtk.kernels.quantize import KQUANT_TYPES, quantize
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+
+QT = GGMLQuantizationType
+TYPES = sorted(KQUANT_TYPES, key=lambda t: t.value)
+# llama.cpp file types that give each tensor type when ``pure`` (llama.h).
+FTYPES = {QT.Q2_K: 10, QT.Q3_K: 11, QT.Q4_K: 14, QT.Q5_K: 16, QT.Q6_K: 18, QT.IQ4_NL: 25, QT.IQ4_XS: 30}
+
+
+def mixed_rows(seed: int, cols: int = 512) -> np.ndarray:
+    """Rows of the kinds of blocks where the searches branch: normal, heavy-tailed, all zero, constant
+    (both signs), tiny (and below ggml's 1e-15 "all zero" threshold), one outlier, zero sub-blocks,
+    all positive."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        rng.standard_normal(cols) * 0.02,
+        rng.standard_t(2, cols) * 0.01,
+        np.zeros(cols),
+        np.full(cols, 0.25),
+        np.full(cols, -3.0),
+        rng.standard_normal(cols) * 1e-7,
+        rng.standard_normal(cols) * 1e-17,
+        np.where(np.arange(cols) % 97 == 5, 4.0, rng.standard_normal(cols) * 0.01),
+        np.where((np.arange(cols) // 16) % 3 == 0, 0.0, rng.standard_normal(cols)),
+        np.abs(rng.standard_normal(cols)) + 0.5,
+    ]
+    return np.stack(rows).astype(np.float32)
+
+
+def importance_for(cols: int, seed: int = 7) -> np.ndarray:
+    """Per-column importance spread over orders of magnitude, a few columns at 0 (unseen in calibration)."""
+    rng = np.random.default_rng(seed)
+    imp = np.exp(2 * rng.standard_normal(cols)).astype(np.float32)
+    imp[::37] = 0
+    return imp
+
+
+def block_view(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    return data.reshape(-1, GGML_QUANT_SIZES[qtype][1])
+
+
+@pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_fast_equals_reference(qtype: GGMLQuantizationType, use_importance: bool) -> None:
+    x = mixed_rows(1)
+    imp = torch.from_numpy(importance_for(x.shape[1])) if use_importance else None
+    fast = quantize(torch.from_numpy(x), qtype, importance=imp).numpy()
+    ref = quantize(torch.from_numpy(x), qtype, importance=imp, reference=True).numpy()
+    assert (
+        fast.shape == ref.shape == (x.shape[0], x.shape[1] // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1])
+    )
+    bad = np.flatnonzero((block_view(fast, qtype) != block_view(ref, qtype)).any(-1))
+    assert bad.size == 0, f"{qtype.name}: blocks {bad.tolist()} differ"
+
+
+@pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_decoders_agree_and_error_is_small(qtype: GGMLQuantizationType, use_importance: bool) -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([mixed_rows(2, 1024), rng.standard_normal((22, 1024)).astype(np.float32)])
+    imp = importance_for(1024) if use_importance else None
+    data = quantize(torch.from_numpy(x), qtype, importance=None if imp is None else torch.from_numpy(imp))
+    theirs = gguf.quants.dequantize(data.numpy(), qtype).reshape(x.shape)
+    ours = dequantize(data, qtype, x.shape).numpy()
+    assert np.array_equal(theirs, ours)
+    # Relative RMSE on the normal rows: bounds a little above these types' known errors on Gaussian data
+    # (Q4_K ~0.07, IQ4 ~0.08); a wrong layout or scale gives errors of order 1.
+    bound = {QT.Q2_K: 0.35, QT.Q3_K: 0.2, QT.Q4_K: 0.1, QT.Q5_K: 0.05, QT.Q6_K: 0.025}.get(qtype, 0.1)
+    normal = slice(10, None)
+    rel = np.sqrt(((ours[normal] - x[normal]) ** 2).mean() / (x[normal] ** 2).mean())
+    assert rel < bound, rel
+    assert np.array_equal(ours[2], np.zeros(1024, np.float32))  # an all-zero row stays zero
+
+
+def _ggml_quantize_chunk(x: np.ndarray, qtype: GGMLQuantizationType, imp: np.ndarray | None) -> np.ndarray:
+    """llama.cpp's own encoder (ggml_quantize_chunk in the libggml-base that llama-cpp-python ships), which
+    takes an importance matrix where llama_model_quantize's Python binding cannot."""
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    fn.argtypes += [ctypes.c_int64, ctypes.c_void_p]
+    x = np.ascontiguousarray(x, np.float32)
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    out = np.zeros((x.shape[0], x.shape[1] // block_size * type_size), np.uint8)
+    imp_ptr = None if imp is None else np.ascontiguousarray(imp, np.float32).ctypes.data
+    assert fn(int(qtype), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], imp_ptr) == out.size
+    return out
+
+
+def _weighted_rmse(data: np.ndarray, qtype: GGMLQuantizationType, x: np.ndarray, w: np.ndarray) -> float:
+    return float(np.sqrt(((gguf.quants.dequantize(data, qtype).reshape(x.shape) - x) ** 2 * w).mean()))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_importance_matches_llama_cpp(qtype: GGMLQuantizationType) -> None:
+    """With importance, mtk's bytes are mostly llama.cpp's, its importance-weighted error no larger, and
+    that error is well below what encoding without importance gives."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
+    imp = importance_for(1024)
+    ours = quantize(torch.from_numpy(x), qtype, importance=torch.from_numpy(imp)).numpy()
+    theirs = _ggml_quantize_chunk(x, qtype, imp)
+    plain = quantize(torch.from_numpy(x), qtype).numpy()
+    identical = float((block_view(ours, qtype) == block_view(theirs, qtype)).all(-1).mean())
+    err_ours, err_theirs = _weighted_rmse(ours, qtype, x, imp), _weighted_rmse(theirs, qtype, x, imp)
+    err_plain = _weighted_rmse(plain, qtype, x, imp)
+    print(
+        f"{qtype.name} importance: {identical:.1%} of blocks identical with llama.cpp; weighted RMSE ratio "
+        f"{err_ours / err_theirs:.5f}; without importance {err_plain / err_ours:.3f}x larger"
+    )
+    assert identical > 0.8
+    assert err_ours <= err_theirs * 1.005
+    assert err_ours < 0.9 * err_plain
+
+
+@pytest.fixture(scope="module")
+def wide_f32_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama of width 256 in F32, so that every matrix row is whole 256-value super-blocks."""
+    root = tmp_path_factory.mktemp("kquant")
+    src = build_tiny_model("llama", root / "hf", hidden_size=256, intermediate_size=512, initializer_range=0.05)
+    path = root / "wide-f32.gguf"
+    gguf_export(src, path, rules=TypeRules(QT.F32), verify=False)
+    return path
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_matches_llama_model_quantize(qtype: GGMLQuantizationType, wide_f32_gguf: Path, tmp_path: Path) -> None:
+    """llama.cpp quantizes the GGUF (pure, one type for every matrix); mtk encodes the same float32 weights.
+    Per tensor mtk's RMSE is at most llama.cpp's (plus 1% for choices made within rounding), and most
+    blocks are byte-identical (sums are folded pairwise where ggml adds in order, see kquants_search)."""
+    dst = tmp_path / f"{qtype.name}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[qtype]
+    params.nthread = 2
+    params.pure = True
+    assert llama_cpp.llama_model_quantize(str(wide_f32_gguf).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    source, quantized = open_gguf(wide_f32_gguf), open_gguf(dst)
+    total_ours = total_theirs = 0.0
+    same = blocks = 0
+    for info in quantized.tensors:
+        if info.qtype != qtype:
+            continue
+        x = source.tensor_bytes(source.by_name[info.name]).view(torch.float32).reshape(info.shape)
+        theirs = quantized.tensor_bytes(info).reshape(info.shape[0], -1)
+        ours = quantize(x, qtype)
+        err_ours = float(((dequantize(ours, qtype, info.shape) - x) ** 2).sum())
+        err_theirs = float(((dequantize(theirs, qtype, info.shape) - x) ** 2).sum())
+        assert err_ours <= err_theirs * 1.01**2, (info.name, err_ours, err_theirs)
+        total_ours, total_theirs = total_ours + err_ours, total_theirs + err_theirs
+        rows_same = (block_view(ours.numpy(), qtype) == block_view(theirs.numpy(), qtype)).all(-1)
+        same, blocks = same + int(rows_same.sum()), blocks + rows_same.size
+    assert blocks > 0, f"llama.cpp wrote no {qtype.name} tensor"
+    ratio = (total_ours / total_theirs) ** 0.5
+    print(f"{qtype.name}: {same / blocks:.1%} of {blocks} blocks identical with llama.cpp; RMSE ratio {ratio:.5f}")
+    assert ratio <= 1.002
+    assert same / blocks > 0.8
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.IQ4_NL], ids=lambda t: t.name)
+def test_chunking_and_shapes_do_not_change_bytes(qtype: GGMLQuantizationType, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = mixed_rows(5, 2048)[:6]
+    imp = torch.from_numpy(importance_for(2048))
+    whole = quantize(torch.from_numpy(x), qtype, importance=imp)
+    monkeypatch.setattr(kquants, "CHUNK_VALUES", 512)  # rows split into runs of blocks, importance sliced
+    assert torch.equal(quantize(torch.from_numpy(x), qtype, importance=imp), whole)
+    monkeypatch.setattr(kquants, "CHUNK_VALUES", 4096)  # runs of two rows
+    assert torch.equal(quantize(torch.from_numpy(x), qtype, importance=imp), whole)
+    three_d = quantize(torch.from_numpy(x).reshape(2, 3, 2048), qtype, importance=imp)
+    assert torch.equal(three_d.reshape(whole.shape), whole)
+    halves = torch.from_numpy(x).to(torch.bfloat16)
+    assert torch.equal(quantize(halves, qtype), quantize(halves.float(), qtype))
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(UnsupportedError, match="whole 256-value blocks"):
+        quantize(torch.zeros(2, 288), QT.Q4_K)
+    with pytest.raises(UnsupportedError, match="whole 32-value blocks"):
+        quantize(torch.zeros(2, 48), QT.IQ4_NL)
+    with pytest.raises(UnsupportedError, match="non-finite"):
+        quantize(torch.tensor([[float("nan")] * 256]), QT.Q6_K)
+    with pytest.raises(UnsupportedError, match=r"shape \(256,\)"):
+        quantize(torch.zeros(2, 256), QT.Q4_K, importance=torch.ones(128))
+    with pytest.raises(UnsupportedError, match="non-negative"):
+        quantize(torch.zeros(2, 256), QT.Q4_K, importance=-torch.ones(256))
+    with pytest.raises(UnsupportedError, match="Q4_0 cannot use importance"):
+        quantize(torch.zeros(2, 256), QT.Q4_0, importance=torch.ones(256))
+    # llama.cpp's Q8_0 and float types take no importance either: it is ignored.
+    assert torch.equal(
+        quantize(torch.ones(2, 256), QT.Q8_0, importance=torch.ones(256)), quantize(torch.ones(2, 256), QT.Q8_0)
+    )
