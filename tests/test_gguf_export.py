@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.bench.perplexity import perplexity, token_windows
 from mtk.converters.gguf_to_hf import gguf_import
-from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
+from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_types
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import VerificationError
 from mtk.formats.gguf_reader import open_gguf
@@ -25,7 +25,8 @@ from mtk.verify import LlamaCppModel, hf_logits
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 Q = gguf.GGMLQuantizationType
-TYPES = sorted(TYPE_NAMES)
+# The plain types (one tensor type for every matrix); K-quant mixes are tested in test_kquant_export.py.
+TYPES = ["bf16", "f16", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
 # Mean KL of each type's llama.cpp logits against the float source on the tiny random models.
 QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0.15}
 
@@ -163,21 +164,24 @@ def test_gguf_input_is_retyped_and_same_type_tensors_copy_byte_for_byte(
 
 
 def test_type_rules_follow_llama_cpp() -> None:
-    rules = TypeRules(Q.Q4_0)
-    assert rules.tensor_type("blk.0.attn_norm.weight", (64,), tied=False) == Q.F32
-    assert rules.tensor_type("blk.0.ffn_gate_inp.weight", (4, 64), tied=False) == Q.F32
-    assert rules.tensor_type("blk.0.attn_q.weight", (64, 64), tied=False) == Q.Q4_0
-    assert rules.tensor_type("output.weight", (100, 64), tied=False) == Q.Q8_0
-    assert rules.tensor_type("token_embd.weight", (100, 64), tied=True) == Q.Q8_0
-    assert rules.tensor_type("token_embd.weight", (100, 64), tied=False) == Q.Q4_0
-    assert rules.tensor_type("blk.0.attn_q.weight", (64, 48), tied=False) == Q.F16  # 48 % 32 != 0
-    pure = TypeRules(Q.Q4_0, pure=True)
-    assert pure.tensor_type("output.weight", (100, 64), tied=False) == Q.Q4_0
-    over = TypeRules(Q.Q4_0, output=Q.F16, embedding=Q.Q8_0)
-    assert over.tensor_type("output.weight", (100, 64), tied=False) == Q.F16
-    assert over.tensor_type("token_embd.weight", (100, 64), tied=False) == Q.Q8_0
-    with pytest.raises(ValueError, match="Q6_K"):
-        TypeRules(Q.Q6_K)
+    model = ModelShape("llama", n_layer=1, n_head=4, n_head_kv=2)
+
+    def plan(rules: TypeRules, *tensors: tuple[str, tuple[int, ...]]) -> list[str]:
+        types = plan_types(list(tensors), model, rules)
+        return [types[name].name for name, _ in tensors]
+
+    norm, gate = ("blk.0.attn_norm.weight", (64,)), ("blk.0.ffn_gate_inp.weight", (4, 64))
+    q, odd = ("blk.0.attn_q.weight", (64, 64)), ("blk.0.attn_k.weight", (64, 48))
+    out, emb = ("output.weight", (100, 256)), ("token_embd.weight", (100, 256))
+    assert plan(TypeRules(Q.Q4_0), norm, gate, q, odd, out, emb) == ["F32", "F32", "Q4_0", "F16", "Q6_K", "Q4_0"]
+    # Tied embeddings serve as the output; a row that is not whole Q6_K blocks gets Q8_0 (Q6_K's fallback).
+    assert plan(TypeRules(Q.Q4_0), emb) == ["Q6_K"]
+    assert plan(TypeRules(Q.Q4_0), ("token_embd.weight", (100, 64))) == ["Q8_0"]
+    assert plan(TypeRules(Q.Q4_0, pure=True), out) == ["Q4_0"]
+    assert plan(TypeRules(Q.Q4_0, output=Q.F16, embedding=Q.Q8_0), out, emb) == ["F16", "Q8_0"]
+    assert plan(TypeRules(Q.Q8_0), out) == ["Q8_0"]
+    with pytest.raises(ValueError, match="IQ2_XXS"):
+        TypeRules(Q.IQ2_XXS)
 
 
 def test_cli_overrides_and_deterministic_bytes(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mtk.cli.common import Device, DeviceOpt, Overwrite, progress_bar, render, report_verification
+from mtk.cli.common import SETTINGS, Device, DeviceOpt, Overwrite, info, progress_bar, render, report_verification
 from mtk.errors import UsageError
 
-
-class GGUFType(str, Enum):
-    auto = "auto"
-    f32 = "f32"
-    f16 = "f16"
-    bf16 = "bf16"
-    q8_0 = "q8_0"
-    q4_0 = "q4_0"
-    q4_1 = "q4_1"
-    q5_0 = "q5_0"
-    q5_1 = "q5_1"
-
-
-TensorType = Annotated[GGUFType | None, typer.Option(help="Type for this tensor, overriding the rules.")]
+# The names are checked (case-insensitively) by mtk.converters.gguf_types, which the CLI imports only when
+# a command runs; these lists are the help text.
+FILE_TYPE_HELP = (
+    "File type, llama-quantize's names: auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, "
+    "q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs (q3_k/q4_k/q5_k mean the _m mixes)."
+)
+TENSOR_TYPES = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs"
 
 
 def gguf_export_command(
     source: Annotated[Path, typer.Argument(help="An HF checkpoint folder, or a .gguf file to re-type.")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="The .gguf to write (split parts get -0000i-of-0000n).")
-    ],
-    type_: Annotated[GGUFType, typer.Option("--type", help="Target type of the weight matrices.")] = GGUFType.auto,
-    output_type: Annotated[
-        GGUFType | None, typer.Option(help="Type of output.weight (or of the tied embedding).")
+        Path | None, typer.Option("--output", "-o", help="The .gguf to write (split parts get -0000i-of-0000n).")
     ] = None,
-    embedding_type: Annotated[GGUFType | None, typer.Option(help="Type of token_embd.weight.")] = None,
+    type_: Annotated[str, typer.Option("--type", help=FILE_TYPE_HELP)] = "auto",
+    output_type: Annotated[
+        str | None, typer.Option(help=f"Type of output.weight (or of the tied embedding): {TENSOR_TYPES}.")
+    ] = None,
+    embedding_type: Annotated[str | None, typer.Option(help="Type of token_embd.weight.")] = None,
+    tensor_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tensor-type",
+            help="REGEX=TYPE: tensors whose GGUF name matches REGEX (first match wins) get TYPE; repeatable, "
+            "as llama-quantize's --tensor-type (e.g. 'attn_v=q8_0', 'blk\\.[0-3]\\.ffn_down=q6_k').",
+        ),
+    ] = None,
     pure: Annotated[bool, typer.Option("--pure", help="No per-tensor exceptions: every matrix gets --type.")] = False,
+    imatrix: Annotated[
+        Path | None, typer.Option("--imatrix", help="Importance matrix (mtk imatrix or llama-imatrix) for K/IQ4 types.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the per-tensor plan, size and bits per weight; write nothing.")
+    ] = False,
     split_max_size: Annotated[
         str | None, typer.Option(help="Split into llama.cpp-compatible parts of at most this size (e.g. 2G).")
     ] = None,
@@ -50,24 +56,25 @@ def gguf_export_command(
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Write a GGUF: llama.cpp's per-tensor type rules, streaming, and checked against the source in llama.cpp.
+    """Write a GGUF: llama.cpp's file types and per-tensor rules, streaming, checked against the source in llama.cpp.
 
-    Examples: [b]mtk gguf-export smollm2-hf -o smollm2.q8_0.gguf --type q8_0[/b] ·
-    [b]mtk gguf-export model.f16.gguf -o model.q4_0.gguf --type q4_0 --split-max-size 2G[/b]
+    Examples: [b]mtk gguf-export smollm2-hf -o smollm2.q4_k_m.gguf --type q4_k_m --imatrix smollm2.imatrix.gguf[/b] ·
+    [b]mtk gguf-export smollm2-hf --type q3_k_m --tensor-type attn_v=q6_k --dry-run[/b] ·
+    [b]mtk gguf-export model.f16.gguf -o model.q8_0.gguf --type q8_0 --split-max-size 2G[/b]
     """
-    from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
-    from mtk.converters.hf_to_gguf import auto_type, gguf_export, parse_size
+    from mtk.converters.hf_to_gguf import gguf_export, parse_size, plan_export
 
-    def pick(t: GGUFType | None) -> object:
-        if t is None:
-            return None
-        return auto_type(source) if t == GGUFType.auto else TYPE_NAMES[t.value]
-
+    rules = _rules(source, type_, output_type, embedding_type, tensor_type or [], pure, imatrix is not None)
     try:
-        rules = TypeRules(pick(type_), pick(output_type), pick(embedding_type), pure)  # type: ignore[arg-type]
         max_bytes = parse_size(split_max_size) if split_max_size else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if dry_run:
+        _render_plan(plan_export(source, rules=rules, split_max_bytes=max_bytes))
+        return
+    if output is None:
+        raise UsageError("--output/-o is required (or pass --dry-run)")
+    matrix = _read_imatrix(imatrix)
     with progress_bar("encoding") as bar:
         result = gguf_export(
             source,
@@ -77,12 +84,83 @@ def gguf_export_command(
             device=device.value,
             verify=verify,
             overwrite=overwrite,
+            imatrix=matrix,
             progress=bar.update,
         )
     report_verification(result)
+    if result.get("imatrix", {}).get("missing"):
+        missing = result["imatrix"]["missing"]
+        info(f"warning: the imatrix has no entry for {len(missing)} tensor(s), encoded without it: {missing[0]} ...")
     types = ", ".join(f"{k}: {n}" for k, n in result["types"].items())
     render(
         result,
         f"wrote {result['output']}: {result['tensors']} tensors ({types}), {result['bytes']:,} bytes, "
-        f"{result['seconds']:.1f} s",
+        f"{result['bits_per_weight']:.2f} bits/weight, {result['seconds']:.1f} s",
+    )
+
+
+def _rules(
+    source: Path,
+    type_: str,
+    output_type: str | None,
+    embedding_type: str | None,
+    overrides: list[str],
+    pure: bool,
+    has_imatrix: bool,
+) -> Any:
+    """TypeRules from the option strings; bad names or patterns are usage errors (exit 2)."""
+    from mtk.converters import gguf_types as gt
+    from mtk.converters.hf_to_gguf import auto_type
+
+    try:
+        target = auto_type(source) if type_.strip().lower() == "auto" else gt.parse_file_type(type_)
+
+        def tensor(name: str | None) -> Any:
+            if name is None:
+                return None
+            return auto_type(source) if name.strip().lower() == "auto" else gt.parse_tensor_type(name)
+
+        return gt.TypeRules(
+            target,
+            output=tensor(output_type),
+            embedding=tensor(embedding_type),
+            pure=pure,
+            overrides=tuple(gt.parse_override(o) for o in overrides),
+            imatrix=has_imatrix,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _read_imatrix(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from mtk.converters.imatrix import read_imatrix
+
+    if not path.is_file():
+        raise UsageError(f"{path}: imatrix file not found")
+    return read_imatrix(path)
+
+
+def _render_plan(plan: dict[str, Any]) -> None:
+    """The dry run: a table of tensors on stdout, or the JSON object with --json."""
+    if SETTINGS.json:
+        render(plan)
+        return
+    from rich.table import Table
+
+    from mtk.cli.common import stdout
+
+    table = Table(title=f"{plan['input']} as {plan['file_type']} (dry run)", show_lines=False)
+    for col, justify in (("tensor", "left"), ("shape", "left"), ("type", "left"), ("bytes", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in plan["plan"]:
+        table.add_row(row["name"], "x".join(map(str, row["shape"])), row["type"], f"{row['bytes']:,}")
+    if not SETTINGS.quiet:
+        stdout.print(table)
+    types = ", ".join(f"{k}: {n}" for k, n in plan["types"].items())
+    render(
+        plan,
+        f"{plan['tensors']} tensors ({types}); {plan['parameters']:,} weights, {plan['bytes']:,} bytes in "
+        f"{plan['files']} file(s), {plan['bits_per_weight']:.2f} bits/weight",
     )

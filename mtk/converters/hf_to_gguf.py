@@ -8,6 +8,7 @@ already in its target type is copied byte for byte.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ import torch
 from gguf import GGMLQuantizationType
 
 from mtk.converters.family import Family, family_for_hf
-from mtk.converters.gguf_types import TypeRules
+from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
+from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
-from mtk.errors import UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats.atomic import atomic_files
 from mtk.formats.checkpoint import HFCheckpoint
 from mtk.formats.gguf_reader import GGUFModel, open_gguf
@@ -37,6 +39,8 @@ from mtk.runtime import resolve_device
 
 Progress = Callable[[int, int, str], None]
 Q = GGMLQuantizationType
+# Types whose encoders take importance weights (llama.cpp's imatrix).
+IMPORTANCE_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS})
 # HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -101,7 +105,32 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     return meta
 
 
-def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules) -> list[ExportTensor]:
+def shape_from_config(family: Family, config: Any) -> ModelShape:
+    """The hyper-parameters llama.cpp's type rules read, from a transformers config."""
+    heads = config.num_attention_heads
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 0
+    return ModelShape(
+        family.gguf_arch,
+        config.num_hidden_layers,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        experts if family.expert_tensors else 0,
+    )
+
+
+def shape_from_gguf(model: GGUFModel) -> ModelShape:
+    """The same from a GGUF's metadata (``{arch}.block_count`` ...)."""
+    arch, meta = model.architecture, model.metadata
+
+    def first(key: str, default: int = 0) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    heads = first("attention.head_count")
+    return ModelShape(arch, first("block_count"), heads, first("attention.head_count_kv", heads), first("expert_count"))
+
+
+def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules, model: ModelShape) -> list[ExportTensor]:
     """GGUF tensors in checkpoint order, experts of a layer stacked into one tensor."""
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
@@ -116,24 +145,20 @@ def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules) -> list[Export
         name = template.format(**idx)
         groups.setdefault(name, {})[xid] = hf_name
         templates[name] = template
-    tied = "output.weight" not in groups
-    plan = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, members in groups.items():
-        sources = tuple(members[i] for i in sorted(members))
-        shape = ckpt.shape(sources[0])
-        if templates[name] in family.expert_tensors:
-            shape = (len(sources), *shape)
-        qtype = rules.tensor_type(name, shape, tied=tied)
-        plan.append(ExportTensor(name, templates[name], qtype, shape, sources))
-    return plan
+        shape = ckpt.shape(members[min(members)])
+        shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
+    types = plan_types(list(shapes.items()), model, rules)
+    return [
+        ExportTensor(name, templates[name], types[name], shapes[name], tuple(m[i] for i in sorted(m)))
+        for name, m in groups.items()
+    ]
 
 
 def plan_gguf(model: GGUFModel, rules: TypeRules) -> list[ExportTensor]:
-    tied = "output.weight" not in model.by_name
-    return [
-        ExportTensor(t.name, t.name, rules.tensor_type(t.name, t.shape, tied=tied), t.shape, (t.name,))
-        for t in model.tensors
-    ]
+    types = plan_types([(t.name, t.shape) for t in model.tensors], shape_from_gguf(model), rules)
+    return [ExportTensor(t.name, t.name, types[t.name], t.shape, (t.name,)) for t in model.tensors]
 
 
 def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -154,11 +179,20 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
     return w
 
 
-def encode(w: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    """Float weights to the bytes of ``qtype`` (F32 is a plain float32 view)."""
+def encode(w: torch.Tensor, qtype: GGMLQuantizationType, importance: torch.Tensor | None = None) -> torch.Tensor:
+    """Float weights to the bytes of ``qtype`` (F32 is a plain float32 view).
+
+    ``importance``: float32 (n_mat, cols) imatrix values (n_mat = 1, or the number of experts of a 3-D
+    ``w``), used by the K-quant and IQ4 encoders and ignored by the others (as llama.cpp's would not be:
+    mtk's legacy encoders are gguf-py's, which have no importance path).
+    """
     if qtype == Q.F32:
         return w.to(torch.float32).contiguous().view(torch.uint8)
-    return quantize(w, qtype)
+    if importance is None or qtype not in IMPORTANCE_TYPES:
+        return quantize(w, qtype)
+    if w.dim() == 3:  # experts: each has its own row of importance
+        return torch.stack([quantize(w[e], qtype, importance=importance[e]) for e in range(w.shape[0])])
+    return quantize(w, qtype, importance=importance[0])
 
 
 class _Source:
@@ -182,27 +216,172 @@ class _Source:
         self.ckpt = HFCheckpoint(path)
         self.config = AutoConfig.from_pretrained(str(path))
         self.family = family_for_hf(self.ckpt.architecture)
-        self.plan = plan_hf(self.family, self.ckpt, rules)
+        self.plan = plan_hf(self.family, self.ckpt, rules, shape_from_config(self.family, self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
         self.architecture = self.family.gguf_arch
 
-    def encoded(self, t: ExportTensor) -> tuple[torch.Tensor, bool]:
+    def encoded(self, t: ExportTensor, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
         """The GGUF bytes of ``t`` and whether they were copied unchanged from the source."""
         if self.gguf is not None:
             info = self.gguf.by_name[t.name]
             raw = self.gguf.tensor_bytes(info)
             if info.qtype == t.qtype:
                 return raw, True
-            out = encode(dequantize(raw.to(self.device), info.qtype, info.shape), t.qtype)
+            out = encode(dequantize(raw.to(self.device), info.qtype, info.shape), t.qtype, importance)
             self.gguf.release(info)
             return out, False
-        out = encode(hf_tensor(self.family, t, self.ckpt, self.config, self.device), t.qtype)
+        out = encode(hf_tensor(self.family, t, self.ckpt, self.config, self.device), t.qtype, importance)
         for s in t.sources:
             self.ckpt.release(s)
         return out, False
+
+
+class _Counter:
+    """A write-only file that counts bytes: the header's size for a dry run, without writing anything."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def _parts(src: _Source, split_max_bytes: int | None) -> list[list[PlannedGGUFTensor]]:
+    planned = [PlannedGGUFTensor(t.name, t.qtype, t.shape) for t in src.plan]
+    return split_tensors(planned, split_max_bytes or 1 << 62)
+
+
+def _part_metadata(src: _Source, i: int, n_parts: int) -> dict[str, Any]:
+    return split_metadata(src.metadata, i, n_parts, len(src.plan)) if n_parts > 1 else src.metadata
+
+
+def _summary(src: _Source, rules: TypeRules, total_bytes: int) -> dict[str, Any]:
+    """What both a dry run and an export report: types, sizes and bits per weight (tensor data only, as
+    llama-quantize's BPW)."""
+    types: dict[str, int] = {}
+    for t in src.plan:
+        types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
+    data = sum(PlannedGGUFTensor(t.name, t.qtype, t.shape).nbytes for t in src.plan)
+    params = sum(math.prod(t.shape) for t in src.plan)
+    return {
+        "architecture": src.architecture,
+        "file_type": rules.file_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"),
+        "types": types,
+        "tensors": len(src.plan),
+        "parameters": params,
+        "tensor_bytes": data,
+        "bits_per_weight": round(8 * data / params, 4) if params else 0.0,
+        "bytes": total_bytes,
+    }
+
+
+def plan_export(source: Path | str, *, rules: TypeRules, split_max_bytes: int | None = None) -> dict[str, Any]:
+    """A dry run of :func:`gguf_export`: the per-tensor plan (name, shape, type, bytes) and the file size
+    the export would write (headers included, split parts summed), without encoding or writing."""
+    source = Path(source)
+    src = _Source(source, rules, torch.device("cpu"))
+    parts = _parts(src, split_max_bytes)
+    total = 0
+    for i, part in enumerate(parts):
+        sink = _Counter()
+        meta = _part_metadata(src, i, len(parts))
+        writer = GGUFStreamWriter(sink, meta, part, value_types=src.value_types, array_types=src.array_types)  # type: ignore[arg-type]
+        total += writer.total_size
+    rows = [
+        {
+            "name": t.name,
+            "shape": list(t.shape),
+            "type": t.qtype.name,
+            "bytes": PlannedGGUFTensor(t.name, t.qtype, t.shape).nbytes,
+        }
+        for t in src.plan
+    ]
+    return {"input": str(source), "dry_run": True, "files": len(parts), **_summary(src, rules, total), "plan": rows}
+
+
+def _importance(imatrix: Imatrix | None, t: ExportTensor, used: list[str], missing: list[str]) -> torch.Tensor | None:
+    """The imatrix rows of a tensor that an importance-aware encoder will quantize; notes which lack one."""
+    if imatrix is None or t.qtype not in IMPORTANCE_TYPES:
+        return None
+    values = imatrix.importance(t.name)
+    n_mat = t.shape[0] if len(t.shape) == 3 else 1
+    if values is None:
+        missing.append(t.name)
+        return None
+    if tuple(values.shape) != (n_mat, t.shape[-1]):
+        raise InvalidFileError(
+            f"imatrix entry {t.name} has shape {tuple(values.shape)}, the tensor needs ({n_mat}, {t.shape[-1]})"
+        )
+    used.append(t.name)
+    return values
+
+
+def gguf_export(
+    source: Path | str,
+    out_path: Path | str,
+    *,
+    rules: TypeRules,
+    split_max_bytes: int | None = None,
+    device: str = "auto",
+    verify: bool | None = None,
+    overwrite: bool = False,
+    imatrix: Imatrix | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
+
+    ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (``rules.imatrix`` should then be
+    True, as llama.cpp's mix rules look at it); tensors it lacks are encoded without and listed in the
+    result. ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises
+    VerificationError and publishes nothing.
+    """
+    from mtk.verify import llama_cpp_available, verify_export
+
+    start = time.perf_counter()
+    source, out_path = Path(source), Path(out_path)
+    src = _Source(source, rules, resolve_device(device))
+    parts = _parts(src, split_max_bytes)
+    paths = [out_path] if len(parts) == 1 else [split_name(out_path, i, len(parts)) for i in range(len(parts))]
+    by_name = {t.name: t for t in src.plan}
+    copied, done, total_bytes = 0, 0, 0
+    used: list[str] = []
+    missing: list[str] = []
+    with atomic_files(paths, overwrite=overwrite) as tmps:
+        for i, (tmp, part) in enumerate(zip(tmps, parts, strict=True)):
+            meta = _part_metadata(src, i, len(parts))
+            with open(tmp, "wb") as fp:
+                writer = GGUFStreamWriter(fp, meta, part, value_types=src.value_types, array_types=src.array_types)
+                for t in part:
+                    planned = by_name[t.name]
+                    data, same = src.encoded(planned, _importance(imatrix, planned, used, missing))
+                    writer.write(t.name, data)
+                    copied += same
+                    done += 1
+                    if progress:
+                        progress(done, len(src.plan), t.name)
+                writer.finish()
+                total_bytes += writer.total_size
+        convert_seconds = round(time.perf_counter() - start, 3)
+        if verify is None:
+            verify = llama_cpp_available()
+        verification = verify_export(tmps[0], source) if verify else None
+    result: dict[str, Any] = {
+        "input": str(source),
+        "output": [str(p) for p in paths] if len(paths) > 1 else str(out_path),
+        **_summary(src, rules, total_bytes),
+        "copied_unchanged": copied,
+        "convert_seconds": convert_seconds,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if imatrix is not None:
+        result["imatrix"] = {"tensors_used": len(used), "missing": missing}
+    if verification is not None:
+        result["verification"] = verification
+    return result
 
 
 def parse_size(text: str) -> int:
@@ -215,70 +394,6 @@ def parse_size(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (use e.g. 2G, 500M)") from None
-
-
-def gguf_export(
-    source: Path | str,
-    out_path: Path | str,
-    *,
-    rules: TypeRules,
-    split_max_bytes: int | None = None,
-    device: str = "auto",
-    verify: bool | None = None,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
-
-    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
-    and publishes nothing.
-    """
-    from mtk.verify import llama_cpp_available, verify_export
-
-    start = time.perf_counter()
-    source, out_path = Path(source), Path(out_path)
-    src = _Source(source, rules, resolve_device(device))
-    plan = src.plan
-    parts = split_tensors([PlannedGGUFTensor(t.name, t.qtype, t.shape) for t in plan], split_max_bytes or 1 << 62)
-    paths = [out_path] if len(parts) == 1 else [split_name(out_path, i, len(parts)) for i in range(len(parts))]
-    by_name = {t.name: t for t in plan}
-    copied, done, total_bytes = 0, 0, 0
-    with atomic_files(paths, overwrite=overwrite) as tmps:
-        for i, (tmp, part) in enumerate(zip(tmps, parts, strict=True)):
-            meta = split_metadata(src.metadata, i, len(parts), len(plan)) if len(parts) > 1 else src.metadata
-            with open(tmp, "wb") as fp:
-                writer = GGUFStreamWriter(fp, meta, part, value_types=src.value_types, array_types=src.array_types)
-                for t in part:
-                    data, same = src.encoded(by_name[t.name])
-                    writer.write(t.name, data)
-                    copied += same
-                    done += 1
-                    if progress:
-                        progress(done, len(plan), t.name)
-                writer.finish()
-                total_bytes += writer.total_size
-        convert_seconds = round(time.perf_counter() - start, 3)
-        if verify is None:
-            verify = llama_cpp_available()
-        verification = verify_export(tmps[0], source) if verify else None
-    types: dict[str, int] = {}
-    for t in plan:
-        types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
-    result: dict[str, Any] = {
-        "input": str(source),
-        "output": [str(p) for p in paths] if len(paths) > 1 else str(out_path),
-        "architecture": src.architecture,
-        "file_type": rules.file_type.name,
-        "types": types,
-        "tensors": len(plan),
-        "copied_unchanged": copied,
-        "bytes": total_bytes,
-        "convert_seconds": convert_seconds,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    if verification is not None:
-        result["verification"] = verification
-    return result
 
 
 def auto_type(source: Path | str) -> GGMLQuantizationType:
