@@ -14,6 +14,7 @@ is imported: a GGUF or ONNX child never loads torch, so its peak RSS is the runt
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import time
@@ -41,6 +42,11 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+# The package transformers imports inside from_pretrained for each quantization method (gptqmodel's
+# import alone takes ~3.5 s here, which is not loading the model).
+QUANT_MODULES = {"gptq": "gptqmodel", "awq": "gptqmodel", "compressed-tensors": "compressed_tensors"}
+
+
 def import_runtime(kind: Kind, path: Path) -> None:
     """Import the runtime's Python modules, so that ``load_s`` times loading the model, not importing code.
 
@@ -53,6 +59,10 @@ def import_runtime(kind: Kind, path: Path) -> None:
         config = AutoConfig.from_pretrained(str(path))
         if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
             MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # noqa: B018 - the lookup imports the module
+        method = (getattr(config, "quantization_config", None) or {}).get("quant_method")
+        if method in QUANT_MODULES:
+            with contextlib.suppress(ImportError):  # from_pretrained names what is missing
+                importlib.import_module(QUANT_MODULES[method])
     elif kind == "gguf":
         with contextlib.suppress(ImportError):  # open_runner reports it
             import llama_cpp  # noqa: F401
