@@ -20,6 +20,7 @@ def write_plot(rows: Sequence[dict[str, Any]], output: Path, *, title: str, over
 
         matplotlib.use("Agg")  # no display: CI machines have none
         from matplotlib import pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError as exc:
         raise EnvironmentProblem("--plot needs matplotlib: pip install 'mtk[bench]'") from exc
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
@@ -31,13 +32,18 @@ def write_plot(rows: Sequence[dict[str, Any]], output: Path, *, title: str, over
                     [r["size_bytes"] / 1e6 for r in pts], [r["ppl"] for r in pts], marker=marker, color=color, s=60,
                     label=kind, zorder=3,
                 )  # fmt: skip
-        for r in rows:
-            label = r["name"] + (f"\n{r['bpw']:.2f} bpw" if r.get("bpw") else "")
-            ax.annotate(label, (r["size_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        # Labels alternate above and below their points (in size order), so that neighbours of similar size
+        # and perplexity (GPTQ and AWQ of one model) do not print over each other.
+        for i, r in enumerate(sorted(rows, key=lambda r: r["size_bytes"])):
+            label = r["name"] + f"\n{r['quantization']}" + (f", {r['bpw']:.2f} bpw" if r.get("bpw") else "")
+            offset = (6, 6) if i % 2 == 0 else (6, -24)
+            ax.annotate(label, (r["size_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset, fontsize=8)
         ref = next((r for r in rows if r.get("is_reference")), None)
         if ref is not None:
             ax.axhline(ref["ppl"], color="grey", linestyle="--", linewidth=1, label="reference perplexity")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 100, 200 rather than 10^2, 2x10^2
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("artifact size (MB, log scale)")
         ax.set_ylabel("perplexity (lower is better)")
         ax.set_title(title, fontsize=10)

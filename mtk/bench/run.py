@@ -95,6 +95,8 @@ def _pick_reference(artifacts: list[Artifact], reference: Path | None) -> Artifa
         ref = detect(reference)
         if ref.kind != "hf":
             raise UsageError(f"--reference {reference}: must be an HF folder (run in transformers), not {ref.kind}")
+        if ref.quantized:
+            raise UsageError(f"--reference {reference}: a quantized folder ({ref.quantization}); give the float model")
         return ref
     return next((a for a in artifacts if a.kind == "hf" and not a.quantized), None)
 
