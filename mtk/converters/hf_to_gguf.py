@@ -40,6 +40,8 @@ from mtk.runtime import resolve_device
 Progress = Callable[[int, int, str], None]
 Q = GGMLQuantizationType
 # Types whose encoders take importance weights (llama.cpp's imatrix).
+# llama-imatrix collects block matrices only (the embedding is a lookup; output.weight needs --process-output).
+NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
 IMPORTANCE_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS})
 # HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -310,7 +312,8 @@ def _importance(imatrix: Imatrix | None, t: ExportTensor, used: list[str], missi
     values = imatrix.importance(t.name)
     n_mat = t.shape[0] if len(t.shape) == 3 else 1
     if values is None:
-        missing.append(t.name)
+        if t.name not in NOT_IN_IMATRIX:
+            missing.append(t.name)
         return None
     if tuple(values.shape) != (n_mat, t.shape[-1]):
         raise InvalidFileError(

@@ -1,0 +1,166 @@
+"""mtk imatrix: llama.cpp's GGUF imatrix format, values equal to a direct computation, read back by mtk and
+gguf-py, and used by gguf-export --imatrix as llama.cpp uses it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+from conftest import run_mtk
+from test_kquant_export import WIDE, llama_quantize
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mtk.converters.family import family_for_hf
+from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
+from mtk.converters.hf_to_gguf import gguf_export
+from mtk.converters.imatrix import collect_imatrix, read_imatrix
+from mtk.errors import InvalidFileError, UnsupportedError, UsageError
+from mtk.formats.gguf_reader import open_gguf
+from mtk.kernels.quantize import quantize
+
+Q = gguf.GGMLQuantizationType
+
+
+@pytest.fixture(scope="module")
+def calibration(bible_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Calibration text from the second half of the Bible (perplexity tests use its start)."""
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    half = len(bible_text) // 2
+    path.write_text(bible_text[half : half + 60_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_models import build_tiny_model
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("wide") / "hf", num_hidden_layers=2, **WIDE)
+
+
+def test_values_equal_a_direct_computation_and_round_trip(
+    tiny_models: dict[str, Path], calibration: Path, tmp_path: Path
+) -> None:
+    src = tiny_models["llama"]
+    out = tmp_path / "imatrix.gguf"
+    proc = run_mtk(
+        "--json", "imatrix", str(src), "--calibration", str(calibration), "-o", str(out), "--samples", "3",
+        "--seq-len", "40",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["chunks"] == 3 and summary["tokens"] == 120 and summary["tensors"] == 2 * 7
+    im = read_imatrix(out)
+    assert (im.chunk_count, im.chunk_size, im.datasets) == (3, 40, ["calib.txt"])
+    assert all(float(c) == 120.0 for c in im.counts.values())
+    # Direct: the attention projections read input_layernorm(hidden state entering the layer).
+    from mtk.quantizers.calibration import load_calibration
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    windows = load_calibration(calibration, AutoTokenizer.from_pretrained(src), 3, 40)
+    expected = torch.zeros(2, 64, dtype=torch.float64)
+    with torch.inference_mode():
+        for ids in windows:
+            states = model(ids[None], output_hidden_states=True).hidden_states
+            for layer in range(2):
+                x = model.model.layers[layer].input_layernorm(states[layer])[0].double()
+                expected[layer] += (x * x).sum(0)
+    for layer in range(2):
+        for proj in ("attn_q", "attn_k", "attn_v"):
+            got = im.sums[f"blk.{layer}.{proj}.weight"][0].double()
+            torch.testing.assert_close(got, expected[layer], rtol=1e-5, atol=0)
+        # gate and up read the same input; the attention output reads another one.
+        assert torch.equal(im.sums[f"blk.{layer}.ffn_gate.weight"], im.sums[f"blk.{layer}.ffn_up.weight"])
+        assert not torch.allclose(im.sums[f"blk.{layer}.attn_output.weight"], im.sums[f"blk.{layer}.attn_q.weight"])
+        assert im.sums[f"blk.{layer}.ffn_down.weight"].shape == (1, 128)
+    # In memory equals the file, and the importance is sums / counts.
+    again = collect_imatrix(model, family_for_hf("LlamaForCausalLM"), windows)
+    for name in again.sums:
+        torch.testing.assert_close(again.sums[name], im.sums[name], rtol=1e-6, atol=0)
+    torch.testing.assert_close(im.importance("blk.1.attn_q.weight")[0], im.sums["blk.1.attn_q.weight"][0] / 120)
+
+
+def test_file_layout_is_llama_cpps(tiny_models: dict[str, Path], calibration: Path, tmp_path: Path) -> None:
+    out = tmp_path / "imatrix.gguf"
+    args = ["--calibration", str(calibration), "-o", str(out), "--samples", "2", "--seq-len", "32"]
+    assert run_mtk("imatrix", str(tiny_models["qwen3"]), *args).returncode == 0
+    reader = gguf.GGUFReader(out)  # gguf-py's reader, independent of mtk's
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert fields == {
+        "general.type": "imatrix",
+        "imatrix.datasets": ["calib.txt"],
+        "imatrix.chunk_count": 2,
+        "imatrix.chunk_size": 32,
+    }
+    assert reader.fields["imatrix.chunk_count"].types == [gguf.GGUFValueType.UINT32]
+    names = [t.name for t in reader.tensors]
+    # llama.cpp's order: matrices sorted by name, each as in_sum2 then counts.
+    bases = sorted({n.rsplit(".", 1)[0] for n in names})
+    assert names == [f"{b}.{s}" for b in bases for s in ("in_sum2", "counts")] and len(bases) == 14
+    by_name = {t.name: t for t in reader.tensors}
+    assert list(by_name["blk.0.ffn_down.weight.in_sum2"].shape) == [128]  # ne (cols,): one matrix
+    assert list(by_name["blk.0.ffn_down.weight.counts"].shape) == [1]
+    assert by_name["blk.0.attn_q.weight.in_sum2"].tensor_type == Q.F32
+    again = run_mtk("imatrix", str(tiny_models["qwen3"]), *args)
+    assert again.returncode == 7 and "--overwrite" in again.stderr
+
+
+def test_export_uses_the_imatrix_as_llama_cpp_does(wide: Path, calibration: Path, tmp_path: Path) -> None:
+    im_path = tmp_path / "imatrix.gguf"
+    args = ["--calibration", str(calibration), "-o", str(im_path), "--samples", "4", "--seq-len", "64"]
+    assert run_mtk("imatrix", str(wide), *args).returncode == 0
+    im = read_imatrix(im_path)
+    rules = TypeRules(FILE_TYPE_NAMES["q4_k_m"], imatrix=True)
+    result = gguf_export(wide, tmp_path / "with.gguf", rules=rules, imatrix=im, verify=True)
+    assert result["imatrix"] == {"tensors_used": 14, "missing": []}  # 7 matrices x 2 layers
+    plain = gguf_export(wide, tmp_path / "without.gguf", rules=TypeRules(FILE_TYPE_NAMES["q4_k_m"]), verify=False)
+    with_, without = open_gguf(tmp_path / "with.gguf"), open_gguf(tmp_path / "without.gguf")
+    name = "blk.0.ffn_gate.weight"  # Q4_K, and not row-permuted: its bytes are the encoder's output
+    w = AutoModelForCausalLM.from_pretrained(wide).model.layers[0].mlp.gate_proj.weight.detach()
+    expected = quantize(w, Q.Q4_K, importance=im.sums[name][0] / im.counts[name][0])
+    ours = with_.tensor_bytes(with_.by_name[name])
+    assert torch.equal(ours, expected.reshape(-1))
+    assert not torch.equal(ours, without.tensor_bytes(without.by_name[name]))
+    assert plain["bytes"] == result["bytes"]
+    # llama.cpp's own Q4_K_M of the same weights with the same imatrix: (nearly) the same blocks.
+    f32 = tmp_path / "f32.gguf"
+    gguf_export(wide, f32, rules=TypeRules(Q.F32), verify=False)
+    values = {n: im.importance(n).reshape(-1) for n in im.sums}
+    llama_quantize(f32, tmp_path / "llama.gguf", "q4_k_m", imatrix=values)
+    theirs = open_gguf(tmp_path / "llama.gguf")
+    blocks = ours.reshape(-1, 144), theirs.tensor_bytes(theirs.by_name[name]).reshape(-1, 144)
+    same = (blocks[0] == blocks[1]).all(1).float().mean()
+    assert same > 0.9, float(same)
+
+
+def test_bad_inputs_fail_with_one_line_and_their_exit_codes(
+    tiny_models: dict[str, Path], calibration: Path, tmp_path: Path, wide: Path
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    short = tmp_path / "short.txt"
+    short.write_text("In the beginning.", encoding="utf-8")
+    src = str(tiny_models["llama"])
+    out = str(tmp_path / "i.gguf")
+    cases = [
+        ([src, "--calibration", str(empty)], UsageError, "empty"),
+        ([src, "--calibration", str(short), "--seq-len", "64"], UsageError, "fewer than one"),
+        ([src, "--calibration", str(tmp_path / "nope.txt")], UsageError, "not found"),
+        ([str(tiny_models["qwen2moe"]), "--calibration", str(calibration)], UnsupportedError, "mixture-of-experts"),
+    ]
+    for args, error, message in cases:
+        proc = run_mtk("imatrix", *args, "-o", out)
+        assert proc.returncode == error.exit_code and message in proc.stderr, proc.stderr
+    assert not Path(out).exists()
+    # An imatrix for another model, or a file that is no imatrix, is refused by gguf-export.
+    im = tmp_path / "small.imatrix.gguf"
+    assert run_mtk("imatrix", src, "--calibration", str(calibration), "-o", str(im), "--samples", "1").returncode == 0
+    for bad in (im, tmp_path / "model.gguf"):
+        if bad.name == "model.gguf":
+            gguf_export(src, bad, rules=TypeRules(Q.F16), verify=False)
+        proc = run_mtk(
+            "gguf-export", str(wide), "-o", str(tmp_path / "x.gguf"), "--type", "q4_k_m", "--imatrix", str(bad)
+        )
+        assert proc.returncode == InvalidFileError.exit_code, proc.stderr
