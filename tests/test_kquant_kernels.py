@@ -212,3 +212,15 @@ def test_bad_inputs_raise() -> None:
     assert torch.equal(
         quantize(torch.ones(2, 256), QT.Q8_0, importance=torch.ones(256)), quantize(torch.ones(2, 256), QT.Q8_0)
     )
+
+
+def test_compiled_search_equals_reference_and_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTK_COMPILE=1 runs the hot search step through torch.compile (one static shape per sub-block size,
+    chunks padded): same bytes as the slow twin and as eager, on a padded and an unpadded chunk."""
+    x = torch.from_numpy(mixed_rows(6))
+    ref = quantize(x, QT.Q4_K, reference=True)
+    big = torch.randn(64, 1024, generator=torch.Generator().manual_seed(8)) * 0.02  # exactly one chunk
+    eager = quantize(big, QT.Q4_K)
+    monkeypatch.setenv("MTK_COMPILE", "1")
+    assert torch.equal(quantize(x, QT.Q4_K), ref)
+    assert torch.equal(quantize(big, QT.Q4_K), eager)

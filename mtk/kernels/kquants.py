@@ -30,9 +30,7 @@ KEncodeFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 _FAST: Registry[KEncodeFn] = Registry("K-quant type")
 
-# Values per chunk. The searches hold a few float32 tensors of up to 37 candidates per value (Q4_K/Q5_K with
-# importance): 1/4 Mi values is ~40 MiB each.
-CHUNK_VALUES = 1 << 18
+CHUNK_VALUES = ks.CHUNK_VALUES
 
 
 def _register(qtype: GGMLQuantizationType) -> Callable[[KEncodeFn], KEncodeFn]:
