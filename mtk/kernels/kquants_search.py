@@ -280,10 +280,11 @@ def q3_search(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     w = x * x
     wx = w * x
     sumlx, suml2 = fold(wx * codes), fold(w * codes * codes)
-    columns = list(codes.unbind(-1))
+    columns = list(_by_column(codes))
+    w_cols, wx_cols, x_cols = _by_column(w), _by_column(wx), _by_column(x)
     for _ in range(5):
         for i, l_old in enumerate(columns):
-            wi, wxi, xi = w[..., i], wx[..., i], x[..., i]
+            wi, wxi, xi = w_cols[i], wx_cols[i], x_cols[i]
             slx = sumlx - wxi * l_old
             sl2 = suml2 - wi * l_old * l_old
             new_l = nearest_int(xi * sl2 / slx).clamp_(-nmax, nmax - 1)
@@ -298,6 +299,12 @@ def q3_search(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(suml2 > 0, sumlx / suml2, 0.0)
     zero = amax < GROUP_MAX_EPS
     return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0.0, codes)
+
+
+def _by_column(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The n values of every sub-block (..., n) as n contiguous (...) tensors: the coordinate descents
+    touch one value of every sub-block per operation, and strided views would cost several times more."""
+    return t.movedim(-1, 0).contiguous().unbind(0)
 
 
 def _u8(l: torch.Tensor) -> torch.Tensor:
@@ -327,10 +334,11 @@ def qp_search(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor
     wx = w * x
     sumlx, suml2 = fold(wx * codes), fold(w * codes * codes)
     codes = _u8(codes)
-    columns = list(codes.unbind(-1))
+    columns = list(_by_column(codes))
+    w_cols, wx_cols, x_cols = _by_column(w), _by_column(wx), _by_column(x)
     for _ in range(5):
         for i, l_old in enumerate(columns):
-            wi, wxi, xi = w[..., i], wx[..., i], x[..., i]
+            wi, wxi, xi = w_cols[i], wx_cols[i], x_cols[i]
             slx = sumlx - wxi * l_old
             sl2 = suml2 - wi * l_old * l_old
             new_l = nearest_int(xi * sl2 / slx).clamp_(max=nmax)
@@ -357,20 +365,53 @@ IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 8
 IQ4_TRIES = 7  # llama.cpp's quantize_iq4_nl / quantize_iq4_xs pass ntry = 7, with or without weights
 
 
+@cache
+def _iq4_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each integer k in -128..127 (at k + 128): the number of levels <= k, clamped to 1..15 (``upper``),
+    and the levels just below and at ``upper``. Levels are integers, so for a float v these depend only on
+    floor(v): three gathers from 256-entry tables instead of a search per value."""
+    levels = torch.tensor(IQ4_VALUES, dtype=torch.float32)
+    ks = torch.arange(-128, 128, dtype=torch.float32)
+    upper = (levels.unsqueeze(0) <= ks.unsqueeze(1)).sum(1).clamp(1, 15)
+    return upper.to(device), levels[upper - 1].to(device), levels[upper].to(device)
+
+
+def _table_index(v: torch.Tensor) -> torch.Tensor:
+    """floor(v) + 128 clamped to 0..255; NaN (from the unused lanes of an all-zero sub-block) as beyond the
+    top level, where ggml's comparisons all fail too."""
+    return (torch.nan_to_num(v, nan=127.0).clamp_(-128.0, 127.0).floor_() + 128).long()
+
+
+def iq4_nearest(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ggml's best_index_int8 over IQ4_VALUES for float32 ``v``: (index int64, its level float32).
+
+    ggml bisects for ``levels[upper - 1] <= v < levels[upper]`` and takes the lower level when
+    ``v - lower < upper_level - v`` in float32; at or beyond the end levels it takes those."""
+    upper, lower_level, upper_level = _iq4_tables(v.device)
+    k = _table_index(v)
+    lo, hi = lower_level[k], upper_level[k]
+    below = (v - lo) < (hi - v)
+    level = torch.where(below, lo, hi)
+    first, last = float(IQ4_VALUES[0]), float(IQ4_VALUES[-1])
+    level = torch.where(v <= first, first, torch.where(v >= last, last, level))
+    index = upper[k] - below.long()
+    index = torch.where(v <= first, 0, torch.where((v >= last) | v.isnan(), 15, index))
+    return index, level
+
+
 def iq4_index(v: torch.Tensor) -> torch.Tensor:
-    """ggml's best_index_int8 over IQ4_VALUES: the nearest level's index for float32 ``v``, the upper
-    one unless ``v - lower < upper - v`` (in float32). int64, same shape."""
-    levels = torch.tensor(IQ4_VALUES, dtype=torch.float32, device=v.device)
-    upper = torch.bucketize(v, levels, right=True).clamp_(1, 15)  # levels[upper - 1] <= v < levels[upper]
-    below = (v - levels[upper - 1]) < (levels[upper] - v)
-    index = upper - below.long()
-    index = torch.where(v <= levels[0], 0, index)
-    return torch.where(v >= levels[15], 15, index)
+    """The index part of :func:`iq4_nearest`."""
+    return iq4_nearest(v)[0]
 
 
-def iq4_levels(index: torch.Tensor) -> torch.Tensor:
-    """The float32 level of each index."""
-    return torch.tensor(IQ4_VALUES, dtype=torch.float32, device=index.device)[index]
+def iq4_level(v: torch.Tensor) -> torch.Tensor:
+    """The level part of :func:`iq4_nearest`, without the index gather."""
+    _, lower_level, upper_level = _iq4_tables(v.device)
+    k = _table_index(v)
+    lo, hi = lower_level[k], upper_level[k]
+    level = torch.where((v - lo) < (hi - v), lo, hi)
+    first, last = float(IQ4_VALUES[0]), float(IQ4_VALUES[-1])
+    return torch.where(v <= first, first, torch.where((v >= last) | v.isnan(), last, level))
 
 
 def iq4_search(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -380,14 +421,14 @@ def iq4_search(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     sub-blocks."""
     peak, amax = signed_peak(x)
     inv = div(1.0, div(-peak, float(IQ4_VALUES[0])))
-    q = iq4_levels(iq4_index(inv.unsqueeze(-1) * x))
+    q = iq4_level(inv.unsqueeze(-1) * x)
     wq = w * q
     sumqx, sumq2 = fold(wq * x), fold(wq * q)
     d = torch.where(sumq2 > 0, sumqx / sumq2, 0.0)
     best = d * sumqx
     numerators = np.array([t + IQ4_VALUES[0] for t in range(-IQ4_TRIES, IQ4_TRIES + 1)], dtype=np.float32)
     cand_inv = _table(numerators, x) / peak.unsqueeze(-1)
-    q_all = iq4_levels(iq4_index(cand_inv.unsqueeze(-1) * x.unsqueeze(-2)))
+    q_all = iq4_level(cand_inv.unsqueeze(-1) * x.unsqueeze(-2))
     wq_all = w.unsqueeze(-2) * q_all
     sumqx_k, sumq2_k = fold(wq_all * x.unsqueeze(-2)), fold(wq_all * q_all)
     for k in range(numerators.shape[0]):
