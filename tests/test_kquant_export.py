@@ -29,7 +29,7 @@ Q = gguf.GGMLQuantizationType
 MIXES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"]
 # Width 256 (whole super-blocks, no fallbacks), 8 query / 2 KV heads (n_gqa 4: the Q2_K and IQ4 attn_v
 # rules), a spread of 0.05 (at 0.1 llama.cpp's 8-bit activations alone flip a fifth of the top-1 tokens).
-WIDE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2}
+WIDE = {"hidden_size": 256, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2}
 WIDE |= {"initializer_range": 0.05}
 DRY_RUN_LINE = re.compile(r"\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\w+), size =[^\n(]*?(?:\((\w+)\))?\n")
 
@@ -91,8 +91,9 @@ def smollm2_f16(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def wide2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer width-256 llama: small enough to export and verify every mix."""
-    return build_tiny_model("llama", tmp_path_factory.mktemp("wide2") / "hf", num_hidden_layers=2, **WIDE)
+    """A 2-layer width-256 llama with tied embeddings: small enough to export and verify every mix."""
+    root = tmp_path_factory.mktemp("wide2")
+    return build_tiny_model("llama", root / "hf", num_hidden_layers=2, tie_word_embeddings=True, **WIDE)
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +187,19 @@ def test_every_mix_runs_in_llama_cpp_and_dry_run_equals_the_file(
     assert {t.qtype for t in g.tensors if len(t.shape) > 1} >= {TypeRules(FILE_TYPE_NAMES[mix]).default}
 
 
-def test_tensor_type_and_type_names_on_the_cli(wide2: Path, tmp_path: Path) -> None:
+def test_tensor_type_and_type_names_on_the_cli(tiny_models: dict[str, Path], wide2: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
-    args = ["gguf-export", str(wide2), "--type", "Q4_K_M", "--no-verify", "-o", str(out)]
-    over = ["--tensor-type", r"blk\.0\.attn_q=Q8_0", "--tensor-type", "ATTN_Q=iq4_xs", "--output-type", "q5_k"]
+    src = str(tiny_models["llama"])  # width 64: the K types fall back to legacy ones, which encode fast
+    args = ["gguf-export", src, "--type", "Q4_K_M", "--no-verify", "-o", str(out)]
+    over = ["--tensor-type", r"blk\.0\.attn_q=Q8_0", "--tensor-type", "ATTN_Q=q4_1", "--output-type", "q5_1"]
     assert run_mtk(*args, *over).returncode == 0
     types = {t.name: t.qtype for t in open_gguf(out).tensors}
-    assert types["blk.0.attn_q.weight"] == Q.Q8_0 and types["blk.1.attn_q.weight"] == Q.IQ4_XS
-    assert types["output.weight"] == Q.Q5_K and types["blk.1.attn_k.weight"] == Q.Q4_K
+    assert types["blk.0.attn_q.weight"] == Q.Q8_0 and types["blk.1.attn_q.weight"] == Q.Q4_1
+    assert types["output.weight"] == Q.Q5_1 and types["blk.1.attn_k.weight"] == Q.Q5_0  # Q4_K's fallback
+    assert open_gguf(out).metadata["general.file_type"] == int(FILE_TYPE_NAMES["q4_k_m"])
+    dry = run_mtk("--json", *args[:4], *over, "--tensor-type", "ffn_down=iq4_xs", "--dry-run")
+    plan = {r["name"]: r["type"] for r in json.loads(dry.stdout)["plan"]}
+    assert plan["blk.0.ffn_down.weight"] == "IQ4_NL"  # IQ4_XS's fallback for 128 columns
     for bad, message in [
         (["--type", "q4_k_x"], "unknown file type"),
         (["--tensor-type", "attn_v"], "REGEX=TYPE"),
