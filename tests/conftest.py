@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# As the CLI does (mtk/cli/app.py): OpenMP threads that spin while waiting make torch's many small ops 10x
+# slower or worse on a busy machine. Read once, when torch loads: before the import below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fixtures_models import build_tiny_model  # noqa: E402
 
