@@ -250,8 +250,13 @@ def quantize(
     device: str = "auto",
     overwrite: bool = False,
     progress: Progress | None = None,
+    check: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Quantize ``model_dir`` into ``out_dir``; returns the ``--json`` result. See the module notes."""
+    """Quantize ``model_dir`` into ``out_dir``; returns the ``--json`` result. See the module notes.
+
+    ``check`` is called with the complete temporary folder before it is published (verification); if it
+    raises, nothing is written.
+    """
     start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
@@ -280,7 +285,8 @@ def quantize(
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
         _copy_config(model_dir, tmp, cfg)
-    return {
+        verification = check(tmp) if check else None
+    result = {
         "input": str(model_dir),
         "output": str(out_dir),
         "method": cfg.method.value,
@@ -294,6 +300,9 @@ def quantize(
         "device": str(dev),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if verification is not None:
+        result["verification"] = verification
+    return result
 
 
 def _quantize_layer(

@@ -1,0 +1,98 @@
+"""Verify a quantized checkpoint in its runtime: transformers with GPTQModel's kernels.
+
+Two comparisons, as for quantized GGUF exports:
+
+- Conversion: the checkpoint as transformers loads it (packed weights, GPTQModel kernels) against a float
+  model holding exactly the weights the files define (unpacked in torch by mtk). This isolates packing,
+  layout and config errors from quantization error, and fails (VerificationError) beyond ``RUNTIME``.
+- Quality: against the unquantized source model, reported as ``quality`` for the caller (or a test) to bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtk.errors import EnvironmentProblem, VerificationError
+from mtk.formats.checkpoint import HFCheckpoint
+from mtk.quantizers.pack import unpack_awq, unpack_gptq
+from mtk.verify import PROMPTS, Tolerance, logit_metrics
+
+# The kernels round activations to the scales' float16 and accumulate in their own order.
+RUNTIME = Tolerance(kl_mean=2e-3, top1=0.9)
+
+
+def gptqmodel_available() -> bool:
+    return importlib.util.find_spec("gptqmodel") is not None and importlib.util.find_spec("optimum") is not None
+
+
+def load_quantized(path: Path | str) -> Any:
+    """The checkpoint through ``AutoModelForCausalLM.from_pretrained`` on the CPU (GPTQModel installed)."""
+    if not gptqmodel_available():
+        raise EnvironmentProblem("loading GPTQ/AWQ checkpoints needs gptqmodel and optimum (pip install mtk[quantize])")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # GPTQModel prints a banner and kernel-selection logs on stdout, where `--json` results go.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        import gptqmodel  # noqa: F401 - imported here so that its banner goes to the sink
+
+        return AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
+
+
+def dequantized_model(path: Path | str, source: Path | str) -> Any:
+    """The source architecture in float32 holding exactly the weights stored in ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    ckpt = HFCheckpoint(path)
+    names = set(ckpt.names())
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            base = name.removesuffix(".weight")
+            if f"{base}.qweight" in names:
+                packed = {
+                    k: ckpt.get(f"{base}.{k}")
+                    for k in ("qweight", "qzeros", "scales", "g_idx")
+                    if f"{base}.{k}" in names
+                }
+                w = unpack_awq(packed) if qc["quant_method"] == "awq" else unpack_gptq(packed, qc["bits"])
+                tensor.copy_(w)
+            elif name in names:
+                tensor.copy_(ckpt.get(name).to(tensor.dtype))
+    return model
+
+
+def _logits(model: Any, prompts: list[list[int]]) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(torch.tensor([ids])).logits[0].float() for ids in prompts])
+
+
+def verify_quantized(path: Path | str, source: Path | str) -> dict[str, Any]:
+    """Runtime vs the files' own weights (checked) and vs the source model (reported); see the module notes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    runtime = _logits(load_quantized(path), prompts)
+    held = _logits(dequantized_model(path, source), prompts)
+    from transformers import AutoModelForCausalLM
+
+    src = _logits(AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32), prompts)
+    metrics = logit_metrics(held, runtime)
+    failures = RUNTIME.failures(metrics)
+    if failures:
+        raise VerificationError(
+            "quantized checkpoint in transformers disagrees with its own weights: " + "; ".join(failures)
+        )
+    return {"logits": metrics, "tolerance": RUNTIME.__dict__, "quality": logit_metrics(src, runtime)}

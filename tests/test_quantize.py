@@ -1,0 +1,281 @@
+"""mtk quantize: packing layouts, the GPTQ/AWQ/RTN math, and checkpoints loaded back by transformers + GPTQModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_mtk
+from test_memory import child_peak_mib
+
+from mtk.quantizers.calibration import tokenize_windows
+from mtk.quantizers.config import QuantizeConfig
+from mtk.quantizers.engine import quantize
+from mtk.quantizers.gptq import gptq_quantize
+from mtk.quantizers.grid import fit_gptq, from_codes, rtn, to_codes
+from mtk.quantizers.pack import pack_awq, pack_bits, pack_gptq, unpack_awq, unpack_bits, unpack_gptq
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
+    path = tmp_path_factory.mktemp("cal") / "cal.txt"
+    path.write_text(bible_text[: len(bible_text) // 2][:200_000], encoding="utf-8")
+    return path
+
+
+# --- layouts ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_bit_streams_round_trip_and_match_the_documented_layout(bits: int) -> None:
+    codes = torch.randint(0, 1 << bits, (64, 5))
+    packed = pack_bits(codes, bits)
+    assert packed.shape == (64 * bits // 32, 5) and packed.dtype == torch.int32
+    assert torch.equal(unpack_bits(packed, bits), codes)
+    # Code k of each 32-value run sits at bit k * bits of the run's little-endian bit stream.
+    words = packed[:bits, 0].to(torch.int64) & 0xFFFFFFFF
+    stream = sum(int(w) << (32 * i) for i, w in enumerate(words.tolist()))
+    assert [(stream >> (k * bits)) & ((1 << bits) - 1) for k in range(32)] == codes[:32, 0].tolist()
+
+
+def test_awq_nibble_order() -> None:
+    codes = (torch.arange(32) % 16)[:, None].repeat(1, 16)  # (out=32, in=16): out channel o has code o % 16
+    t = pack_awq(codes, torch.ones(32, 1), torch.zeros(32, 1))
+    # Word 0 of each row packs channels 0..7 with nibble k holding channel (0, 2, 4, 6, 1, 3, 5, 7)[k].
+    word = int(t["qweight"][0, 0]) & 0xFFFFFFFF
+    assert [(word >> (4 * k)) & 0xF for k in range(8)] == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert torch.equal(unpack_awq(t), codes.float())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gptq_tensors_dequantize_to_the_grid(bits: int) -> None:
+    w = torch.randn(64, 128)
+    codes, scale, zero = rtn(w, bits, 32, sym=False)
+    g_idx = (torch.arange(128) // 32).to(torch.int32)
+    packed = pack_gptq(codes, scale, zero, g_idx, bits)
+    assert packed["qzeros"].shape == (4, 64 * bits // 32) and packed["scales"].dtype == torch.float16
+    expect = scale.half().float().repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
+    assert torch.equal(unpack_gptq(packed, bits), expect)
+
+
+# --- the math --------------------------------------------------------------------------------------------
+
+
+def test_grid_fits() -> None:
+    w = torch.tensor([[-1.0, 0.5, 0.25, 0.0]])
+    scale, zero = fit_gptq(w, 4, sym=True)
+    assert scale.item() == pytest.approx(2 / 15) and zero.item() == 8
+    q = to_codes(w, scale, zero, 4)
+    assert q.min() >= 0 and q.max() <= 15
+    assert (from_codes(q, scale, zero) - w).abs().max() <= scale.item() / 2 + 1e-7
+    scale, zero = fit_gptq(torch.tensor([[0.5, 1.0]]), 4, sym=False)
+    assert zero.item() == 1  # v1 checkpoints cannot store a zero point of 0
+
+
+def _correlated_inputs(n: int, cols: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    mix = torch.randn(cols, cols) / cols**0.5
+    return torch.randn(n, cols) @ mix + torch.randn(n, cols) * 0.1
+
+
+@pytest.mark.parametrize(("desc_act", "static_groups"), [(False, False), (True, False), (True, True)])
+def test_gptq_beats_round_to_nearest_on_the_layer_output(desc_act: bool, static_groups: bool) -> None:
+    x = _correlated_inputs(2048, 128)
+    w = torch.randn(96, 128)
+    h = 2 * x.t() @ x / x.shape[0]
+    q = gptq_quantize(
+        w, h, bits=3, group_size=32, sym=True, damp_percent=0.01, desc_act=desc_act, static_groups=static_groups
+    )
+    codes, scale, zero = rtn(w, 3, 32, sym=True)
+    baseline = scale.repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
+    err_gptq = (x @ (q.dequantize() - w).t()).pow(2).mean()
+    err_rtn = (x @ (baseline - w).t()).pow(2).mean()
+    assert err_gptq < 0.7 * err_rtn, (err_gptq, err_rtn)
+    assert q.codes.min() >= 0 and q.codes.max() <= 7
+    if static_groups or not desc_act:
+        assert torch.equal(q.g_idx, (torch.arange(128) // 32).to(torch.int32))
+    else:
+        assert sorted(torch.bincount(q.g_idx.long()).tolist()) == [32] * 4
+
+
+def test_config_validation() -> None:
+    for bad in ({"method": "awq", "bits": 3}, {"bits": 5}, {"group_size": 50}, {"method": "awq", "desc_act": True}):
+        with pytest.raises(ValueError):
+            QuantizeConfig(**bad)
+    cfg = QuantizeConfig(method="awq", group_size=64)
+    assert cfg.sym is False and cfg.format.value == "awq"
+    assert QuantizeConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_calibration_windows_and_errors(smollm2_hf: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_hf)
+    ids = tokenize_windows(["In the beginning God created the heaven and the earth. " * 50], tok, 4, 16, source="t")
+    assert ids.shape == (4, 16) and ids.dtype == torch.int64
+    assert tok.decode(ids[0]).startswith("In the beginning")
+    from mtk.errors import UsageError
+
+    with pytest.raises(UsageError, match="empty"):
+        tokenize_windows(["  \n"], tok, 4, 16, source="t")
+    with pytest.raises(UsageError, match="fewer than one"):
+        tokenize_windows(["short"], tok, 4, 16, source="t")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"text": "a b c"}\n{"nope": 1}\n')
+    r = run_mtk(
+        "quantize", str(smollm2_hf), "-o", str(tmp_path / "o"), "--group-size", "64", "--calibration", str(jsonl)
+    )
+    assert r.returncode == 4 and '"text"' in r.stderr, r.stderr
+
+
+# --- checkpoints in transformers -------------------------------------------------------------------------
+
+
+def _check_result(out: Path, result: dict, method: str) -> dict:
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == ("awq" if method == "awq" else "gptq")
+    v = result["verification"]
+    # The runtime (GPTQModel's CPU kernels) computes what the files define ...
+    assert v["logits"]["kl_mean"] < 2e-3, v
+    return v["quality"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_loads_in_transformers_at_4_bits(
+    family: str, tiny_models: dict, calibration: Path, tmp_path: Path
+) -> None:
+    for method in ("gptq", "awq"):
+        quality = _quantize(tiny_models[family], tmp_path / method, calibration, method, 4)
+        # Tiny random models have flat logits, so 4 bits move them visibly; the bound still catches a wrong
+        # layout or a broken algorithm (those give KL > 1).
+        assert quality["kl_mean"] < 0.15, (method, quality)
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_8_bit_checkpoints_are_nearly_lossless(
+    method: str, tiny_models: dict, calibration: Path, tmp_path: Path
+) -> None:
+    quality = _quantize(tiny_models["llama"], tmp_path / method, calibration, method, 8)
+    assert quality["kl_mean"] < 1e-3 and quality["top1"] >= 0.9, quality
+
+
+def _quantize(src: Path, out: Path, calibration: Path, method: str, bits: int) -> dict:
+    r = run_mtk(
+        "--json",
+        "quantize",
+        str(src),
+        "-o",
+        str(out),
+        "--method",
+        method,
+        "--bits",
+        str(bits),
+        "--group-size",
+        "32",
+        "--calibration",
+        str(calibration),
+        "--samples",
+        "8",
+        "--seq-len",
+        "64",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _check_result(out, json.loads(r.stdout), method)
+
+
+def test_awq_scales_and_clipping_beat_round_to_nearest() -> None:
+    from torch import nn
+
+    from mtk.quantizers.awq import apply_scales, awq_codes, clip_weight, sample_tokens, search_clip, search_scales
+    from mtk.quantizers.grid import fit_awq
+    from mtk.quantizers.layers import ScaleGroup
+
+    torch.manual_seed(0)
+    layer = nn.Module()
+    layer.norm = nn.LayerNorm(128, elementwise_affine=True)
+    layer.fc = nn.Linear(128, 64, bias=False)
+    # Activations with a few large channels: the case AWQ is for.
+    x = torch.randn(4, 64, 128) * (1 + 30 * (torch.rand(128) < 0.05))
+    group = ScaleGroup("norm", ("fc",), "fc")
+    w0 = layer.fc.weight.data.clone()
+    reference = x @ w0.t()
+    rows = w0.reshape(-1, 32)
+    scale, zero = fit_awq(rows, 4)
+    baseline = (
+        x
+        @ (scale[:, None] * (torch.clamp(torch.round(rows / scale[:, None]) + zero[:, None], 0, 15) - zero[:, None]))
+        .reshape(w0.shape)
+        .t()
+    )
+    s = search_scales(layer, group, [x], lambda m: {}, 4, 32)
+    apply_scales(layer, group, s, 0.0)
+    xs = [x / s]
+    clip_weight(layer.fc, search_clip(layer.fc.weight.data, sample_tokens(xs, 512), 4, 32), 32)
+    q = awq_codes(layer.fc.weight.data, 4, 32)
+    out = xs[0] @ q.dequantize().t()
+    err_awq, err_rtn = (out - reference).pow(2).mean(), (baseline - reference).pow(2).mean()
+    assert err_awq < 0.8 * err_rtn, (err_awq, err_rtn)
+    # Folding the scales changed nothing in float: norm weight / s and fc columns * s.
+    assert torch.allclose(xs[0] @ (w0 * s).t(), reference, rtol=1e-4, atol=1e-3)
+
+
+def test_errors_are_clear(tiny_models: dict, tmp_path: Path, calibration: Path) -> None:
+    src = str(tiny_models["llama"])
+    r = run_mtk("quantize", src, "-o", str(tmp_path / "a"), "--method", "rtn", "--group-size", "48")
+    assert r.returncode == 2 and "group size" in r.stderr
+    r = run_mtk("quantize", src, "-o", str(tmp_path / "b"), "--method", "gptq")
+    assert r.returncode == 2 and "--calibration" in r.stderr
+    r = run_mtk(
+        "quantize", src, "-o", str(tmp_path / "c"), "--method", "awq", "--bits", "3", "--calibration", str(calibration)
+    )
+    assert r.returncode == 2 and "awq supports bits 4" in r.stderr
+    assert not any(tmp_path.iterdir())
+    cfg = json.loads((tiny_models["qwen2moe"] / "config.json").read_text())["model_type"]
+    r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "m"), "--method", "rtn")
+    assert r.returncode == 3 and cfg in r.stderr, r.stderr
+
+
+def test_peak_memory_is_one_layer_not_the_model(tmp_path: Path, calibration: Path) -> None:
+    from fixtures_models import build_tiny_model
+
+    wide = {"hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 8}
+    models = {n: build_tiny_model("llama", tmp_path / f"l{n}", num_hidden_layers=n, **wide) for n in (1, 2, 16)}
+    deltas = {}
+    for n in (2, 16):
+        deltas[n] = child_peak_mib(
+            f"""
+            import json, resource
+            from mtk.quantizers.config import QuantizeConfig
+            from mtk.quantizers.engine import quantize
+            def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            cfg = QuantizeConfig(method="awq", group_size=64, samples=4, seq_len=64)
+            quantize({str(models[1])!r}, {str(tmp_path / "w")!r}, cfg, calibration={str(calibration)!r},
+                     device="cpu", overwrite=True)
+            base = peak()
+            quantize({str(models[n])!r}, {str(tmp_path / "o")!r}, cfg, calibration={str(calibration)!r},
+                     device="cpu", overwrite=True)
+            print(json.dumps({{"delta": peak() - base}}))
+            """
+        )["delta"]
+    layer = 4 * (4 * 512 * 512 + 3 * 512 * 1536) / MiB  # one float32 layer: 13 MiB
+    grown = 14 * layer
+    # Fourteen more layers (~180 MiB of float32 weights) may cost no more than a few layers.
+    assert deltas[16] - deltas[2] < 0.25 * grown, (deltas, grown)
+
+
+def test_api_output_matches_cli_layout(tiny_models: dict, tmp_path: Path) -> None:
+    out = tmp_path / "rtn"
+    result = quantize(tiny_models["qwen2"], out, QuantizeConfig(method="rtn", bits=4, group_size=32), device="cpu")
+    assert result["samples"] == 0
+    from mtk.formats.checkpoint import HFCheckpoint
+
+    names = set(HFCheckpoint(out).names())
+    base = "model.layers.0.self_attn.q_proj"
+    assert {f"{base}.{k}" for k in ("qweight", "qzeros", "scales", "g_idx", "bias")} <= names
+    assert f"{base}.weight" not in names and "model.embed_tokens.weight" in names
+    assert json.loads((out / "quantize_config.json").read_text())["bits"] == 4
