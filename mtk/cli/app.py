@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mtk.cli import export_onnx, gguf_export, gguf_import, inspect
+from mtk.cli import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize
 from mtk.cli.common import SETTINGS
 from mtk.errors import EXIT_INTERRUPTED, MtkError, UsageError
 
@@ -25,6 +25,9 @@ app.command("inspect")(inspect.inspect_command)
 app.command("gguf-import")(gguf_import.gguf_import_command)
 app.command("gguf-export")(gguf_export.gguf_export_command)
 app.command("export-onnx")(export_onnx.export_onnx_command)
+app.command("quantize")(quantize.quantize_command)
+app.command("imatrix")(imatrix.imatrix_command)
+app.command("bench")(bench.bench_command)
 
 
 @app.callback()
