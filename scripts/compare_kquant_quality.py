@@ -38,6 +38,7 @@ from mtk.verify import LlamaCppModel
 
 Q = GGMLQuantizationType
 LLAMA_QUANTIZE = Path("/tmp/llama-tools/build/bin/llama-quantize")
+LLAMA_IMATRIX = Path("/tmp/llama-tools/build/bin/llama-imatrix")
 MIXES = ("q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k")
 
 
@@ -149,6 +150,37 @@ def compare_mix(mix: str, f16: Path, imatrix_path: Path | None, work: Path, wind
     }
 
 
+def compare_with_llama_imatrix(hf: Path, f16: Path, work: Path, text: str, chunks: int = 4) -> dict[str, Any]:
+    """mtk imatrix and llama-imatrix on the same tokens: a text of ``chunks`` x 512 tokens (plus less than one
+    more), so that both take the same consecutive chunks (SmolLM2 adds no BOS)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    piece = text[200_000 : 200_000 + 3000 * chunks]
+    while len(tok(piece, add_special_tokens=False)["input_ids"]) >= 512 * (chunks + 1):
+        piece = piece[: int(len(piece) * 0.95)]
+    path = work / "imatrix-check.txt"
+    path.write_text(piece, encoding="utf-8")
+    theirs_path = work / "llama.imatrix.gguf"
+    cmd = [str(LLAMA_IMATRIX), "-m", str(f16), "-f", str(path), "-o", str(theirs_path), "-c", "512"]
+    subprocess.run([*cmd, "--chunks", str(chunks), "-t", "2", "--no-ppl"], check=True, capture_output=True)
+    ours, _ = imatrix_from_checkpoint(hf, path, samples=chunks, seq_len=512, device="cpu")
+    theirs = read_imatrix(theirs_path)
+    rel, cos = [], []
+    for name in ours.sums:
+        x, y = ours.importance(name)[0].double(), theirs.importance(name)[0].double()
+        rel.append(float(((x - y).abs() / y.abs().clamp_min(1e-12)).median()))
+        cos.append(float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
+    return {
+        "entries": [len(ours.sums), len(theirs.sums)],
+        "same_names": set(ours.sums) == set(theirs.sums),
+        "counts_equal": all(torch.equal(ours.counts[n], theirs.counts[n]) for n in ours.sums),
+        "median_rel_diff_median": sorted(rel)[len(rel) // 2],
+        "median_rel_diff_max": max(rel),
+        "cosine_min": min(cos),
+    }
+
+
 def markdown(rows: list[dict[str, Any]], ppl_f16: float) -> str:
     lines = [
         f"F16 reference perplexity: {ppl_f16:.4f}",
@@ -167,25 +199,32 @@ def markdown(rows: list[dict[str, Any]], ppl_f16: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/mtk-kquant-quality"))
-    parser.add_argument("--mixes", default=",".join(MIXES))
+    parser.add_argument("--mixes", default=",".join(MIXES), help="each run without and with the imatrix")
+    parser.add_argument("--runs", help="explicit runs instead, e.g. q4_k_m,q2_k+imatrix")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--samples", type=int, default=16, help="imatrix chunks of 512 tokens")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--imatrix-check", action="store_true", help="also compare mtk imatrix with llama-imatrix")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
-    _, f16, _, imatrix = prepare(args.work, args.samples)
+    hf, f16, _, imatrix = prepare(args.work, args.samples)
     text = bible_text()
+    if args.imatrix_check and LLAMA_IMATRIX.exists():
+        print("mtk imatrix vs llama-imatrix:", json.dumps(compare_with_llama_imatrix(hf, f16, args.work, text)))
     tok = LlamaCppModel(f16, vocab_only=True)
     windows = token_windows(tok.tokenize(text[: len(text) // 4]), 512, args.windows)
     tok.close()
     ppl_f16 = llama_ppl(f16, windows)
     rows = []
-    for mix in args.mixes.split(","):
-        for imat in (None, imatrix):
-            row = compare_mix(mix, f16, imat, args.work, windows)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    runs = [(m, i) for m in args.mixes.split(",") for i in (None, imatrix)]
+    if args.runs:
+        runs = [(r.removesuffix("+imatrix"), imatrix if r.endswith("+imatrix") else None) for r in args.runs.split(",")]
+    print(f"F16 perplexity: {ppl_f16:.4f}", flush=True)
+    for mix, imat in runs:
+        row = compare_mix(mix, f16, imat, args.work, windows)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     table = markdown(rows, ppl_f16)
     print(table)
     if args.json:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,15 +337,16 @@ def gguf_export(
 ) -> dict[str, Any]:
     """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
 
-    ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (``rules.imatrix`` should then be
-    True, as llama.cpp's mix rules look at it); tensors it lacks are encoded without and listed in the
-    result. ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises
+    ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (and sets ``rules.imatrix``, which
+    llama.cpp's mix rules look at); tensors it lacks are encoded without and listed in the result. ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises
     VerificationError and publishes nothing.
     """
     from mtk.verify import llama_cpp_available, verify_export
 
     start = time.perf_counter()
     source, out_path = Path(source), Path(out_path)
+    if imatrix is not None and not rules.imatrix:
+        rules = replace(rules, imatrix=True)  # llama.cpp's mix rules look at whether an imatrix is used
     src = _Source(source, rules, resolve_device(device))
     parts = _parts(src, split_max_bytes)
     paths = [out_path] if len(parts) == 1 else [split_name(out_path, i, len(parts)) for i in range(len(parts))]
