@@ -338,8 +338,9 @@ def gguf_export(
     """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
 
     ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (and sets ``rules.imatrix``, which
-    llama.cpp's mix rules look at); tensors it lacks are encoded without and listed in the result. ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises
-    VerificationError and publishes nothing.
+    llama.cpp's mix rules look at); tensors it lacks are encoded without and listed in the result.
+    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
+    and publishes nothing.
     """
     from mtk.verify import llama_cpp_available, verify_export
 
