@@ -17,7 +17,7 @@ from mtk.converters.family import family_for_hf
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.converters.imatrix import collect_imatrix, read_imatrix
-from mtk.errors import InvalidFileError, UnsupportedError, UsageError
+from mtk.errors import InvalidFileError, UsageError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels.quantize import quantize
 
@@ -148,7 +148,6 @@ def test_bad_inputs_fail_with_one_line_and_their_exit_codes(
         ([src, "--calibration", str(empty)], UsageError, "empty"),
         ([src, "--calibration", str(short), "--seq-len", "64"], UsageError, "fewer than one"),
         ([src, "--calibration", str(tmp_path / "nope.txt")], UsageError, "not found"),
-        ([str(tiny_models["qwen2moe"]), "--calibration", str(calibration)], UnsupportedError, "mixture-of-experts"),
     ]
     for args, error, message in cases:
         proc = run_mtk("imatrix", *args, "-o", out)
@@ -164,3 +163,31 @@ def test_bad_inputs_fail_with_one_line_and_their_exit_codes(
             "gguf-export", str(wide), "-o", str(tmp_path / "x.gguf"), "--type", "q4_k_m", "--imatrix", str(bad)
         )
         assert proc.returncode == InvalidFileError.exit_code, proc.stderr
+
+
+def test_experts_are_accounted_per_expert_and_used(
+    tiny_models: dict[str, Path], calibration: Path, tmp_path: Path
+) -> None:
+    src = tiny_models["qwen2moe"]  # 4 experts, 2 per token, and a shared expert that sees every token
+    out = tmp_path / "moe.imatrix.gguf"
+    args = ["--calibration", str(calibration), "-o", str(out), "--samples", "2", "--seq-len", "48"]
+    assert run_mtk("imatrix", str(src), *args).returncode == 0
+    im = read_imatrix(out)
+    for layer in range(2):
+        gate, shared = im.sums[f"blk.{layer}.ffn_gate_exps.weight"], im.sums[f"blk.{layer}.ffn_gate_shexp.weight"]
+        counts = im.counts[f"blk.{layer}.ffn_gate_exps.weight"]
+        assert gate.shape == (4, 64) and im.sums[f"blk.{layer}.ffn_down_exps.weight"].shape == (4, 32)
+        # Each token adds its x*x to the 2 experts it picks: over experts, twice the shared expert's sums.
+        assert float(counts.sum()) == 2 * 96 and float(im.counts[f"blk.{layer}.ffn_gate_shexp.weight"][0]) == 96
+        torch.testing.assert_close(gate.sum(0), 2 * shared[0], rtol=1e-5, atol=1e-6)
+        assert torch.equal(gate, im.sums[f"blk.{layer}.ffn_up_exps.weight"])
+        assert f"blk.{layer}.ffn_gate_inp.weight" in im.sums  # the router, as llama-imatrix collects it
+    reader = gguf.GGUFReader(out)
+    shapes = {t.name: list(t.shape) for t in reader.tensors}
+    assert shapes["blk.0.ffn_down_exps.weight.in_sum2"] == [32, 4] and shapes["blk.0.ffn_down_exps.weight.counts"] == [
+        1,
+        4,
+    ]
+    # IQ4_NL (32-value blocks) fits the tiny experts: the export uses each expert's row and runs in llama.cpp.
+    result = gguf_export(src, tmp_path / "m.gguf", rules=TypeRules(FILE_TYPE_NAMES["iq4_nl"]), imatrix=im, verify=True)
+    assert "blk.0.ffn_down_exps.weight" not in result["imatrix"]["missing"] and result["imatrix"]["tensors_used"] > 6

@@ -7,9 +7,12 @@ counted (``counts``, float32 ``(n_mat,)``). A quantizer weighs column ``j`` of t
 ``in_sum2[j] / counts`` (the mean squared activation); a matrix with count 0 gets weights 1.
 
 mtk runs the Hugging Face model in transformers, one calibration sample (a chunk of ``seq_len`` tokens) at
-a time, with forward pre-hooks on its ``nn.Linear`` modules; the hooks accumulate in float64 on the
-activations' device, so memory holds the model, one chunk's activations and one vector per matrix.
-Module names map to GGUF tensor names through the family tables (:mod:`mtk.converters.family`).
+a time, with forward pre-hooks on its matrix modules (``nn.Linear``, MoE routers); the hooks accumulate in
+float64 on the activations' device, so memory holds the model, one chunk's activations and one vector per
+matrix. Module names map to GGUF tensor names through the family tables (:mod:`mtk.converters.family`).
+Mixture-of-experts layers (transformers' fused experts modules) are accounted per expert, as llama.cpp does
+for its 3-D expert tensors: ``in_sum2`` (n_expert, cols) and ``counts`` (n_expert,) of the (token, chosen
+expert) pairs.
 
 File format (llama.cpp's GGUF imatrix, tools/imatrix/imatrix.cpp ``save_imatrix``): metadata
 ``general.type = "imatrix"``, ``imatrix.datasets`` (array of strings), ``imatrix.chunk_count`` and
@@ -141,31 +144,68 @@ class _Accumulator:
         self.count += x.shape[0]
 
 
-def linear_gguf_names(model: torch.nn.Module, family: Any) -> dict[str, str]:
-    """``nn.Linear`` module name -> GGUF tensor name, for the matrices of blocks (``blk.N.*``), the ones
-    llama-imatrix collects by default (``output.weight`` only with ``--process-output``)."""
+class _ExpertAccumulator:
+    """Forward pre-hook state for a transformers fused-experts module (``gate_up_proj`` (E, 2F, H),
+    ``down_proj`` (E, H, F), ``act_fn``; called with hidden states (T, H) and top-k expert ids (T, k)).
+
+    As llama.cpp's MUL_MAT_ID accounting: each (token, chosen expert) pair adds the token's x*x to that
+    expert's row of gate/up (which read the same input) and counts one for it; the down projection's input
+    ``act(x W_gate^T) * (x W_up^T)`` is recomputed here from the expert's weights.
+    """
+
+    def __init__(self, n_expert: int, hidden: int, inner: int, device: torch.device) -> None:
+        self.sums_in = torch.zeros(n_expert, hidden, dtype=torch.float64, device=device)
+        self.sums_down = torch.zeros(n_expert, inner, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(n_expert, dtype=torch.float64, device=device)
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        hidden, top_k = args[0].detach(), args[1]
+        for e in top_k.unique().tolist():
+            if not 0 <= e < self.counts.shape[0]:
+                continue  # transformers' padding id for dropped tokens
+            x = hidden[(top_k == e).any(-1)]
+            gate, up = torch.nn.functional.linear(x, module.gate_up_proj[e]).chunk(2, dim=-1)
+            h = (module.act_fn(gate) * up).double()
+            xd = x.double()
+            self.sums_in[e] += (xd * xd).sum(0)
+            self.sums_down[e] += (h * h).sum(0)
+            self.counts[e] += x.shape[0]
+
+
+def _is_fused_experts(module: torch.nn.Module) -> bool:
+    w = getattr(module, "gate_up_proj", None)
+    return isinstance(w, torch.nn.Parameter) and w.dim() == 3 and hasattr(module, "act_fn")
+
+
+def matrix_gguf_names(model: torch.nn.Module, family: Any) -> dict[str, str]:
+    """Module name -> GGUF tensor name, for every module with a 2-D ``weight`` (nn.Linear, MoE routers)
+    that is a matrix of a block (``blk.N.*``): what llama-imatrix collects by default (``output.weight``
+    only with ``--process-output``; the token embedding is a lookup, not a product)."""
     out = {}
     for mod_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or weight.dim() != 2 or isinstance(module, torch.nn.Embedding):
             continue
         found = family.hf_to_gguf(f"{mod_name}.weight")
-        if found is None:
+        if found is None or "xid" in found[1]:
             continue
-        template, idx = found
-        if "xid" in idx:
-            continue  # per-expert modules are refused by the caller
-        name = template.format(**idx)
+        name = found[0].format(**found[1])
         if name.startswith("blk."):
             out[mod_name] = name
     return out
 
 
-def refuse_experts(family: Any) -> None:
-    if family.expert_tensors:
-        raise UnsupportedError(
-            f"imatrix for mixture-of-experts models ({family.gguf_arch}) is not supported yet: "
-            "llama.cpp accounts activations per expert, which mtk does not collect"
-        )
+def _expert_names(family: Any, mod_name: str) -> tuple[str, str, str]:
+    """GGUF names of a fused-experts module's gate, up and down tensors (from the family's expert table)."""
+    bid = int(mod_name.split("layers.")[1].split(".")[0])
+    by_role = {}
+    for template in family.expert_tensors:
+        for role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            if f".{role}." in template:
+                by_role[role] = template.format(bid=bid)
+    if len(by_role) != 3:
+        raise UnsupportedError(f"{family.gguf_arch}: no gate/up/down expert tensors for {mod_name}")
+    return by_role["ffn_gate_exps"], by_role["ffn_up_exps"], by_role["ffn_down_exps"]
 
 
 def collect_imatrix(
@@ -177,18 +217,23 @@ def collect_imatrix(
     progress: Progress | None = None,
 ) -> Imatrix:
     """Run ``model`` (a transformers causal LM) on int64 ``windows`` (n, seq_len), one window per forward,
-    and return the imatrix of its block matrices. Raises UnsupportedError for mixture-of-experts models
-    (llama.cpp accounts per expert; mtk does not collect that yet)."""
-    refuse_experts(family)
-    names = linear_gguf_names(model, family)
+    and return the imatrix of its block matrices; experts of MoE layers are accounted per expert."""
+    names = matrix_gguf_names(model, family)
     if not names:
-        raise UnsupportedError(f"no block matrices of {family.gguf_arch} found among the model's nn.Linear modules")
+        raise UnsupportedError(f"no block matrices of {family.gguf_arch} found among the model's modules")
     modules = dict(model.named_modules())
-    hooks, accs = [], {}
+    device = next(model.parameters()).device
+    hooks, accs, experts = [], {}, {}
     for mod_name, gguf_name in names.items():
         accs[gguf_name] = _Accumulator()
         hooks.append(modules[mod_name].register_forward_pre_hook(accs[gguf_name]))
-    device = next(model.parameters()).device
+    for mod_name, module in modules.items():
+        if _is_fused_experts(module):
+            e, two_f, h = module.gate_up_proj.shape
+            experts[_expert_names(family, mod_name)] = acc = _ExpertAccumulator(e, h, two_f // 2, device)
+            hooks.append(module.register_forward_pre_hook(acc))
+    if family.expert_tensors and not experts:
+        raise UnsupportedError(f"{family.gguf_arch}: the model's expert modules are not the fused kind mtk reads")
     try:
         with torch.inference_mode():
             for i, ids in enumerate(windows):
@@ -196,18 +241,24 @@ def collect_imatrix(
                 if progress:
                     progress(i + 1, len(windows), f"chunk {i + 1}")
     finally:
-        for h in hooks:
-            h.remove()
+        for hook in hooks:
+            hook.remove()
     out = Imatrix(datasets=[dataset] if dataset else [], chunk_count=len(windows), chunk_size=windows.shape[1])
     for name, acc in accs.items():
-        if acc.sums is None:
-            continue  # a matrix no token reached (not in dense models)
-        sums = acc.sums.float().cpu()
-        if not bool(torch.isfinite(sums).all()):
-            raise UnsupportedError(f"non-finite activations in {name}: the model overflows on this data")
-        out.sums[name] = sums[None]
-        out.counts[name] = torch.tensor([float(acc.count)])
+        if acc.sums is not None:
+            _store(out, name, acc.sums[None], torch.tensor([float(acc.count)]))
+    for (gate, up, down), acc in experts.items():
+        for name, sums in ((gate, acc.sums_in), (up, acc.sums_in), (down, acc.sums_down)):
+            _store(out, name, sums, acc.counts)
     return out
+
+
+def _store(out: Imatrix, name: str, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    sums = sums.float().cpu()
+    if not bool(torch.isfinite(sums).all()):
+        raise UnsupportedError(f"non-finite activations in {name}: the model overflows on this data")
+    out.sums[name] = sums
+    out.counts[name] = counts.float().cpu()
 
 
 def imatrix_from_checkpoint(
@@ -231,7 +282,6 @@ def imatrix_from_checkpoint(
 
     model_dir = Path(model_dir)
     family = family_for_hf(HFCheckpoint(model_dir).architecture)
-    refuse_experts(family)  # before the model loads
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     windows = load_calibration(calibration, tokenizer, samples, seq_len)
     hf_logging.disable_progress_bar()
