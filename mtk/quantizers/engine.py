@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
 from mtk.formats.safetensors_io import SafetensorsWriter
+from mtk.quantizers import QUANTIZERS
 from mtk.quantizers.awq import awq_layer
-from mtk.quantizers.config import Format, Method, QuantizeConfig
+from mtk.quantizers.config import Format, QuantizeConfig
 from mtk.quantizers.gptq import QuantizedLinear, gptq_quantize, hessian_update
 from mtk.quantizers.grid import rtn
 from mtk.quantizers.layers import LayerPlan, layer_plan
@@ -305,6 +307,59 @@ def quantize(
     return result
 
 
+@dataclass
+class LayerResult:
+    """One quantized layer: its Linears, and its changed float tensors (None: the checkpoint's, unchanged)."""
+
+    linears: dict[str, QuantizedLinear]
+    tensors: dict[str, torch.Tensor] | None = None
+
+
+# (model, layer index, plan, config, layer inputs (replaced in place by its outputs), layer kwargs) -> result
+LayerQuantizer = Callable[
+    [LayerwiseModel, int, LayerPlan, QuantizeConfig, list[torch.Tensor], dict[str, Any]], LayerResult
+]
+
+
+@QUANTIZERS.register("rtn")
+def _rtn(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+) -> LayerResult:
+    """Round to nearest: no calibration, no forward pass; weights straight from the checkpoint."""
+    result = {}
+    for name in _linear_names(plan):
+        w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
+        codes, scale, zero = rtn(w, cfg.bits, cfg.group_size, bool(cfg.sym))
+        gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
+        result[name] = QuantizedLinear(codes, scale, zero, (torch.arange(w.shape[1]) // gs).to(torch.int32))
+    return LayerResult(result)
+
+
+@QUANTIZERS.register("gptq")
+def _gptq(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+) -> LayerResult:
+    """GPTQ; the next layer's inputs come from this layer with its quantized weights (as in the paper)."""
+    layer = lw.load_layer(i)
+    result = gptq_layer(layer, plan, cfg, inputs, kwargs, lw.device)
+    inputs[:] = _next_inputs(layer, inputs, kwargs, lw.device)
+    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()})
+
+
+@QUANTIZERS.register("awq")
+def _awq(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+) -> LayerResult:
+    """AWQ; the next layer's inputs come from this layer in float, before scaling (as AutoAWQ does)."""
+    layer = lw.load_layer(i)
+    seen, outputs = _awq_inputs(layer, plan, inputs, kwargs, lw.device)
+    attn = layer.get_submodule("self_attn")
+    result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size)
+    inputs[:] = outputs
+    # The norms and previous Linears now hold the folded scales: write these, not the checkpoint's.
+    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()})
+
+
 def _quantize_layer(
     lw: LayerwiseModel,
     i: int,
@@ -314,36 +369,18 @@ def _quantize_layer(
     kwargs: dict[str, Any],
     writer: SafetensorsWriter,
 ) -> None:
-    """Quantize layer ``i``, write its tensors, and replace ``inputs`` in place with its outputs."""
+    """Quantize layer ``i`` with the registered method, write its tensors, and unload it."""
     prefix = lw.layer_prefix(i)
-    if cfg.method == Method.rtn:
-        result = {}
-        for name in _linear_names(plan):
-            w = lw.ckpt.get(f"{prefix}{name}.weight").to(lw.device)
-            codes, scale, zero = rtn(w, cfg.bits, cfg.group_size, bool(cfg.sym))
-            gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
-            result[name] = QuantizedLinear(codes, scale, zero, (torch.arange(w.shape[1]) // gs).to(torch.int32))
-        tensors = None
-    else:
-        layer = lw.load_layer(i)
-        if cfg.method == Method.gptq:
-            result = gptq_layer(layer, plan, cfg, inputs, kwargs, lw.device)
-            outputs = _next_inputs(layer, inputs, kwargs, lw.device)
-        else:
-            seen, outputs = _awq_inputs(layer, plan, inputs, kwargs, lw.device)
-            attn = layer.get_submodule("self_attn")
-            result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size)
-        inputs[:] = outputs
-        tensors = {name: p.detach() for name, p in layer.named_parameters()}
-    packed = {f"{prefix}{name}.{k}": v for name, q in result.items() for k, v in _pack(q, cfg).items()}
+    method: LayerQuantizer = QUANTIZERS.get(cfg.method.value)  # type: ignore[assignment]
+    done = method(lw, i, plan, cfg, inputs, kwargs)
+    packed = {f"{prefix}{name}.{k}": v for name, q in done.linears.items() for k, v in _pack(q, cfg).items()}
     while writer.pending is not None and writer.pending[0].startswith(prefix):
         name, dtype = writer.pending
         if name in packed:
             writer.write(name, packed[name])
         else:
             rel = name[len(prefix) :]
-            value = tensors[rel] if tensors is not None and rel in tensors else lw.ckpt.get(name)
+            value = done.tensors[rel] if done.tensors is not None and rel in done.tensors else lw.ckpt.get(name)
             writer.write(name, value.to(dtype))
             lw.ckpt.release(name)
-    if cfg.method != Method.rtn:
-        lw.unload_layer(i)
+    lw.unload_layer(i)
