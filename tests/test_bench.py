@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,11 @@ def test_refusals(art: dict[str, Path], tiny_models: dict[str, Path], tmp_path: 
     assert proc.returncode == 2 and "must be an HF folder" in proc.stderr
     proc = run_mtk("bench", str(art["q8"]), "--text", str(art["text"]), "--windows", "0")
     assert proc.returncode == 2 and "--windows must be at least 1" in proc.stderr
+    broken = tmp_path / "broken-onnx"  # detected as ONNX, refused by onnxruntime in the child
+    shutil.copytree(art["onnx"], broken)
+    (broken / "model.onnx").write_bytes(b"not a protobuf")
+    proc = _bench(art, str(broken), "--gen-tokens", "0")
+    assert proc.returncode == 4 and "onnxruntime cannot load" in proc.stderr, proc.stderr
     (tmp_path / "short.txt").write_text("In the beginning.")
     proc = run_mtk("bench", str(art["q8"]), "--text", str(tmp_path / "short.txt"))
     assert proc.returncode == 2 and "lower --windows or --ctx" in proc.stderr

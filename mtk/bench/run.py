@@ -159,7 +159,10 @@ def _run_child(job: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
         cls = getattr(errors, err["type"], None)
         if isinstance(cls, type) and issubclass(cls, MtkError):
             raise cls(f"{job['paths'][0]}: {err['message']}")
-        raise MtkError(f"benchmarking {job['paths'][0]} failed: {err['message']} (traceback: {err['traceback']!r})")
+        # One line by default (the last frame says where); the child's whole traceback with MTK_DEBUG=1.
+        frames = [ln.strip() for ln in err["traceback"].splitlines() if ln.strip().startswith("File ")]
+        where = err["traceback"] if os.environ.get("MTK_DEBUG", "") not in ("", "0") else (frames or ["?"])[-1]
+        raise MtkError(f"benchmarking {job['paths'][0]} failed: {err['message']} ({where})")
     return out
 
 

@@ -135,6 +135,15 @@ class HFRunner:
 
 
 @contextmanager
+def _load_errors(path: Path, runtime: str, errors: type[Exception] | tuple[type[Exception], ...]) -> Any:
+    """A runtime refusing the file at load time means a corrupt or wrong-kind file (exit code 4)."""
+    try:
+        yield
+    except errors as exc:
+        raise InvalidFileError(f"{runtime} cannot load {path}: {str(exc).strip() or type(exc).__name__}") from exc
+
+
+@contextmanager
 def quiet_fd2() -> Any:
     """llama.cpp's C code writes some messages to fd 2 even with verbose=False; hide them while loading."""
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -160,7 +169,7 @@ class LlamaCppRunner:
         except ImportError as exc:
             raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'") from exc
         offload = device == "cuda" and bool(llama_cpp.llama_supports_gpu_offload())
-        with quiet_fd2():
+        with quiet_fd2(), _load_errors(path, "llama.cpp", ValueError):
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
@@ -206,10 +215,12 @@ class OnnxRunner:
 
     def __init__(self, folder: Path, *, threads: int):
         import onnxruntime
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
         from mtk.bench.onnx_runtime import OnnxCausalLM
 
-        self.model = OnnxCausalLM(folder, threads=threads)
+        with _load_errors(folder, "onnxruntime", (Fail, InvalidGraph, InvalidProtobuf)):
+            self.model = OnnxCausalLM(folder, threads=threads)
         vocab = self.model.manifest.get("vocab_size")
         if vocab is None:
             raise InvalidFileError(f"{folder}: mtk_onnx.json has no vocab_size; re-export with mtk export-onnx")
