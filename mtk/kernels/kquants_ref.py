@@ -431,6 +431,27 @@ def q6_k(x: np.ndarray, qw: np.ndarray | None) -> bytes:
     return bytes(ql) + bytes(qh) + sc + fp16_bytes(d)
 
 
+def _iq4_scale(xb: np.ndarray, weight: np.ndarray, values: list[np.float32]) -> np.float32:
+    """The per-sub-block part of quantize_row_iq4_nl_impl (ntry = 7): the scale d of ``xb`` (32 values)."""
+    mx, amax = _signed_max(xb)
+    if amax < GROUP_MAX_EPS:
+        return f32(0)
+    d = -mx / values[0]
+    id_ = f32(1) / d
+    q = np.array([values[best_index_int8(id_ * v)] for v in xb], f32)
+    sumqx, sumq2 = fold(weight * q * xb), fold(weight * q * q)
+    d = sumqx / sumq2 if sumq2 > 0 else f32(0)
+    best = d * sumqx
+    for itry in range(-7, 8):
+        id_ = f32(itry + IQ4_VALUES[0]) / mx
+        q = np.array([values[best_index_int8(id_ * v)] for v in xb], f32)
+        sumqx, sumq2 = fold(weight * q * xb), fold(weight * q * q)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            d = sumqx / sumq2
+            best = d * sumqx
+    return d
+
+
 def iq4_impl(x: np.ndarray, qw: np.ndarray | None, super_block: int) -> bytes:
     """quantize_row_iq4_nl_impl with ntry = 7, block_size 32: IQ4_NL (super_block 32) or IQ4_XS (256)."""
     values = [f32(v) for v in IQ4_VALUES]
@@ -442,25 +463,7 @@ def iq4_impl(x: np.ndarray, qw: np.ndarray | None, super_block: int) -> bytes:
     for ib in range(nb):
         xb = x[32 * ib : 32 * ib + 32]
         weight = xb * xb if qw is None else _impl_weights(xb, qw[32 * ib : 32 * ib + 32], sigma2)
-        mx, amax = _signed_max(xb)
-        if amax < GROUP_MAX_EPS:
-            scales[ib] = 0
-            continue
-        d = -mx / values[0]
-        id_ = f32(1) / d
-        sumqx = sumq2 = None
-        q = np.array([values[best_index_int8(id_ * v)] for v in xb], f32)
-        sumqx, sumq2 = fold(weight * q * xb), fold(weight * q * q)
-        d = sumqx / sumq2 if sumq2 > 0 else f32(0)
-        best = d * sumqx
-        for itry in range(-7, 8):
-            id_ = f32(itry + IQ4_VALUES[0]) / mx
-            q = np.array([values[best_index_int8(id_ * v)] for v in xb], f32)
-            sumqx, sumq2 = fold(weight * q * xb), fold(weight * q * q)
-            if sumq2 > 0 and sumqx * sumqx > best * sumq2:
-                d = sumqx / sumq2
-                best = d * sumqx
-        scales[ib] = d
+        scales[ib] = d = _iq4_scale(xb, weight, values)
         if abs(d) > amax_scale:
             amax_scale, max_scale = abs(d), d
     if nb > 1:
