@@ -30,7 +30,7 @@ KEncodeFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 _FAST: Registry[KEncodeFn] = Registry("K-quant type")
 
-CHUNK_VALUES = ks.CHUNK_VALUES
+CHUNK_VALUES = ks.CHUNK_VALUES  # values encoded per step of the loop below (see kquants_search)
 
 
 def _register(qtype: GGMLQuantizationType) -> Callable[[KEncodeFn], KEncodeFn]:

@@ -56,11 +56,6 @@ def div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     return a / b
 
 
-def f32_table(values: list[float]) -> torch.Tensor:
-    """A float32 constant table computed in float32 on the host, as the C computes it per step."""
-    return torch.from_numpy(np.asarray(values, dtype=np.float32))
-
-
 def qkx_numerators(nmax: int, rmin: float, rdelta: float, nstep: int) -> np.ndarray:
     """``rmin + rdelta*is + nmax`` for ``is = 0..nstep`` in float32, each op rounded (make_qkx2/3_quants)."""
     f = np.float32
