@@ -8,6 +8,7 @@ choice is deterministic and spans the whole file rather than its first pages.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,14 @@ def tokenize_windows(docs: list[str], tokenizer: Any, samples: int, seq_len: int
     text = "\n\n".join(d for d in docs if d.strip())
     if not text:
         raise UsageError(f"{source}: the calibration data is empty")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # The whole text is tokenized at once on purpose; lift the model's length limit so the tokenizer does
+    # not warn that this one sequence is longer than the model's context.
+    saved = getattr(tokenizer, "model_max_length", None)
+    tokenizer.model_max_length = sys.maxsize
+    try:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    finally:
+        tokenizer.model_max_length = saved
     available = len(ids) // seq_len
     if available == 0:
         raise UsageError(f"{source}: the calibration text has {len(ids)} tokens, fewer than one {seq_len}-token sample")
