@@ -105,7 +105,7 @@ def gptq_quantize(
             q = to_codes(x[:, None], scale, zero, bits)[:, 0]
             codes[:, col] = q
             e = (x - from_codes(q[:, None], scale, zero)[:, 0]) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)  # in place: no (out, block) temporary
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     if static_groups:
