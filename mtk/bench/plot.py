@@ -34,10 +34,16 @@ def write_plot(rows: Sequence[dict[str, Any]], output: Path, *, title: str, over
                 )  # fmt: skip
         # Labels alternate above and below their points (in size order), so that neighbours of similar size
         # and perplexity (GPTQ and AWQ of one model) do not print over each other.
+        # The largest artifacts sit at the right edge: their labels go to the left of the point.
+        largest = max(r["size_bytes"] for r in rows)
         for i, r in enumerate(sorted(rows, key=lambda r: r["size_bytes"])):
             label = r["name"] + f"\n{r['quantization']}" + (f", {r['bpw']:.2f} bpw" if r.get("bpw") else "")
-            offset = (6, 6) if i % 2 == 0 else (6, -24)
-            ax.annotate(label, (r["size_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset, fontsize=8)
+            right = r["size_bytes"] >= 0.8 * largest
+            offset = (-6 if right else 6, 6 if i % 2 == 0 else -24)
+            ax.annotate(
+                label, (r["size_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset, fontsize=8,
+                ha="right" if right else "left",
+            )  # fmt: skip
         ref = next((r for r in rows if r.get("is_reference")), None)
         if ref is not None:
             ax.axhline(ref["ppl"], color="grey", linestyle="--", linewidth=1, label="reference perplexity")
