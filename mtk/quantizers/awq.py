@@ -24,6 +24,9 @@ N_GRID = 20
 MAX_SHRINK = 0.5
 CLIP_TOKENS = 512
 CLIP_CHANNELS = 256
+# The scale search runs the inspected module N_GRID times; its loss is measured on the first samples up to
+# this many tokens (whole samples: attention needs its sequences). The activation statistics use them all.
+SEARCH_TOKENS = 4096
 
 
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -66,6 +69,8 @@ def search_scales(
     w_mean = (gw / (gw.amax(dim=1, keepdim=True) + 1e-6)).reshape(w.shape).mean(dim=0)
     count = sum(x.shape[0] * x.shape[1] for x in xs)
     x_mean = sum(x.abs().reshape(-1, x.shape[-1]).sum(dim=0) for x in xs) / count
+    per_sample = xs[0].shape[0] * xs[0].shape[1]
+    xs = xs[: max(1, SEARCH_TOKENS // per_sample)]
     with torch.no_grad():
         reference = [_output(inspect, x, kwargs) for x in xs]
         best_err, best = float("inf"), torch.ones_like(x_mean)

@@ -24,8 +24,9 @@ from mtk.formats.checkpoint import HFCheckpoint
 from mtk.quantizers.pack import unpack_awq, unpack_gptq
 from mtk.verify import PROMPTS, Tolerance, logit_metrics
 
-# The kernels round activations to the scales' float16 and accumulate in their own order.
-RUNTIME = Tolerance(kl_mean=2e-3, top1=0.9)
+# GPTQModel's CPU kernels round activations to bfloat16 (int4 ATen matmul) and accumulate in their own order:
+# measured mean KL 1e-7 (8-bit) to 3e-3 (4-bit SmolLM2) against the float weights; a wrong layout gives > 1.
+RUNTIME = Tolerance(kl_mean=0.02, top1=0.9)
 
 
 def gptqmodel_available() -> bool:
