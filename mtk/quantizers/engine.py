@@ -39,6 +39,15 @@ Progress = Callable[[int, int, str], None]
 VERSION = "0.1.0"
 
 
+# Tensors that stay unquantized (embeddings, norms, head, biases) are stored as float16, as in AutoGPTQ and
+# AutoAWQ checkpoints: a float32 tied embedding would otherwise be two thirds of a small model's file.
+STORED_FLOAT = torch.float16
+
+
+def _stored(dtype: torch.dtype) -> torch.dtype:
+    return STORED_FLOAT if dtype.is_floating_point else dtype
+
+
 def _linear_names(plan: LayerPlan) -> list[str]:
     return [name for subset in plan.sequential for name in subset]
 
@@ -85,7 +94,7 @@ def output_plan(
         if name.startswith(f"{lw_prefix}layers."):
             layer_of[name] = int(name[len(lw_prefix) + 7 :].split(".", 1)[0])
     others = [n for n in ckpt.names() if n not in layer_of]
-    entries = [(n, ckpt.dtype(n), ckpt.shape(n)) for n in others]
+    entries = [(n, _stored(ckpt.dtype(n)), ckpt.shape(n)) for n in others]
     for i in range(n_layers):
         for name in sorted(n for n, k in layer_of.items() if k == i):
             if name in quantized:
@@ -94,7 +103,7 @@ def output_plan(
                 base = name.removesuffix(".weight")
                 entries += [(f"{base}.{k}", d, s) for k, (d, s) in _packed_shapes(out, cols, cfg).items()]
             else:
-                entries.append((name, ckpt.dtype(name), ckpt.shape(name)))
+                entries.append((name, _stored(ckpt.dtype(name)), ckpt.shape(name)))
     return entries, others
 
 
@@ -236,6 +245,8 @@ def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     qc = quantization_config(cfg)
     config["quantization_config"] = qc
+    config.pop("torch_dtype", None)
+    config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (dst / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
     for name in ("generation_config.json", *TOKENIZER_FILES):
@@ -279,7 +290,7 @@ def quantize(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         with SafetensorsWriter(tmp, entries) as writer:
             for name in others:
-                writer.write(name, ckpt.get(name))
+                writer.write(name, ckpt.get(name).to(_stored(ckpt.dtype(name))))
                 ckpt.release(name)
             inputs, kwargs = lw.capture(ids) if ids is not None else ([], {})
             for i in range(n_layers):
