@@ -279,3 +279,34 @@ def test_api_output_matches_cli_layout(tiny_models: dict, tmp_path: Path) -> Non
     assert {f"{base}.{k}" for k in ("qweight", "qzeros", "scales", "g_idx", "bias")} <= names
     assert f"{base}.weight" not in names and "model.embed_tokens.weight" in names
     assert json.loads((out / "quantize_config.json").read_text())["bits"] == 4
+
+
+def test_bench_runs_quantized_checkpoints_in_transformers(tiny_models: dict, bible_text: str, tmp_path: Path) -> None:
+    src = tiny_models["llama"]
+    out = tmp_path / "rtn8"
+    quantize(src, out, QuantizeConfig(method="rtn", bits=8, group_size=32), device="cpu")
+    text = tmp_path / "eval.txt"
+    text.write_text(bible_text[-60_000:], encoding="utf-8")
+    r = run_mtk(
+        "--json",
+        "bench",
+        str(src),
+        str(out),
+        "--text",
+        str(text),
+        "--ctx",
+        "128",
+        "--windows",
+        "2",
+        "--gen-tokens",
+        "4",
+        "--device",
+        "cpu",
+        env={"MTK_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref, q = json.loads(r.stdout)["artifacts"]
+    assert ref["is_reference"] and q["quantized"] and q["kind"] == "hf"
+    # 8-bit weights in GPTQModel's kernels: nearly the reference's distribution, at about half its size.
+    assert q["kl_mean"] < 2e-3 and abs(q["ppl"] / ref["ppl"] - 1) < 0.01, q
+    assert q["bpw"] < 0.6 * ref["bpw"], (q["bpw"], ref["bpw"])
