@@ -109,7 +109,12 @@ def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
 def run_child(argv: list[str]) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, __file__, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV
+        [sys.executable, os.path.abspath(__file__), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+        cwd=tempfile.gettempdir(),  # GPTQModel writes a logs/ folder into its working directory
     )
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
