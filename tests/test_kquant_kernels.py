@@ -206,8 +206,6 @@ def test_bad_inputs_raise() -> None:
         quantize(torch.zeros(2, 256), QT.Q4_K, importance=torch.ones(128))
     with pytest.raises(UnsupportedError, match="non-negative"):
         quantize(torch.zeros(2, 256), QT.Q4_K, importance=-torch.ones(256))
-    with pytest.raises(UnsupportedError, match="Q4_0 cannot use importance"):
-        quantize(torch.zeros(2, 256), QT.Q4_0, importance=torch.ones(256))
     # llama.cpp's Q8_0 and float types take no importance either: it is ignored.
     assert torch.equal(
         quantize(torch.ones(2, 256), QT.Q8_0, importance=torch.ones(256)), quantize(torch.ones(2, 256), QT.Q8_0)

@@ -38,6 +38,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels.kquants import KQUANT_TYPES, quantize_kquant
+from mtk.kernels.legacy_importance import LEGACY_IMPORTANCE_TYPES, quantize_legacy_importance
 from mtk.registry import Registry
 
 QT = GGMLQuantizationType
@@ -75,8 +76,9 @@ def quantize(
 
     The K-quants and IQ4 types (``KQUANT_TYPES``: Q2_K ... Q6_K, IQ4_NL, IQ4_XS) are encoded as llama.cpp
     does by :mod:`mtk.kernels.kquants`, optionally with ``importance``: float (cols,) per-column weights
-    (llama.cpp's imatrix values). F32/F16/BF16/Q8_0 ignore importance, as llama.cpp does; the other legacy
-    types refuse it (llama.cpp would use it, mtk's encoders follow gguf-py's, which does not).
+    (llama.cpp's imatrix values). F32/F16/BF16/Q8_0 ignore importance, as llama.cpp does; Q4_0/Q4_1/Q5_0/Q5_1
+    with importance are encoded as llama.cpp's ``_impl`` paths by :mod:`mtk.kernels.legacy_importance`
+    (without it, as gguf-py, which is llama.cpp's ``_ref`` path).
 
     ``weights`` is a floating-point tensor on any device (float16 and bfloat16 widen to float32 exactly);
     its last dimension must be whole blocks. Returns uint8 ``(*weights.shape[:-1], row_bytes)`` on the
@@ -98,6 +100,8 @@ def quantize(
         raise TypeError(f"quantize expects a float tensor, got {weights.dtype}")
     if qtype in KQUANT_TYPES:
         return quantize_kquant(weights, qtype, importance, reference=reference)
+    if importance is not None and qtype in LEGACY_IMPORTANCE_TYPES:
+        return quantize_legacy_importance(weights, qtype, importance, reference=reference)
     if importance is not None and qtype not in _IGNORES_IMPORTANCE:
         raise UnsupportedError(f"{qtype.name} cannot use importance weights")
     block_size, type_size = GGML_QUANT_SIZES[qtype]
