@@ -3,14 +3,21 @@ with an importance matrix, gguf-py decodes them, and the plain path is unchanged
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
 from test_kquant_kernels import _ggml_quantize_chunk, _weighted_rmse, block_view, importance_for, mixed_rows
+from transformers import AutoModelForCausalLM
 
+from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
+from mtk.converters.hf_to_gguf import gguf_export, plan_export
+from mtk.converters.imatrix import Imatrix
 from mtk.errors import UnsupportedError
+from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import legacy_importance
 from mtk.kernels.quantize import quantize
 
@@ -85,3 +92,37 @@ def test_chunks_and_bad_importance(monkeypatch: pytest.MonkeyPatch) -> None:
     bad[0, 0] = float("nan")
     with pytest.raises(UnsupportedError, match="non-finite"):
         quantize(bad, QT.Q5_1, importance=imp)
+
+
+def test_export_passes_importance_to_legacy_fallbacks(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Q4_K_M on a width-64 llama falls back to Q5_0/Q4_1/...: with an imatrix those tensors are the importance
+    encoder's bytes (not the plain ones), and the file runs in llama.cpp (``verify=True``)."""
+    src = tiny_models["llama"]
+    rules = TypeRules(FILE_TYPE_NAMES["q4_k_m"], imatrix=True)
+    plan = {row["name"]: row for row in plan_export(src, rules=rules)["plan"]}
+    rng = np.random.default_rng(9)
+    im = Imatrix()
+    for name, row in plan.items():
+        if name.startswith("blk.") and len(row["shape"]) == 2:
+            im.sums[name] = torch.from_numpy(np.exp(2 * rng.standard_normal((1, row["shape"][-1]))).astype(np.float32))
+            im.counts[name] = torch.ones(1)
+    result = gguf_export(src, tmp_path / "m.gguf", rules=rules, imatrix=im, verify=True)
+    # Every matrix but the Q8_0 ones (llama.cpp's Q8_0 ignores importance) uses its imatrix entry.
+    takes = [name for name in im.sums if plan[name]["type"] != "Q8_0"]
+    assert result["imatrix"]["tensors_used"] == len(takes) and not result["imatrix"]["missing"]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    g = open_gguf(tmp_path / "m.gguf")
+    # Not row-permuted (as attn_q/attn_k are), so the bytes are the encoder's output for the HF matrix.
+    checked = set()
+    for layer in range(2):
+        mlp = model.model.layers[layer].mlp
+        for name, w in (
+            (f"blk.{layer}.ffn_gate.weight", mlp.gate_proj.weight),
+            (f"blk.{layer}.ffn_up.weight", mlp.up_proj.weight),
+        ):
+            info = g.by_name[name]
+            expected = quantize(w.detach(), info.qtype, importance=im.importance(name)[0]).reshape(-1)
+            assert torch.equal(g.tensor_bytes(info), expected), name
+            assert not torch.equal(expected, quantize(w.detach(), info.qtype).reshape(-1)), name
+            checked.add(info.qtype)
+    assert checked & {QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1}, checked

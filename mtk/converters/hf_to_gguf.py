@@ -42,7 +42,9 @@ Q = GGMLQuantizationType
 # Types whose encoders take importance weights (llama.cpp's imatrix).
 # llama-imatrix collects block matrices only (the embedding is a lookup; output.weight needs --process-output).
 NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
-IMPORTANCE_TYPES = frozenset({Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS})
+IMPORTANCE_TYPES = frozenset(
+    {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
+)
 # HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -185,8 +187,8 @@ def encode(w: torch.Tensor, qtype: GGMLQuantizationType, importance: torch.Tenso
     """Float weights to the bytes of ``qtype`` (F32 is a plain float32 view).
 
     ``importance``: float32 (n_mat, cols) imatrix values (n_mat = 1, or the number of experts of a 3-D
-    ``w``), used by the K-quant and IQ4 encoders and ignored by the others (as llama.cpp's would not be:
-    mtk's legacy encoders are gguf-py's, which have no importance path).
+    ``w``), used by the K-quant, IQ4 and Q4_0/Q4_1/Q5_0/Q5_1 encoders and ignored by the others (Q8_0 and
+    the float types, as llama.cpp ignores it).
     """
     if qtype == Q.F32:
         return w.to(torch.float32).contiguous().view(torch.uint8)
