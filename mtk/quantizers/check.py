@@ -24,9 +24,10 @@ from mtk.formats.checkpoint import HFCheckpoint
 from mtk.quantizers.pack import unpack_awq, unpack_gptq
 from mtk.verify import PROMPTS, Tolerance, logit_metrics
 
-# GPTQModel's int4 CPU kernel (ATen int4 matmul) computes in its own reduced precision and order:
-# measured mean KL 1e-7 (8-bit) to 3e-3 (4-bit SmolLM2) against the float weights; a wrong layout gives > 1.
-RUNTIME = Tolerance(kl_mean=0.02, top1=0.9)
+# GPTQModel's default int4 CPU kernel (TorchAtenLinear, ATen's int4 matmul) computes in its own reduced precision:
+# against the float weights it holds, measured mean KL ~1e-7 at 8 bits, 8e-5 on tiny 4-bit models and 3e-3 to
+# 0.03 on SmolLM2 at 4 bits (30 layers; max |logit diff| up to 13). A wrong layout or config gives KL > 1.
+RUNTIME = Tolerance(kl_mean=0.1, top1=0.8)
 
 
 def gptqmodel_available() -> bool:
