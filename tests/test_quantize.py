@@ -310,3 +310,20 @@ def test_bench_runs_quantized_checkpoints_in_transformers(tiny_models: dict, bib
     # 8-bit weights in GPTQModel's kernels: nearly the reference's distribution, at about half its size.
     assert q["kl_mean"] < 2e-3 and abs(q["ppl"] / ref["ppl"] - 1) < 0.01, q
     assert q["bpw"] < 0.6 * ref["bpw"], (q["bpw"], ref["bpw"])
+
+
+def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
+    tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtk.quantizers.check as check
+    from mtk.errors import VerificationError
+
+    src, out = tiny_models["llama"], tmp_path / "rtn"
+    quantize(src, out, QuantizeConfig(method="rtn", bits=4, group_size=32), device="cpu")
+    assert check.verify_quantized(out, src)["logits"]["kl_mean"] < 1e-3
+    # If mtk read its words in another order than GPTQModel's kernels (a plausible layout bug), the
+    # runtime would no longer compute what mtk believes the files hold: verification must fail.
+    real = check.unpack_gptq
+    monkeypatch.setattr(check, "unpack_gptq", lambda t, bits: real({**t, "qweight": t["qweight"].flip(0)}, bits))
+    with pytest.raises(VerificationError, match="disagrees with its own weights"):
+        check.verify_quantized(out, src)
