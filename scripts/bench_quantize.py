@@ -106,23 +106,34 @@ def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
     return {"ppl": perplexity(logits, windows), "windows": len(windows), "tokens": sum(len(w) for w in windows)}
 
 
-def run_child(argv: list[str]) -> dict:
+def run_child(argv: list[str], log: Path) -> dict:
+    """Run this script as a child; its output goes to files (GPTQModel logs a lot: a pipe would fill up)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CHILD_ENV,
-        cwd=tempfile.gettempdir(),  # GPTQModel writes a logs/ folder into its working directory
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *argv],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=CHILD_ENV,
+            cwd=tempfile.gettempdir(),  # GPTQModel writes a logs/ folder into its working directory
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
-        sys.exit(f"child {argv[:3]} failed:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+        sys.exit(f"child {argv[-6:]} failed:\n{log.with_suffix('.err').read_text()[-3000:]}")
+    result = json.loads(log.with_suffix(".out").read_text().strip().splitlines()[-1])
     return {**result, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def cached_child(argv: list[str], log: Path, reuse: bool) -> dict:
+    """``run_child``, or its saved result from an earlier run of the same work folder with ``--reuse``."""
+    saved = log.with_suffix(".json")
+    if reuse and saved.exists():
+        return json.loads(saved.read_text())
+    result = run_child(argv, log)
+    saved.write_text(json.dumps(result) + "\n")
+    return result
 
 
 def main() -> None:
@@ -136,6 +147,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs saved in --workdir")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -180,13 +192,17 @@ def main() -> None:
         "--windows",
         str(args.windows),
     ]
-    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("child",)}}
-    results["float"] = run_child([*common, "--child", "eval", str(src), str(ev)])
+    results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items() if k not in ("child",)}}
+    results["float"] = cached_child([*common, "--child", "eval", str(src), str(ev)], work / "float-eval", args.reuse)
     print(f"float32 reference: ppl {results['float']['ppl']:.4f}", file=sys.stderr)
     for tool, method in RUNS:
         out = work / f"{tool}-{method}"
-        q = run_child([*common, "--child", "quantize", tool, method, str(src), str(out), str(cal)])
-        e = run_child([*common, "--child", "eval", str(out), str(ev)])
+        q = cached_child(
+            [*common, "--child", "quantize", tool, method, str(src), str(out), str(cal)],
+            work / f"{tool}-{method}-quantize",
+            args.reuse,
+        )
+        e = cached_child([*common, "--child", "eval", str(out), str(ev)], work / f"{tool}-{method}-eval", args.reuse)
         results[f"{tool}-{method}"] = {"quantize": q, "eval": e}
         print(
             f"{tool:9s} {method}: {q['wall_s']:.1f} s wall, {q['peak_rss_mib']:.0f} MiB peak, ppl {e['ppl']:.4f}",
