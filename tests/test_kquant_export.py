@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import io
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from mtk.formats.gguf_reader import open_gguf
 from mtk.verify import LlamaCppModel, compare_on_prompts, hf_logits
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+llama_logger = pytest.importorskip("llama_cpp._logger")
 Q = gguf.GGMLQuantizationType
 MIXES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"]
 # Width 256 (whole super-blocks, no fallbacks), 8 query / 2 KV heads (n_gqa 4: the Q2_K and IQ4 attn_v
@@ -61,9 +63,16 @@ def llama_quantize(
         arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))(*entries)
         params.imatrix, keep = arr, [*keep, arr, values]
     log = io.StringIO()
-    with contextlib.redirect_stderr(log):  # llama-cpp-python's log callback prints to sys.stderr
-        target = str(out) if out is not None else str(source) + ".dry-run"
-        assert llama_cpp.llama_model_quantize(str(source).encode(), target.encode(), ctypes.byref(params)) == 0
+    # llama-cpp-python's log callback prints to sys.stderr, but only at its logger's level: any earlier
+    # Llama(verbose=False) in this process raised it to ERROR, hiding the per-tensor lines of a dry run.
+    saved_level = llama_logger.logger.level
+    llama_logger.logger.setLevel(logging.DEBUG)
+    try:
+        with contextlib.redirect_stderr(log):
+            target = str(out) if out is not None else str(source) + ".dry-run"
+            assert llama_cpp.llama_model_quantize(str(source).encode(), target.encode(), ctypes.byref(params)) == 0
+    finally:
+        llama_logger.logger.setLevel(saved_level)
     if out is not None:
         return {t.name: t.qtype.name for t in open_gguf(out).tensors}
     return {m.group(1): (m.group(3) or m.group(2)).upper() for m in DRY_RUN_LINE.finditer(log.getvalue())}
