@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtk.bench.runners import quiet_fd2
 from mtk.errors import EnvironmentProblem, VerificationError
 
 # Tokenizer probe: non-ASCII letters, CJK, emoji (with a skin-tone modifier and ZWJ sequences), digits,
@@ -92,20 +92,6 @@ def logit_metrics(reference: torch.Tensor | np.ndarray, candidate: torch.Tensor 
     }
 
 
-@contextmanager
-def _quiet_stderr() -> Any:
-    """llama.cpp's C code logs to fd 2 even with verbose=False for some messages; silence it."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class LlamaCppModel:
     """A GGUF model loaded in llama.cpp for logits and tokenization."""
 
@@ -117,7 +103,7 @@ class LlamaCppModel:
         from mtk.formats.gguf_reader import split_paths
 
         path = split_paths(Path(path))[0]  # llama.cpp opens a split model from its first part
-        with _quiet_stderr():
+        with quiet_fd2():
             self.llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
