@@ -50,12 +50,9 @@ def load_quantized(path: Path | str) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
 
 
-def dequantized_model(path: Path | str, source: Path | str) -> Any:
-    """The source architecture in float32 holding exactly the weights stored in ``path``."""
-    from transformers import AutoModelForCausalLM
-
+def hold_file_weights(model: Any, path: Path | str) -> Any:
+    """Overwrite the float ``model`` (the source architecture) with exactly the weights stored in ``path``."""
     qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
     ckpt = HFCheckpoint(path)
     names = set(ckpt.names())
     state = model.state_dict()
@@ -82,15 +79,14 @@ def _logits(model: Any, prompts: list[list[int]]) -> torch.Tensor:
 
 def verify_quantized(path: Path | str, source: Path | str) -> dict[str, Any]:
     """Runtime vs the files' own weights (checked) and vs the source model (reported); see the module notes."""
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source))
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     runtime = _logits(load_quantized(path), prompts)
-    held = _logits(dequantized_model(path, source), prompts)
-    from transformers import AutoModelForCausalLM
-
-    src = _logits(AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32), prompts)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    src = _logits(model, prompts)
+    held = _logits(hold_file_weights(model, path), prompts)  # the source model, now with the files' weights
     metrics = logit_metrics(held, runtime)
     failures = RUNTIME.failures(metrics)
     if failures:
