@@ -115,19 +115,26 @@ def _weighted_rmse(data: np.ndarray, qtype: GGMLQuantizationType, x: np.ndarray,
     return float(np.sqrt(((gguf.quants.dequantize(data, qtype).reshape(x.shape) - x) ** 2 * w).mean()))
 
 
+def compare_importance_with_llama_cpp(
+    x: np.ndarray, qtype: GGMLQuantizationType, imp: np.ndarray
+) -> tuple[float, float, float, float]:
+    """mtk's importance encoding of ``x`` against llama.cpp's: the fraction of byte-identical blocks and the
+    importance-weighted RMSE of mtk's, llama.cpp's and mtk's plain (no importance) bytes, decoded by gguf-py."""
+    ours = quantize(torch.from_numpy(x), qtype, importance=torch.from_numpy(imp)).numpy()
+    theirs = _ggml_quantize_chunk(x, qtype, imp)
+    plain = quantize(torch.from_numpy(x), qtype).numpy()
+    identical = float((block_view(ours, qtype) == block_view(theirs, qtype)).all(-1).mean())
+    errors = (_weighted_rmse(b, qtype, x, imp) for b in (ours, theirs, plain))
+    return (identical, *errors)
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_importance_matches_llama_cpp(qtype: GGMLQuantizationType) -> None:
     """With importance, mtk's bytes are mostly llama.cpp's, its importance-weighted error no larger, and
     that error is well below what encoding without importance gives."""
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
-    imp = importance_for(1024)
-    ours = quantize(torch.from_numpy(x), qtype, importance=torch.from_numpy(imp)).numpy()
-    theirs = _ggml_quantize_chunk(x, qtype, imp)
-    plain = quantize(torch.from_numpy(x), qtype).numpy()
-    identical = float((block_view(ours, qtype) == block_view(theirs, qtype)).all(-1).mean())
-    err_ours, err_theirs = _weighted_rmse(ours, qtype, x, imp), _weighted_rmse(theirs, qtype, x, imp)
-    err_plain = _weighted_rmse(plain, qtype, x, imp)
+    identical, err_ours, err_theirs, err_plain = compare_importance_with_llama_cpp(x, qtype, importance_for(1024))
     print(
         f"{qtype.name} importance: {identical:.1%} of blocks identical with llama.cpp; weighted RMSE ratio "
         f"{err_ours / err_theirs:.5f}; without importance {err_plain / err_ours:.3f}x larger"

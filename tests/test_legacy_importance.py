@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from test_kquant_kernels import _ggml_quantize_chunk, _weighted_rmse, block_view, importance_for, mixed_rows
+from test_kquant_kernels import block_view, compare_importance_with_llama_cpp, importance_for, mixed_rows
 from transformers import AutoModelForCausalLM
 
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
@@ -51,13 +51,7 @@ def test_importance_matches_llama_cpp(qtype: GGMLQuantizationType) -> None:
     """Most blocks byte-identical with llama.cpp's ``quantize_row_qN_M_impl``; importance-weighted RMSE (bytes
     decoded by gguf-py) at most 0.1% above llama.cpp's, and clearly below what the plain encoding gives."""
     x = rows(2, 64, 576)
-    imp = importance_for(576)
-    ours = quantize(torch.from_numpy(x), qtype, importance=torch.from_numpy(imp)).numpy()
-    theirs = _ggml_quantize_chunk(x, qtype, imp)
-    plain = quantize(torch.from_numpy(x), qtype).numpy()
-    identical = float((block_view(ours, qtype) == block_view(theirs, qtype)).all(-1).mean())
-    err_ours, err_theirs = _weighted_rmse(ours, qtype, x, imp), _weighted_rmse(theirs, qtype, x, imp)
-    err_plain = _weighted_rmse(plain, qtype, x, imp)
+    identical, err_ours, err_theirs, err_plain = compare_importance_with_llama_cpp(x, qtype, importance_for(576))
     print(
         f"{qtype.name} importance: {identical:.2%} of blocks identical with llama.cpp; weighted RMSE ratio "
         f"{err_ours / err_theirs:.5f}; plain encoding {err_plain / err_ours:.3f}x larger"
