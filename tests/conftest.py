@@ -96,3 +96,10 @@ def run_mtk(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         os.environ.clear()
         os.environ.update(saved_env)
     return subprocess.CompletedProcess(["mtk", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def torch_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the torch encoders on the CPU too (mtk.kernels.native off): for the fast-vs-slow-twin tests of
+    the torch code, which the C encoders would otherwise replace on the CPU."""
+    monkeypatch.setenv("MTK_NATIVE", "0")

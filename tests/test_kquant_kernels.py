@@ -64,7 +64,7 @@ def block_view(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 
 @pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_fast_equals_reference(qtype: GGMLQuantizationType, use_importance: bool) -> None:
+def test_fast_equals_reference(qtype: GGMLQuantizationType, use_importance: bool, torch_encoders: None) -> None:
     x = mixed_rows(1)
     imp = torch.from_numpy(importance_for(x.shape[1])) if use_importance else None
     fast = quantize(torch.from_numpy(x), qtype, importance=imp).numpy()
@@ -188,7 +188,9 @@ def test_matches_llama_model_quantize(qtype: GGMLQuantizationType, wide_f32_gguf
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_K, QT.IQ4_NL], ids=lambda t: t.name)
-def test_chunking_and_shapes_do_not_change_bytes(qtype: GGMLQuantizationType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunking_and_shapes_do_not_change_bytes(
+    qtype: GGMLQuantizationType, monkeypatch: pytest.MonkeyPatch, torch_encoders: None
+) -> None:
     x = mixed_rows(5, 2048)[:6]
     imp = torch.from_numpy(importance_for(2048))
     whole = quantize(torch.from_numpy(x), qtype, importance=imp)
@@ -219,7 +221,7 @@ def test_bad_inputs_raise() -> None:
     )
 
 
-def test_compiled_search_equals_reference_and_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_search_equals_reference_and_eager(monkeypatch: pytest.MonkeyPatch, torch_encoders: None) -> None:
     """MTK_COMPILE=1 runs the hot search step through torch.compile (one static shape per sub-block size,
     chunks padded): same bytes as the slow twin and as eager, on a padded and an unpadded chunk."""
     x = torch.from_numpy(mixed_rows(6))

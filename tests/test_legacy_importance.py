@@ -36,7 +36,7 @@ def rows(seed: int, n_rows: int, cols: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_fast_equals_reference(qtype: GGMLQuantizationType) -> None:
+def test_fast_equals_reference(qtype: GGMLQuantizationType, torch_encoders: None) -> None:
     """Bit for bit, on Gaussian rows and on the edge cases (all zero, constant, tiny, outliers, all positive)."""
     x = torch.from_numpy(np.concatenate([rows(1, 6, 512), mixed_rows(2)]))
     imp = torch.from_numpy(importance_for(512, seed=3))

@@ -22,6 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels import kquants_search as ks
+from mtk.kernels import native
 from mtk.registry import Registry
 
 QT = GGMLQuantizationType
@@ -61,6 +62,8 @@ def quantize_kquant(
         importance = _check_importance(importance, cols, qtype).to(weights.device)
     if not bool(torch.isfinite(rows).all()):
         raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
+    if not reference and native.handles(qtype, weights, importance is not None):
+        return native.encode(rows, qtype, importance).reshape(*shape[:-1], -1)
     out = torch.empty((rows.shape[0], cols // block_size * type_size), dtype=torch.uint8, device=weights.device)
     if reference:
         from mtk.kernels import kquants_ref

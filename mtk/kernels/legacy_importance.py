@@ -23,6 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels import kquants_search as ks
+from mtk.kernels import native
 
 QT = GGMLQuantizationType
 LEGACY_IMPORTANCE_TYPES = frozenset({QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1})
@@ -57,6 +58,8 @@ def quantize_legacy_importance(
     rows = weights.reshape(-1, cols)
     if not bool(torch.isfinite(rows).all()):
         raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
+    if not reference and native.handles(qtype, weights, True):
+        return native.encode(rows, qtype, importance).reshape(*shape[:-1], -1)
     out = torch.empty((rows.shape[0], cols // QK * type_size), dtype=torch.uint8, device=weights.device)
     if reference:
         from mtk.kernels.legacy_importance_ref import encode_rows as encode
