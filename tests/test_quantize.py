@@ -13,7 +13,7 @@ from test_memory import child_peak_mib
 from mtk.quantizers.calibration import tokenize_windows
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import quantize
-from mtk.quantizers.gptq import gptq_quantize
+from mtk.quantizers.gptq import column_order, gptq_quantize
 from mtk.quantizers.grid import fit_gptq, from_codes, rtn, to_codes
 from mtk.quantizers.pack import pack_awq, pack_bits, pack_gptq, unpack_awq, unpack_bits, unpack_gptq
 
@@ -83,14 +83,21 @@ def _correlated_inputs(n: int, cols: int) -> torch.Tensor:
     return torch.randn(n, cols) @ mix + torch.randn(n, cols) * 0.1
 
 
-@pytest.mark.parametrize(("desc_act", "static_groups"), [(False, False), (True, False), (True, True)])
-def test_gptq_beats_round_to_nearest_on_the_layer_output(desc_act: bool, static_groups: bool) -> None:
+@pytest.mark.parametrize(
+    ("desc_act", "act_group_aware", "static_groups"),
+    [(False, False, False), (False, True, False), (True, False, False), (True, False, True)],
+    ids=["natural", "group-aware", "act-order", "act-order-static"],
+)
+def test_gptq_beats_round_to_nearest_on_the_layer_output(
+    desc_act: bool, act_group_aware: bool, static_groups: bool
+) -> None:
     x = _correlated_inputs(2048, 128)
     w = torch.randn(96, 128)
     h = 2 * x.t() @ x / x.shape[0]
     q = gptq_quantize(
-        w, h, bits=3, group_size=32, sym=True, damp_percent=0.01, desc_act=desc_act, static_groups=static_groups
-    )
+        w, h, bits=3, group_size=32, sym=True, damp_percent=0.01, desc_act=desc_act,
+        act_group_aware=act_group_aware, static_groups=static_groups,
+    )  # fmt: skip
     codes, scale, zero = rtn(w, 3, 32, sym=True)
     baseline = scale.repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
     err_gptq = (x @ (q.dequantize() - w).t()).pow(2).mean()
@@ -103,12 +110,46 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output(desc_act: bool, static_
         assert sorted(torch.bincount(q.g_idx.long()).tolist()) == [32] * 4
 
 
+def test_group_aware_order() -> None:
+    """Groups stay contiguous runs of natural columns; inside a group columns go by decreasing diagonal,
+    groups by decreasing largest diagonal; ties keep natural order."""
+    diag = torch.tensor([1.0, 5.0, 2.0, 2.0, 9.0, 0.5, 0.1, 3.0, 4.0, 4.0, 4.0, 1.0])
+    perm = column_order(diag, 4, desc_act=False, act_group_aware=True)
+    assert perm.tolist() == [4, 7, 5, 6, 1, 2, 3, 0, 8, 9, 10, 11]
+    assert column_order(diag, 4, desc_act=True, act_group_aware=False).tolist()[:3] == [4, 1, 8]
+    assert column_order(diag, 4, desc_act=False, act_group_aware=False).tolist() == list(range(12))
+
+
+def test_group_aware_helps_with_outlier_columns() -> None:
+    """With a few input channels far louder than the rest (what LLM activations look like), quantizing them
+    first inside their groups lowers the layer's output error against natural order."""
+    x = _correlated_inputs(2048, 256)
+    loud = torch.randperm(256, generator=torch.Generator().manual_seed(1))[:12]
+    x[:, loud] *= 20
+    w = torch.randn(64, 256)
+    h = 2 * x.t() @ x / x.shape[0]
+    errors = {}
+    for gar in (False, True):
+        q = gptq_quantize(w, h, bits=3, group_size=64, sym=True, damp_percent=0.01, act_group_aware=gar)
+        errors[gar] = float((x @ (q.dequantize() - w).t()).pow(2).mean())
+    assert errors[True] < 0.95 * errors[False], errors
+
+
 def test_config_validation() -> None:
-    for bad in ({"method": "awq", "bits": 3}, {"bits": 5}, {"group_size": 50}, {"method": "awq", "desc_act": True}):
+    bad_configs = (
+        {"method": "awq", "bits": 3},
+        {"bits": 5},
+        {"group_size": 50},
+        {"method": "awq", "desc_act": True},
+        {"desc_act": True, "act_group_aware": True},
+        {"method": "rtn", "act_group_aware": True},
+    )
+    for bad in bad_configs:
         with pytest.raises(ValueError):
             QuantizeConfig(**bad)
     cfg = QuantizeConfig(method="awq", group_size=64)
-    assert cfg.sym is False and cfg.format.value == "awq"
+    assert cfg.sym is False and cfg.format.value == "awq" and cfg.act_group_aware is False
+    assert QuantizeConfig().act_group_aware is True and QuantizeConfig(desc_act=True).act_group_aware is False
     assert QuantizeConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -26,6 +26,13 @@ def quantize_command(
     static_groups: Annotated[
         bool, typer.Option("--static-groups", help="With --desc-act: fix group scales first (sorted g_idx).")
     ] = False,
+    act_group_aware: Annotated[
+        bool | None,
+        typer.Option(
+            "--act-group-aware/--no-act-group-aware",
+            help="GPTQ group-aware reordering (natural g_idx); default on unless --desc-act or --static-groups.",
+        ),
+    ] = None,
     damp_percent: Annotated[
         float, typer.Option(help="GPTQ Hessian dampening, a fraction of its mean diagonal.")
     ] = 0.01,
@@ -59,7 +66,8 @@ def quantize_command(
     try:
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-            static_groups=static_groups, damp_percent=damp_percent, format=format_, samples=samples, seq_len=seq_len,
+            static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
+            format=format_, samples=samples, seq_len=seq_len,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -31,7 +31,9 @@ class QuantizeConfig:
     at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent`` is GPTQ's
     Hessian dampening as a fraction of the mean diagonal; ``desc_act`` quantizes columns in order of
     decreasing Hessian diagonal (act-order) and ``static_groups`` fixes the groups' scales before that
-    reordering (so ``g_idx`` stays sorted and fast kernels apply).
+    reordering (so ``g_idx`` stays sorted and fast kernels apply). ``act_group_aware`` (GPTQ's default unless
+    ``desc_act`` or ``static_groups``, as in GPTQModel) orders columns inside each group and the groups by their
+    Hessian diagonal while the groups stay contiguous, so ``g_idx`` stays natural (see mtk.quantizers.gptq).
     """
 
     method: Method = Method.gptq
@@ -40,6 +42,7 @@ class QuantizeConfig:
     sym: bool | None = None
     desc_act: bool = False
     static_groups: bool = False
+    act_group_aware: bool | None = None
     damp_percent: float = 0.01
     true_sequential: bool = True
     format: Format | None = None
@@ -65,6 +68,11 @@ class QuantizeConfig:
                 raise ValueError("the AWQ GEMM format has no act-order (g_idx); drop --desc-act")
         if self.method == Method.awq and self.desc_act:
             raise ValueError("--desc-act is a GPTQ option")
+        if self.act_group_aware and (self.method != Method.gptq or self.desc_act or self.static_groups):
+            raise ValueError("--act-group-aware is a GPTQ option that excludes --desc-act and --static-groups")
+        if self.act_group_aware is None:
+            default = self.method == Method.gptq and not self.desc_act and not self.static_groups
+            object.__setattr__(self, "act_group_aware", default)
         if not 0 < self.damp_percent < 1:
             raise ValueError(f"damp_percent must be in (0, 1), got {self.damp_percent}")
         if self.samples < 1 or self.seq_len < 2:

@@ -119,6 +119,7 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
         "quantizer": [f"mtk:{VERSION}"],
         "damp_percent": cfg.damp_percent,
         "static_groups": cfg.static_groups,
+        "act_group_aware": cfg.act_group_aware,
         "true_sequential": cfg.true_sequential,
         "mtk_method": cfg.method.value,
     }
@@ -207,6 +208,7 @@ def gptq_layer(
                     sym=bool(cfg.sym),
                     damp_percent=cfg.damp_percent,
                     desc_act=cfg.desc_act,
+                    act_group_aware=bool(cfg.act_group_aware),
                     static_groups=cfg.static_groups,
                 )
                 lin.weight.data = q.dequantize().to(lin.weight.dtype)

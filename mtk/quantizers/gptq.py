@@ -1,8 +1,14 @@
 """GPTQ (Frantar et al., 2022) for one Linear weight, given the Hessian of its layer-wise reconstruction loss.
 
-Columns are quantized in order (or by decreasing Hessian diagonal with act-order); the rounding error of each
-column is spread over the columns not yet quantized through the inverse Hessian's upper Cholesky factor,
-``block_size`` columns at a time with a lazy update of the rest (the paper's Algorithm 1).
+Columns are quantized in an order (below); the rounding error of each column is spread over the columns not yet
+quantized through the inverse Hessian's upper Cholesky factor, ``block_size`` columns at a time with a lazy update
+of the rest (the paper's Algorithm 1).
+
+Orders: natural; act-order (``desc_act``: all columns by decreasing Hessian diagonal, so groups are formed in that
+order and ``g_idx`` is scattered); group-aware (``act_group_aware``, Gafni et al., CVPRW 2025 "Dual Precision
+Quantization", GPTQModel's default): the groups stay the contiguous runs of ``group_size`` columns, columns are
+taken by decreasing diagonal inside each group and the groups by decreasing largest diagonal. Most of act-order's
+gain, with a natural ``g_idx`` that every kernel reads.
 """
 
 from __future__ import annotations
@@ -51,6 +57,23 @@ def _inverse_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     raise MtkError("GPTQ: the layer's Hessian is not positive definite even with strong dampening")
 
 
+def column_order(diag: torch.Tensor, group_size: int, *, desc_act: bool, act_group_aware: bool) -> torch.Tensor:
+    """The order in which columns are quantized: ``perm[k]`` is the column quantized k-th (see the module doc).
+
+    Sorts are stable, so equal diagonals keep their natural order and the result is deterministic.
+    """
+    cols = diag.numel()
+    if desc_act:
+        return torch.sort(diag, descending=True, stable=True).indices
+    if not act_group_aware:
+        return torch.arange(cols, device=diag.device)
+    by_group = diag.reshape(-1, group_size)  # group_size divides cols (checked by the caller)
+    values, inside = torch.sort(by_group, dim=1, descending=True, stable=True)
+    groups = torch.sort(values[:, 0], descending=True, stable=True).indices
+    base = torch.arange(by_group.shape[0], device=diag.device)[:, None] * group_size
+    return (inside + base)[groups].reshape(-1)
+
+
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -60,10 +83,14 @@ def gptq_quantize(
     sym: bool,
     damp_percent: float,
     desc_act: bool = False,
+    act_group_aware: bool = False,
     static_groups: bool = False,
     block_size: int = 128,
 ) -> QuantizedLinear:
-    """Quantize ``weight`` ``(out, in)`` against ``hessian`` ``(in, in)`` (float32; neither is modified)."""
+    """Quantize ``weight`` ``(out, in)`` against ``hessian`` ``(in, in)`` (float32; neither is modified).
+
+    ``g_idx`` numbers the groups in natural order unless ``desc_act`` (then in the order they were formed).
+    """
     w = weight.detach().float().clone()
     h = hessian.detach().float().clone()
     cols = w.shape[1]
@@ -74,15 +101,16 @@ def gptq_quantize(
     static: list[tuple[torch.Tensor, torch.Tensor]] = []
     if static_groups:
         static = [fit_gptq(w[:, g : g + gs], bits, sym) for g in range(0, cols, gs)]
-    perm = torch.argsort(torch.diag(h), descending=True) if desc_act else torch.arange(cols, device=w.device)
+    perm = column_order(torch.diag(h), gs, desc_act=desc_act, act_group_aware=act_group_aware and not static_groups)
+    natural_groups = not desc_act  # groups are contiguous runs of gs natural columns: number them by position
     w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_factor(h, damp_percent)
     block = max(gs, block_size // gs * gs) if gs < cols else block_size
     codes = torch.zeros_like(w)
-    scales: list[torch.Tensor] = []
-    zeros: list[torch.Tensor] = []
+    fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     col_group = torch.empty(cols, dtype=torch.long, device=w.device)  # group of each (permuted) column
     scale = zero = torch.empty(0)
+    g = 0
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -95,11 +123,8 @@ def gptq_quantize(
             elif col % gs == 0:
                 # The group's grid is fitted on its columns as updated so far (this block's errors included).
                 scale, zero = fit_gptq(w1[:, i : i + gs] if i + gs <= i2 - i1 else w[:, col : col + gs], bits, sym)
-                g = len(scales)
-                scales.append(scale)
-                zeros.append(zero)
-            else:
-                g = len(scales) - 1
+                g = int(perm[col]) // gs if natural_groups else col // gs
+                fitted[g] = (scale, zero)
             col_group[col] = g
             x = w1[:, i]
             q = to_codes(x[:, None], scale, zero, bits)[:, 0]
@@ -108,12 +133,11 @@ def gptq_quantize(
             w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)  # in place: no (out, block) temporary
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    if static_groups:
-        scales, zeros = [s for s, _ in static], [z for _, z in static]
+    grids = static if static_groups else [fitted[g] for g in range(len(fitted))]
     inv = torch.argsort(perm)
     return QuantizedLinear(
         codes=codes[:, inv],
-        scale=torch.stack(scales, dim=1),
-        zero=torch.stack(zeros, dim=1),
+        scale=torch.stack([s for s, _ in grids], dim=1),
+        zero=torch.stack([z for _, z in grids], dim=1),
         g_idx=col_group[inv].to(torch.int32),
     )
