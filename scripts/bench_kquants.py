@@ -2,10 +2,12 @@
 
 For each type: random float32 matrices of llama shapes (default 4096x4096 and 14336x4096, N(0, 0.02)) are
 written once to an F32 GGUF of one llama layer; llama.cpp quantizes it (``pure``, ``nthread`` threads) and
-mtk encodes the same in-memory tensors with the same torch thread count, eager and with MTK_COMPILE=1.
-llama.cpp's time includes its file I/O, so the time of its plain F32 copy of the same file is subtracted
-(and printed). Prints M weights/s for both and their ratio, the compile seconds of the first compiled call,
-the RMSE ratio mtk/llama.cpp and the fraction of byte-identical blocks.
+mtk encodes the same in-memory tensors with the same thread count: ``native`` (the C encoders of
+mtk.kernels.native, mtk's CPU default), ``eager`` (the batched torch encoders, mtk's CUDA path) and
+``compiled`` (those with MTK_COMPILE=1). llama.cpp's time includes its file I/O, so the time of its plain F32
+copy of the same file is subtracted (and printed). Prints M weights/s for both and their ratio, the compile
+seconds of the first call (the C library's build, or torch.compile's), the RMSE ratio mtk/llama.cpp and the
+fraction of byte-identical blocks.
 
     python scripts/bench_kquants.py --types Q4_K,Q6_K --threads 2
     python scripts/bench_kquants.py --importance --shapes 4096x4096   # vs llama-quantize --imatrix
@@ -95,11 +97,12 @@ def read_tensor_bytes(path: Path, name: str) -> np.ndarray:
 
 
 def mtk_encode(
-    tensors: dict[str, torch.Tensor], qtype: GGMLQuantizationType, compiled: bool, importance: dict | None
+    tensors: dict[str, torch.Tensor], qtype: GGMLQuantizationType, path: str, importance: dict | None
 ) -> tuple[dict, float]:
     from mtk.kernels.quantize import quantize
 
-    os.environ["MTK_COMPILE"] = "1" if compiled else "0"
+    os.environ["MTK_NATIVE"] = "1" if path == "native" else "0"
+    os.environ["MTK_COMPILE"] = "1" if path == "compiled" else "0"
     start = time.perf_counter()
     out = {n: quantize(x, qtype, importance=None if importance is None else importance[n]) for n, x in tensors.items()}
     return out, time.perf_counter() - start
@@ -138,11 +141,17 @@ def bench_type(qtype, args, src, tmp, names, arrays, tensors, importance, io_flo
     for path in args.paths.split(","):
         compile_s = float("nan")
         if path == "compiled":
-            os.environ["MTK_COMPILE"] = "1"
+            os.environ["MTK_COMPILE"], os.environ["MTK_NATIVE"] = "1", "0"
             start = time.perf_counter()
             quantize(tensors[names[0]][:64], qtype)  # first call: compiles (or loads inductor's cache)
             compile_s = time.perf_counter() - start
-        ours, took = mtk_encode(tensors, qtype, path == "compiled", importance)
+        elif path == "native":
+            from mtk.kernels import native
+
+            start = time.perf_counter()
+            native.library()  # builds the C library on the first call (or loads it from the cache)
+            compile_s = time.perf_counter() - start
+        ours, took = mtk_encode(tensors, qtype, path, importance)
         rate = n_weights / took / 1e6
         ratios = []
         for n in names:
@@ -162,8 +171,8 @@ def main() -> None:
     parser.add_argument("--types", default=",".join(t.name for t in FTYPES))
     parser.add_argument("--shapes", default="4096x4096,14336x4096", help="rows x cols, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", default="eager,compiled", help="mtk paths to time: eager, compiled")
-    parser.add_argument("--cold-compile", action="store_true", help="compile into a fresh inductor cache")
+    parser.add_argument("--paths", default="native", help="mtk paths to time: native, eager, compiled")
+    parser.add_argument("--cold-compile", action="store_true", help="compile into fresh caches (C and inductor)")
     parser.add_argument(
         "--importance",
         action="store_true",
@@ -173,6 +182,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.cold_compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtk-inductor-")
+        os.environ["MTK_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtk-cache-")
     rng = np.random.default_rng(0)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     names = ["blk.0.ffn_up.weight" if s[0] > s[1] else "blk.0.attn_q.weight" for s in shapes]

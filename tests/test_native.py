@@ -127,3 +127,19 @@ def test_no_compiler_falls_back_with_a_warning(tmp_path: Path, monkeypatch: pyte
         assert list(tmp_path.rglob("*.so")) == []
     finally:
         native.library.cache_clear()
+
+
+def test_portable_build_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-C loops (what CPUs without SSE/AVX run, ``-DMTK_PORTABLE``) equal llama.cpp's bytes too."""
+    monkeypatch.setenv("MTK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MTK_NATIVE_CFLAGS", "-DMTK_PORTABLE")
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        x = _rows(512)
+        for qtype, use_importance in CASES:
+            imp = importance_for(512) if use_importance else None
+            ours = native.encode(torch.from_numpy(x), qtype, None if imp is None else torch.from_numpy(imp)).numpy()
+            assert np.array_equal(ours, _ggml_quantize_chunk(x, qtype, imp)), (qtype.name, use_importance)
+    finally:
+        native.library.cache_clear()

@@ -6,7 +6,9 @@ CPU. The same searches written as plain C loops keep a block in registers. The s
 ``mtk/kernels/csrc``; the first call compiles them with the system C compiler (about a second) into
 ``$MTK_CACHE_DIR/native`` (default ``~/.cache/mtk/native``), named by a hash of the sources, the flags and the
 compiler's version, and later calls load that file. The torch encoders remain the path for CUDA and the
-fallback when no compiler is found; ``MTK_NATIVE=0`` forces them.
+fallback when no compiler is found; ``MTK_NATIVE=0`` forces them. ``MTK_NATIVE_CFLAGS`` adds compiler flags
+(the tests build ``-DMTK_PORTABLE`` that way: the plain-C loops other CPUs run instead of the x86 vector
+paths picked at run time).
 
 The C follows ggml's float operation order, and ``-ffp-contract=off`` keeps the compiler from fusing a
 multiply and an add that ggml rounds separately, so the bytes equal llama.cpp's; tests compare them with
@@ -130,9 +132,10 @@ def _compiler() -> str:
 def _build() -> Path:
     cc = _compiler()
     sources = sorted(SOURCE_DIR.glob("*.c"))
+    flags = [*FLAGS, *os.environ.get("MTK_NATIVE_CFLAGS", "").split()]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     digest = hashlib.sha256()
-    for part in (version, " ".join(FLAGS), sys.platform):
+    for part in (version, " ".join(flags), sys.platform):
         digest.update(part.encode())
     for source in sorted(SOURCE_DIR.iterdir()):
         digest.update(source.name.encode() + source.read_bytes())
@@ -145,7 +148,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        command = [cc, *FLAGS, "-I", str(SOURCE_DIR), "-o", tmp, *map(str, sources), "-lm"]
+        command = [cc, *flags, "-I", str(SOURCE_DIR), "-o", tmp, *map(str, sources), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{cc} failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}")

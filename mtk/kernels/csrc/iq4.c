@@ -26,8 +26,8 @@
 #include "mtk_common.h"
 
 /* x86-64 builds also carry an AVX2 search, picked at run time (the library is built for baseline x86-64);
- * -DMTK_IQ4_PORTABLE leaves it out (to test the portable search on such a machine). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(MTK_IQ4_PORTABLE)
+ * -DMTK_PORTABLE leaves it out (to test the portable search on such a machine). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(MTK_PORTABLE)
 #include <immintrin.h>
 #define IQ4_AVX2 1
 #endif

@@ -1,5 +1,5 @@
 /* The inner loops of the qx searches (qx.h), in SSE / AVX on x86 and as plain C elsewhere (or anywhere
- * with -DMTK_QX_PORTABLE, which is how the portable loops are tested on x86).
+ * with -DMTK_PORTABLE, which is how the portable loops are tested on x86).
  *
  *   qx_signed_max  the value of largest magnitude and that magnitude (n a multiple of 4)
  *   qx_try_sums    the two least-squares sums of every scale try of make_qx_quants
@@ -13,7 +13,7 @@
 #ifndef MTK_QX_SIMD_H
 #define MTK_QX_SIMD_H
 
-#if defined(__SSE2__) && !defined(MTK_QX_PORTABLE)
+#if defined(__SSE2__) && !defined(MTK_PORTABLE)
 #include <immintrin.h>
 
 /* Largest magnitude first: max_ps(a, b) keeps b when a is NaN, so NaNs are skipped as ggml's `>` skips
