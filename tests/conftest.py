@@ -103,3 +103,15 @@ def torch_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the torch encoders on the CPU too (mtk.kernels.native off): for the fast-vs-slow-twin tests of
     the torch code, which the C encoders would otherwise replace on the CPU."""
     monkeypatch.setenv("MTK_NATIVE", "0")
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """mtk's CPU encoders: the C library (the default; its bytes are llama.cpp's) or the torch twins (the CUDA
+    path; sums folded pairwise, so a few near-tie blocks differ)."""
+    monkeypatch.setenv("MTK_NATIVE", "1" if request.param == "native" else "0")
+    from mtk.kernels import native
+
+    if request.param == "native" and not native.enabled():
+        pytest.fail("mtk's C encoders did not build (is a C compiler installed?)")
+    return request.param
