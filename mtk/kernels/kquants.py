@@ -60,10 +60,11 @@ def quantize_kquant(
     rows = weights.reshape(-1, cols)
     if importance is not None:
         importance = _check_importance(importance, cols, qtype).to(weights.device)
-    if not bool(torch.isfinite(rows).all()):
-        raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
     if not reference and native.handles(qtype, weights, importance is not None):
         return native.encode(rows, qtype, importance).reshape(*shape[:-1], -1)
+    # (the C path checks each chunk as it encodes it: one pass over memory instead of two)
+    if not bool(torch.isfinite(rows).all()):
+        raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
     out = torch.empty((rows.shape[0], cols // block_size * type_size), dtype=torch.uint8, device=weights.device)
     if reference:
         from mtk.kernels import kquants_ref

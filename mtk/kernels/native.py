@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from mtk.errors import UnsupportedError
+
 QT = GGMLQuantizationType
 SOURCE_DIR = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fvisibility=hidden", "-ffp-contract=off", "-fno-math-errno")
@@ -73,7 +75,10 @@ def encode(
     rows: torch.Tensor, qtype: GGMLQuantizationType, importance: torch.Tensor | None, threads: int | None = None
 ) -> torch.Tensor:
     """Encode float CPU ``rows`` (n, cols), cols whole blocks, with optional float (cols,) ``importance``
-    (checked by the caller: finite, >= 0) -> uint8 (n, cols // block_size * type_size)."""
+    (checked by the caller: finite, >= 0) -> uint8 (n, cols // block_size * type_size).
+
+    Raises ``UnsupportedError`` for non-finite values in ``rows``.
+    """
     lib = library()
     if lib is None:
         raise RuntimeError("mtk's C encoders are not available (no C compiler?)")
@@ -89,6 +94,8 @@ def encode(
     def run(start: int) -> None:
         # One float32 copy of the rows this task encodes (the input may be float16/bfloat16 or a view).
         part = np.ascontiguousarray(rows[start : start + step].float().numpy(), dtype=np.float32)
+        if not np.isfinite(part).all():  # the searches assume finite values, as ggml's do
+            raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
         status = fn(part.ctypes.data, imp_ptr, out[start : start + step].ctypes.data, part.shape[0], cols)
         if status != 0:
             raise RuntimeError(f"{SYMBOLS[qtype]} refused rows of {cols} values")
