@@ -56,8 +56,8 @@ def quantize_command(
         bool | None,
         typer.Option(
             "--verify/--no-verify",
-            help="Load it in transformers and compare (default: when gptqmodel, or for compressed-tensors "
-            "compressed-tensors, is installed).",
+            help="Load it in transformers and compare (default: when the format's loader is installed: "
+            "gptqmodel, or compressed-tensors).",
         ),
     ] = None,
     overwrite: Overwrite = False,
