@@ -15,7 +15,9 @@ def quantize_command(
     model: Annotated[Path, typer.Argument(help="The HF checkpoint folder (safetensors).")],
     output: OutputDir,
     method: Annotated[str, typer.Option(help="gptq, awq or rtn (round to nearest, no calibration).")] = "gptq",
-    bits: Annotated[int, typer.Option(help="Weight bits: 2, 3, 4, 8 (GPTQ, RTN); 4 (AWQ).")] = 4,
+    bits: Annotated[
+        int, typer.Option(help="Weight bits: 2, 3, 4, 8 (GPTQ, RTN); 4 (AWQ); 4 or 8 for compressed-tensors.")
+    ] = 4,
     group_size: Annotated[int, typer.Option(help="Input columns per scale; -1: one scale per output channel.")] = 128,
     sym: Annotated[
         bool | None, typer.Option("--sym/--no-sym", help="Symmetric grid (default: yes for GPTQ/RTN, no for AWQ).")
@@ -42,13 +44,20 @@ def quantize_command(
     samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
     format_: Annotated[
-        str | None, typer.Option("--format", help="gptq (AutoGPTQ/GPTQModel v1) or awq (AutoAWQ GEMM).")
+        str | None,
+        typer.Option(
+            "--format",
+            help="gptq (AutoGPTQ/GPTQModel v1), awq (AutoAWQ GEMM) or compressed-tensors (llm-compressor's "
+            "pack-quantized, vLLM's native format).",
+        ),
     ] = None,
     device: DeviceOpt = Device.auto,
     verify: Annotated[
         bool | None,
         typer.Option(
-            "--verify/--no-verify", help="Load it in transformers and compare (default: when gptqmodel is installed)."
+            "--verify/--no-verify",
+            help="Load it in transformers and compare (default: when the format's loader is installed: "
+            "gptqmodel, or compressed-tensors).",
         ),
     ] = None,
     overwrite: Overwrite = False,
@@ -57,9 +66,10 @@ def quantize_command(
 
     Examples: [b]mtk quantize smollm2-hf -o smollm2-gptq --method gptq --group-size 64 --calibration wiki.txt[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-awq --method awq --group-size 64 --calibration data.jsonl --samples 64[/b] ·
-    [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b]
+    [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b] ·
+    [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b]
     """
-    from mtk.quantizers.check import gptqmodel_available, verify_quantized
+    from mtk.quantizers.check import runtime_available, verify_quantized
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.engine import quantize
 
@@ -72,7 +82,7 @@ def quantize_command(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if verify is None:
-        verify = gptqmodel_available()
+        verify = runtime_available(cfg.format.value)  # type: ignore[union-attr]
     check = (lambda tmp: verify_quantized(tmp, model)) if verify else None
     with progress_bar(f"{cfg.method.value} {cfg.bits}-bit") as bar:
         result = quantize(

@@ -14,10 +14,12 @@ class Method(str, Enum):
 
 
 class Format(str, Enum):
-    """Checkpoint layouts mtk writes. ``gptq``: AutoGPTQ/GPTQModel v1; ``awq``: AutoAWQ GEMM."""
+    """Checkpoint layouts mtk writes. ``gptq``: AutoGPTQ/GPTQModel v1; ``awq``: AutoAWQ GEMM;
+    ``compressed-tensors``: llm-compressor's pack-quantized (vLLM's native format)."""
 
     gptq = "gptq"
     awq = "awq"
+    compressed_tensors = "compressed-tensors"
 
 
 BITS = {Method.gptq: (2, 3, 4, 8), Method.rtn: (2, 3, 4, 8), Method.awq: (4,)}
@@ -66,6 +68,17 @@ class QuantizeConfig:
                 raise ValueError("the AWQ GEMM format holds 4-bit weights only")
             if self.desc_act:
                 raise ValueError("the AWQ GEMM format has no act-order (g_idx); drop --desc-act")
+        if self.format == Format.compressed_tensors:
+            # vLLM's kernels for this format (CompressedTensorsWNA16) take 4 and 8 bits only.
+            if self.bits not in (4, 8):
+                raise ValueError(f"the compressed-tensors format holds 4 or 8 bits (W4A16, W8A16), not {self.bits}")
+            if self.desc_act and not self.static_groups:
+                raise ValueError(
+                    "the compressed-tensors format has no g_idx (act-order 'group' was removed in compressed-tensors "
+                    "0.20): use --desc-act with --static-groups, or drop --desc-act"
+                )
+            if self.method == Method.awq and self.sym:
+                raise ValueError("AWQ's grid has a zero point: drop --sym for the compressed-tensors format")
         if self.method == Method.awq and self.desc_act:
             raise ValueError("--desc-act is a GPTQ option")
         if self.act_group_aware and (self.method != Method.gptq or self.desc_act or self.static_groups):

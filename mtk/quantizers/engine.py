@@ -1,4 +1,5 @@
-"""``mtk quantize``: GPTQ, AWQ or RTN over an HF checkpoint, layer by layer, written as GPTQ v1 or AWQ GEMM.
+"""``mtk quantize``: GPTQ, AWQ or RTN over an HF checkpoint, layer by layer, written as GPTQ v1, AWQ GEMM or
+compressed-tensors pack-quantized.
 
 Load, transform, save: the output's tensor plan (names, dtypes, shapes) is fixed up front from the
 checkpoint and the config; calibration activations are captured once at the first decoder layer; then each
@@ -25,7 +26,7 @@ from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
 from mtk.formats.safetensors_io import SafetensorsWriter
-from mtk.quantizers import QUANTIZERS
+from mtk.quantizers import QUANTIZERS, compressed
 from mtk.quantizers.awq import awq_layer
 from mtk.quantizers.config import Format, QuantizeConfig
 from mtk.quantizers.gptq import QuantizedLinear, gptq_quantize, hessian_update
@@ -53,6 +54,8 @@ def _linear_names(plan: LayerPlan) -> list[str]:
 
 
 def _packed_shapes(out: int, cols: int, cfg: QuantizeConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    if cfg.format == Format.compressed_tensors:
+        return compressed.packed_shapes(out, cols, cfg)
     n = 1 if cfg.group_size == -1 else cols // cfg.group_size
     if cfg.format == Format.gptq:
         return {
@@ -79,6 +82,14 @@ def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
         raise UsageError(f"{name}: GPTQ packing needs an input width divisible by 32 and out*bits by 32")
     if cfg.format == Format.awq and out % 8:
         raise UsageError(f"{name}: AWQ GEMM needs an output width divisible by 8, got {out}")
+    if cfg.format == Format.compressed_tensors:
+        # vLLM allocates whole int32 words: in / (32 / bits) for the weight, out / (32 / bits) for zero points.
+        per_word = 32 // cfg.bits
+        if cols % per_word or (not cfg.sym and out % per_word):
+            raise UsageError(
+                f"{name}: compressed-tensors packing needs an input width (and, with zero points, an output width) "
+                f"divisible by {per_word} at {cfg.bits} bits, got {out}x{cols}"
+            )
 
 
 def output_plan(
@@ -110,11 +121,15 @@ def output_plan(
 def _pack(q: QuantizedLinear, cfg: QuantizeConfig) -> dict[str, torch.Tensor]:
     if cfg.format == Format.gptq:
         return pack_gptq(q.codes, q.scale, q.zero, q.g_idx, cfg.bits)
+    if cfg.format == Format.compressed_tensors:
+        return compressed.pack_compressed(q.codes, q.scale, q.zero, q.g_idx, cfg.bits, bool(cfg.sym))
     return pack_awq(q.codes, q.scale, q.zero)
 
 
 def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
-    """The ``quantization_config`` transformers and GPTQModel read (GPTQModel 7.6's keys)."""
+    """The ``quantization_config`` transformers and GPTQModel (or compressed-tensors) read (GPTQModel 7.6's keys)."""
+    if cfg.format == Format.compressed_tensors:
+        return compressed.quantization_config(cfg)
     meta = {
         "quantizer": [f"mtk:{VERSION}"],
         "damp_percent": cfg.damp_percent,
@@ -250,7 +265,8 @@ def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (dst / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
+    if cfg.format != Format.compressed_tensors:  # GPTQModel's own copy; compressed-tensors reads config.json only
+        (dst / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
     for name in ("generation_config.json", *TOKENIZER_FILES):
         if (src / name).exists():
             shutil.copyfile(src / name, dst / name)
