@@ -269,3 +269,25 @@ def test_refusals(art: dict[str, Path], tiny_models: dict[str, Path], tmp_path: 
     (tmp_path / "short.txt").write_text("In the beginning.")
     proc = run_mtk("bench", str(art["q8"]), "--text", str(tmp_path / "short.txt"))
     assert proc.returncode == 2 and "lower --windows or --ctx" in proc.stderr
+
+
+def test_quantized_folder_labels(tmp_path: Path) -> None:
+    """Bits and group size come from GPTQ/AWQ's top-level keys or from compressed-tensors' config group."""
+    from mtk.bench.artifacts import detect
+
+    configs = {
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 64},
+        "awq": {"quant_method": "awq", "w_bit": 4, "q_group_size": 128},
+        "ct": {
+            "quant_method": "compressed-tensors",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "group_size": 32}}},
+        },
+    }
+    labels = {}
+    for name, qc in configs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": qc}))
+        (folder / "model.safetensors").write_bytes(b"")
+        labels[name] = detect(folder).quantization
+    assert labels == {"gptq": "gptq 4-bit g64", "awq": "awq 4-bit g128", "ct": "compressed-tensors 8-bit g32"}

@@ -64,8 +64,10 @@ def _hf(path: Path) -> Artifact:
         raise InvalidFileError(f"{path}: an HF folder without weights files ({', '.join(HF_WEIGHTS)})")
     q = config.get("quantization_config")
     if q:
-        bits = q.get("bits") or q.get("w_bit")
-        group = q.get("group_size") or q.get("q_group_size")
+        # GPTQ/AWQ keep bits and group size at the top; compressed-tensors in its config group's weight args.
+        weights_args = next(iter(q.get("config_groups", {}).values()), {}).get("weights") or {}
+        bits = q.get("bits") or q.get("w_bit") or weights_args.get("num_bits")
+        group = q.get("group_size") or q.get("q_group_size") or weights_args.get("group_size")
         label = (
             f"{q.get('quant_method', 'quantized')}" + (f" {bits}-bit" if bits else "") + (f" g{group}" if group else "")
         )
