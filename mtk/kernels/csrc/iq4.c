@@ -193,14 +193,8 @@ __attribute__((target("avx2"))) static void iq4_trial_sums_avx2(const iq4_ctx *c
 
 /* The scale of one sub-block of 32 values with weights w: ggml's search, 0 when all |x| < IQ4_ZERO_MAX. */
 static float iq4_subblock_scale(const iq4_ctx *ctx, const float *x, const float *w) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < IQ4_SUB; j++) {
-        float ax = fabsf(x[j]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[j];
-        }
-    }
+    float amax;
+    const float max = mtk_signed_peak(IQ4_SUB, x, &amax);
     if (amax < IQ4_ZERO_MAX) return 0.0f;
     float inv[IQ4_TRIALS], sumqx[IQ4_TRIALS], sumq2[IQ4_TRIALS];
     inv[0] = 1.0f / (-max / (float)IQ4_LEVELS[0]);

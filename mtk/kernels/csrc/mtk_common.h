@@ -22,6 +22,20 @@ static inline float mtk_max(float a, float b) { return a > b ? a : b; }
 static inline float mtk_min(float a, float b) { return a < b ? a : b; }
 static inline int mtk_clamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+/* The value of largest magnitude in x[0..n) (the first one on ties, as ggml's loops) and that magnitude. */
+static inline float mtk_signed_peak(int n, const float *x, float *amax_out) {
+    float max = 0.0f, amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    *amax_out = amax;
+    return max;
+}
+
 /* Round to the nearest integer, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in the
  * low mantissa bits (the same result as lrintf in the default rounding mode, without the libm call). */
 static inline int mtk_nearest_int(float v) {

@@ -121,50 +121,44 @@ static void pack_q5(const uint8_t *L, uint8_t *qh, uint8_t *qs) {
 #define Q4K_BYTES 144
 #define Q5K_BYTES 176
 
-MTK_EXPORT int mtk_encode_q4_k(const float *x, const float *importance, uint8_t *out, int64_t rows, int64_t cols) {
+/* Q4_K and Q5_K differ in nmax, the plain search's candidate grid, whether the importance path caps the
+ * scale codes at 63 (see superblock_importance) and how the codes are packed. Inlined into each exported
+ * function so that nmax stays a compile-time constant in the searches. */
+static inline __attribute__((always_inline)) int encode_q4_q5(const int nmax, const float plain_rmin,
+                                                              const int plain_nstep, const float *x,
+                                                              const float *importance, uint8_t *out, int64_t rows,
+                                                              int64_t cols) {
     if (cols % QK_K) return -1;
     const int64_t nb = cols / QK_K;
+    const int type_bytes = nmax == 15 ? Q4K_BYTES : Q5K_BYTES;
     qkx_plan plan;
     if (importance)
-        qkx_plan_init(&plan, 15, -0.9f, 0.05f, 36);
+        qkx_plan_init(&plan, nmax, -0.9f, 0.05f, 36);
     else
-        qkx_plan_init(&plan, 15, -1.0f, 0.1f, 20);
+        qkx_plan_init(&plan, nmax, plain_rmin, 0.1f, plain_nstep);
     uint8_t L[QK_K];
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = x + r * cols + b * QK_K;
-            uint8_t *ob = out + (r * nb + b) * Q4K_BYTES;
+            uint8_t *ob = out + (r * nb + b) * type_bytes;
             if (importance)
-                superblock_importance(15, 0, &plan, xb, importance + b * QK_K, ob, L);
+                superblock_importance(nmax, nmax == 31, &plan, xb, importance + b * QK_K, ob, L);
             else
-                superblock_plain(15, &plan, xb, ob, L);
-            recode(15, xb, ob, L);
-            pack_q4(L, ob + 16);
+                superblock_plain(nmax, &plan, xb, ob, L);
+            recode(nmax, xb, ob, L);
+            if (nmax == 15)
+                pack_q4(L, ob + 16);
+            else
+                pack_q5(L, ob + 16, ob + 48);
         }
     }
     return 0;
 }
 
+MTK_EXPORT int mtk_encode_q4_k(const float *x, const float *importance, uint8_t *out, int64_t rows, int64_t cols) {
+    return encode_q4_q5(15, -1.0f, 20, x, importance, out, rows, cols);
+}
+
 MTK_EXPORT int mtk_encode_q5_k(const float *x, const float *importance, uint8_t *out, int64_t rows, int64_t cols) {
-    if (cols % QK_K) return -1;
-    const int64_t nb = cols / QK_K;
-    qkx_plan plan;
-    if (importance)
-        qkx_plan_init(&plan, 31, -0.9f, 0.05f, 36);
-    else
-        qkx_plan_init(&plan, 31, -0.5f, 0.1f, 15);
-    uint8_t L[QK_K];
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + r * cols + b * QK_K;
-            uint8_t *ob = out + (r * nb + b) * Q5K_BYTES;
-            if (importance)
-                superblock_importance(31, 1, &plan, xb, importance + b * QK_K, ob, L);
-            else
-                superblock_plain(31, &plan, xb, ob, L);
-            recode(31, xb, ob, L);
-            pack_q5(L, ob + 16, ob + 48);
-        }
-    }
-    return 0;
+    return encode_q4_q5(31, -0.5f, 15, x, importance, out, rows, cols);
 }

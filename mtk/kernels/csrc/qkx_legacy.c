@@ -32,38 +32,27 @@ static inline __attribute__((always_inline)) void fit_block(const int nmax, cons
     mtk_store_f16(out + 2, -min);
 }
 
-MTK_EXPORT int mtk_encode_q4_1_importance(const float *x, const float *importance, uint8_t *out, int64_t rows,
-                                          int64_t cols) {
+/* Q4_1 (20-byte blocks: d, -min, 16 bytes of nibbles) and Q5_1 (24 bytes: d, -min, 4 bytes of fifth bits,
+ * 16 bytes of low nibbles) share everything but nmax and the packing; inlined so nmax stays constant. */
+static inline __attribute__((always_inline)) int encode_q4_q5_1(const int nmax, const float *x,
+                                                                const float *importance, uint8_t *out,
+                                                                int64_t rows, int64_t cols) {
     if (cols % QK) return -1;
     const int64_t nb = cols / QK;
+    const int type_bytes = nmax == 15 ? 20 : 24;
     qkx_plan plan;
-    qkx_plan_init(&plan, 15, -0.9f, 0.05f, 36);
+    qkx_plan_init(&plan, nmax, -0.9f, 0.05f, 36);
     uint8_t L[QK];
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         const float sigma2 = row_sigma2(xr, cols);
         for (int64_t b = 0; b < nb; b++) {
-            uint8_t *ob = out + (r * nb + b) * 20;
-            fit_block(15, &plan, xr + b * QK, importance + b * QK, sigma2, ob, L);
-            for (int j = 0; j < 16; j++) ob[4 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
-        }
-    }
-    return 0;
-}
-
-MTK_EXPORT int mtk_encode_q5_1_importance(const float *x, const float *importance, uint8_t *out, int64_t rows,
-                                          int64_t cols) {
-    if (cols % QK) return -1;
-    const int64_t nb = cols / QK;
-    qkx_plan plan;
-    qkx_plan_init(&plan, 31, -0.9f, 0.05f, 36);
-    uint8_t L[QK];
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * cols;
-        const float sigma2 = row_sigma2(xr, cols);
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *ob = out + (r * nb + b) * 24;
-            fit_block(31, &plan, xr + b * QK, importance + b * QK, sigma2, ob, L);
+            uint8_t *ob = out + (r * nb + b) * type_bytes;
+            fit_block(nmax, &plan, xr + b * QK, importance + b * QK, sigma2, ob, L);
+            if (nmax == 15) {
+                for (int j = 0; j < 16; j++) ob[4 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+                continue;
+            }
             uint32_t qh = 0;
             for (int j = 0; j < 16; j++) {
                 ob[8 + j] = (uint8_t)((L[j] & 0xF) | ((L[j + 16] & 0xF) << 4));
@@ -74,4 +63,14 @@ MTK_EXPORT int mtk_encode_q5_1_importance(const float *x, const float *importanc
         }
     }
     return 0;
+}
+
+MTK_EXPORT int mtk_encode_q4_1_importance(const float *x, const float *importance, uint8_t *out, int64_t rows,
+                                          int64_t cols) {
+    return encode_q4_q5_1(15, x, importance, out, rows, cols);
+}
+
+MTK_EXPORT int mtk_encode_q5_1_importance(const float *x, const float *importance, uint8_t *out, int64_t rows,
+                                          int64_t cols) {
+    return encode_q4_q5_1(31, x, importance, out, rows, cols);
 }

@@ -153,16 +153,7 @@ static inline int q3_pass(int nmax, const float *x, const float *w, const float 
 #else /* portable C */
 
 static inline float qx_signed_max(int n, const float *x, float *amax_out) {
-    float max = 0.0f, amax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    *amax_out = amax;
-    return max;
+    return mtk_signed_peak(n, x, amax_out);
 }
 
 /* Rounding by adding and removing 1.5 * 2^23 equals ggml's nearest_int for |v| < 2^22 (|iscale x| stays
