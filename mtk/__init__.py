@@ -1,0 +1,1 @@
+"""mtk: convert, quantize and export language-model checkpoints, every artifact verified in its runtime."""
