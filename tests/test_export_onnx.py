@@ -79,6 +79,18 @@ def test_llama_with_past_layout(llama_onnx: tuple[Path, dict]) -> None:
     assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
 
 
+def test_graph_holds_no_path_of_this_machine(llama_onnx: tuple[Path, dict]) -> None:
+    """torch.onnx's per-node stack traces (absolute paths of the checkout and the virtual environment) are dropped,
+    so the bytes do not depend on where mtk runs from."""
+    import sys
+
+    import mtk
+
+    data = (llama_onnx[0] / "model.onnx").read_bytes()
+    for where in (str(Path(mtk.__file__).resolve().parent.parent), sys.prefix, "site-packages"):
+        assert where.encode() not in data, where
+
+
 def test_llama_dynamic_batch_and_past(llama_onnx: tuple[Path, dict], tiny_models: dict[str, Path]) -> None:
     """Batch 3, a 5-token prefill then a 2-token chunk through the cache, against PyTorch's own cache."""
     out, _ = llama_onnx

@@ -237,6 +237,7 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
             optimize=True,
             verbose=False,
         )
+    _drop_stack_traces(program)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
@@ -244,6 +245,16 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
         key = args[3][0]
         graph["cache"] = {"layers": layers, "kv_heads": key.shape[1], "head_dim": key.shape[3], "dtype": "float32"}
     return graph
+
+
+def _drop_stack_traces(program: Any) -> None:
+    """torch.onnx stores each node's Python stack trace, with this machine's absolute paths, in the node's
+    metadata: the same export then gives other bytes from another checkout or virtual environment. Drop it (the
+    other metadata, the FX node and module names, does not depend on where things are installed)."""
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(program.model.graph):
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def _post_process(src: Path, dst: Path, config: OnnxExportConfig, external: bool) -> list[str]:
