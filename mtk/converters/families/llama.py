@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mtk.converters.family import LLAMA_TENSORS, Family, register
+from mtk.converters.family import LLAMA_PLAN, LLAMA_TENSORS, Family, TinyModel, register
 
 LLAMA = register(
     Family(
@@ -12,5 +12,13 @@ LLAMA = register(
         tensors=LLAMA_TENSORS,
         permute_qk=True,
         also_exports=("MistralForCausalLM",),
+        also_model_types=("mistral",),
+        layer_plan=LLAMA_PLAN,
+        tiny=(
+            # GQA, RoPE base 10000 and an untied head; the byte-level BPE tokenizer is SmolLM2's (a llama too).
+            TinyModel("llama", "TinyLlama/TinyLlama_v1.1", "llama", "bpe", {"rope_theta": 10000.0}),
+            # v0.3 has no sliding window (v0.1's 4096 is one llama.cpp ignores); SentencePiece tokenizer.
+            TinyModel("mistral", "mistralai/Mistral-7B-v0.3", "mistral", "spm", {"sliding_window": None}),
+        ),
     )
 )
