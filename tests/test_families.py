@@ -104,10 +104,14 @@ def test_rope_rows_write_their_keys_and_read_them_back(params: dict, keys: dict)
     meta = rope.gguf_metadata(layout, SimpleNamespace(rope_parameters=params), "qwen2")
     assert meta == {f"qwen2.{k}": v for k, v in keys.items()}
     assert list(meta) == [f"qwen2.{k}" for k in keys]  # freq_base first: the header's byte order
-    assert rope.hf_parameters(layout, meta, "qwen2", ()) == params
+    assert rope.hf_parameters(layout, meta, "qwen2", (), NO_TENSORS) == params
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "llama3", "longrope"])
+def NO_TENSORS(name: str) -> torch.Tensor:
+    raise AssertionError(f"{name} was read")
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
 def test_rope_rows_without_support_are_refused_both_ways(kind: str) -> None:
     config = SimpleNamespace(rope_parameters={"rope_type": kind, "rope_theta": 10000.0, "factor": 8.0})
     with pytest.raises(UnsupportedError, match=f"'{kind}' is not supported by gguf-export"):
@@ -115,16 +119,16 @@ def test_rope_rows_without_support_are_refused_both_ways(kind: str) -> None:
     tensors = rope.ROPE_TYPES[kind].tensors
     if tensors:  # what marks it in a GGUF
         with pytest.raises(UnsupportedError, match=f"'{kind}' is not supported by gguf-import"):
-            rope.hf_parameters(rope.RopeLayout(), {}, "llama", {tensors[0]})
+            rope.hf_parameters(rope.RopeLayout(), {}, "llama", {tensors[0]}, NO_TENSORS)
     assert UnsupportedError.exit_code == 3
     with pytest.raises(UnsupportedError, match="'su' is not supported by gguf-import"):
-        rope.hf_parameters(rope.RopeLayout(), {"llama.rope.scaling.type": "su"}, "llama", ())
+        rope.hf_parameters(rope.RopeLayout(), {"llama.rope.scaling.type": "su"}, "llama", (), NO_TENSORS)
 
 
 def test_gemma3_keeps_per_layer_type_rope_through_the_table() -> None:
     layout = family_for_gguf("gemma3").rope
     sliding = {"rope_type": "default", "rope_theta": 10000.0}
-    assert rope.hf_parameters(layout, {}, "gemma3", ()) == {
+    assert rope.hf_parameters(layout, {}, "gemma3", (), NO_TENSORS) == {
         "full_attention": {"rope_type": "default", "rope_theta": 1e6},
         "sliding_attention": sliding,
     }
@@ -136,7 +140,7 @@ def test_gemma3_keeps_per_layer_type_rope_through_the_table() -> None:
         "gemma3.rope.scaling.type": "linear",
         "gemma3.rope.scaling.factor": 8.0,
     }
-    assert rope.hf_parameters(layout, meta, "gemma3", ()) == config.rope_parameters
+    assert rope.hf_parameters(layout, meta, "gemma3", (), NO_TENSORS) == config.rope_parameters
     # llama.cpp runs sliding layers at base 10000 whatever the config says: another base is refused.
     other = SimpleNamespace(
         rope_parameters={"full_attention": full, "sliding_attention": {**sliding, "rope_theta": 5e4}}
@@ -148,8 +152,8 @@ def test_gemma3_keeps_per_layer_type_rope_through_the_table() -> None:
 def test_synthesised_tensors_are_planned_written_and_refused_on_import(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A family may compute GGUF tensors no checkpoint holds (llama.cpp's rope_freqs.weight for llama3):
-    planned first, written, and on import read by the RoPE table, which refuses llama3 for now (exit 3)."""
+    """A family may compute GGUF tensors no checkpoint holds: planned first and written. rope_freqs.weight is
+    read back by the RoPE table on import, which refuses factors that are not llama3's (exit 3)."""
     values = torch.linspace(1.0, 8.0, 8)
     made = {"rope_freqs.weight": Synthesised((8,), lambda: values)}
     fam = dataclasses.replace(family_for_hf("LlamaForCausalLM"), synthesise=lambda config: made)
@@ -164,5 +168,39 @@ def test_synthesised_tensors_are_planned_written_and_refused_on_import(
     assert first.name == "rope_freqs.weight" and first.qtype == GGMLQuantizationType.F32 and first.shape == (8,)
     assert torch.equal(g.tensor_bytes(first).view(torch.float32), values)
     r = run_mtk("gguf-import", str(out), "-o", str(tmp_path / "hf"), "--no-verify")
-    assert r.returncode == 3 and "'llama3'" in r.stderr and "rope_freqs.weight" in r.stderr, r.stderr
+    assert r.returncode == 3 and "rope_freqs.weight is not llama3 RoPE" in r.stderr, r.stderr
     assert not (tmp_path / "hf").exists()
+
+
+def test_llama3_rope_exports_rope_freqs_that_llama_cpp_runs_and_imports_back(tmp_path: Path) -> None:
+    """A Llama 3.1-style RoPE with its smooth band inside the prompts (original context 64, so most
+    frequencies are scaled): llama.cpp agrees with transformers only with the factors (without them: max
+    |diff| 1.8), and the import recovers the same rope_parameters."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    params = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    src = build_tiny_model("llama", tmp_path / "src", rope_parameters=params)
+    out = tmp_path / "m.gguf"
+    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), verify=True)
+    assert result["verification"]["logits"]["max_abs"] < 1e-4, result["verification"]
+    g = open_gguf(out)
+    freqs = g.tensor_bytes(g.by_name["rope_freqs.weight"]).view(torch.float32)
+    # head_dim 16: wavelengths 6.3 (< 64/4: kept), 19.9 and 62.8 (the smooth band), then > 64 (divided by 8).
+    assert freqs[0] == 1.0 and 1.0 < freqs[1] < freqs[2] < 8.0 and torch.all(freqs[3:] == 8.0), freqs
+    assert "llama.rope.scaling.type" not in g.metadata  # llama.cpp's converter writes none for llama3
+    back = gguf_import(out, tmp_path / "hf", verify=True)
+    assert back["verification"]["logits"]["max_abs"] < 1e-4
+    config = AutoConfig.from_pretrained(tmp_path / "hf")
+    assert config.rope_parameters == params
+    qwen = SimpleNamespace(rope_parameters=params, head_dim=16)
+    with pytest.raises(UnsupportedError, match="qwen2 loader does not read rope_freqs.weight"):
+        family_for_gguf("qwen2").synthesised(qwen)

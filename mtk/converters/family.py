@@ -22,14 +22,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from mtk.converters.rope import RopeLayout
+from mtk.converters import rope
+from mtk.converters.rope import RopeLayout, Synthesised
 from mtk.errors import UnsupportedError
 from mtk.registry import Registry
-
-if TYPE_CHECKING:
-    import torch
 
 Metadata = Mapping[str, Any]
 
@@ -134,14 +132,6 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
-class Synthesised:
-    """A GGUF tensor the exporter computes (no checkpoint tensor holds it), e.g. llama.cpp's rope_freqs."""
-
-    shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]  # float32, in GGUF layout
-
-
-@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -162,7 +152,7 @@ class Family:
     also_exports: tuple[str, ...] = ()
     also_model_types: tuple[str, ...] = ()
     rope: RopeLayout = field(default_factory=RopeLayout)
-    # GGUF tensors the exporter computes from the config: name -> tensor (none of the built-ins yet).
+    # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
@@ -196,8 +186,9 @@ class Family:
         return out
 
     def synthesised(self, config: Any) -> dict[str, Synthesised]:
-        """The GGUF tensors to compute for a transformers config, in the order they are written (first)."""
-        return self.synthesise(config) if self.synthesise else {}
+        """The GGUF tensors to compute for a transformers config (its RoPE type's, then the family's own)."""
+        own = self.synthesise(config) if self.synthesise else {}
+        return {**rope.gguf_tensors(self.rope, config, self.gguf_arch), **own}
 
     @property
     def model_types(self) -> tuple[str, ...]:

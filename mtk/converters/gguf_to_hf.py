@@ -65,7 +65,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     cfg["tie_word_embeddings"] = "output.weight" not in model.by_name
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
     cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
-    cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name)
+    cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
     for key, field in (
         ("bos_token_id", "bos_token_id"),
         ("eos_token_id", "eos_token_id"),
@@ -76,6 +76,12 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     if family.extra_config:
         cfg.update(family.extra_config(meta, arch))
     return cfg
+
+
+def _values(model: GGUFModel, name: str) -> torch.Tensor:
+    """A GGUF tensor's values as float32, on the CPU."""
+    info = model.by_name[name]
+    return dequantize(model.tensor_bytes(info), info.qtype, info.shape).float().cpu()
 
 
 def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[PlannedTensor]:

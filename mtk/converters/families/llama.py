@@ -1,8 +1,10 @@
-"""Llama (and Mistral, which llama.cpp converts to the llama architecture): NORM RoPE, Q/K rows permuted."""
+"""Llama (and Mistral, which llama.cpp converts to the llama architecture): NORM RoPE, Q/K rows permuted;
+Llama 3.1+ RoPE through rope_freqs.weight."""
 
 from __future__ import annotations
 
 from mtk.converters.family import LLAMA_PLAN, LLAMA_TENSORS, Family, TinyModel, register
+from mtk.converters.rope import RopeLayout
 
 LLAMA = register(
     Family(
@@ -13,6 +15,7 @@ LLAMA = register(
         permute_qk=True,
         also_exports=("MistralForCausalLM",),
         also_model_types=("mistral",),
+        rope=RopeLayout(freq_factors=True),  # llama.cpp's llama loader reads rope_freqs.weight (Llama 3.1+)
         layer_plan=LLAMA_PLAN,
         tiny=(
             # GQA, RoPE base 10000 and an untied head; the byte-level BPE tokenizer is SmolLM2's (a llama too).
