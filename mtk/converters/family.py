@@ -152,6 +152,8 @@ class Family:
     also_exports: tuple[str, ...] = ()
     also_model_types: tuple[str, ...] = ()
     rope: RopeLayout = field(default_factory=RopeLayout)
+    # HF tensor name endings gguf-export skips: buffers with no weights llama.cpp needs (it recomputes them).
+    dropped: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.

@@ -46,8 +46,6 @@ NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
 IMPORTANCE_TYPES = frozenset(
     {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
 )
-# HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
-SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ def plan_hf(
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
     for hf_name in ckpt.names():
-        if hf_name.endswith(SKIPPED_SUFFIXES):
+        if hf_name.endswith(family.dropped):
             continue
         found = family.hf_to_gguf(hf_name)
         if found is None:

@@ -119,7 +119,7 @@ def _llama3_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
 
 
 def _llama3_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
-    """The llama3 parameters that give back ``rope_freqs.weight`` exactly.
+    """The llama3 parameters whose factors equal ``rope_freqs.weight`` (to float32 rounding).
 
     Only the ratios O/L and O/H are fixed by the factors, so L and H are taken as Meta's (1 and 4); O comes
     from the smooth band, or is Meta's 8192 when no frequency falls in it. Anything else is refused.
