@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_mtk
+from fixtures_models import QUANTIZABLE
 from test_memory import child_peak_mib
 
 from mtk.quantizers.calibration import tokenize_windows
@@ -17,7 +18,6 @@ from mtk.quantizers.gptq import column_order, gptq_quantize
 from mtk.quantizers.grid import fit_gptq, from_codes, rtn, to_codes
 from mtk.quantizers.pack import pack_awq, pack_bits, pack_gptq, unpack_awq, unpack_bits, unpack_gptq
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 MiB = 1 << 20
 
 
@@ -186,7 +186,7 @@ def _check_result(out: Path, result: dict, method: str) -> dict:
     return v["quality"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", QUANTIZABLE)
 def test_every_family_loads_in_transformers_at_4_bits(
     family: str, tiny_models: dict, calibration: Path, tmp_path: Path
 ) -> None:
@@ -232,9 +232,9 @@ def _quantize(src: Path, out: Path, calibration: Path, method: str, bits: int) -
 def test_awq_scales_and_clipping_beat_round_to_nearest() -> None:
     from torch import nn
 
+    from mtk.converters.family import ScaleGroup
     from mtk.quantizers.awq import apply_scales, awq_codes, clip_weight, sample_tokens, search_clip, search_scales
     from mtk.quantizers.grid import fit_awq
-    from mtk.quantizers.layers import ScaleGroup
 
     torch.manual_seed(0)
     layer = nn.Module()

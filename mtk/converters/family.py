@@ -1,8 +1,13 @@
-"""Model families as data: how a GGUF architecture maps to a transformers model, in both directions.
+"""Model families as data: everything mtk knows about one architecture, for every command.
 
-Each family module (``llama.py``, ``qwen2.py``, ...) builds one :class:`Family` and registers it under its
-GGUF architecture name. Tensor maps are templates: ``{bid}`` is the block (layer) index and ``{xid}`` the
-expert index. The transforms that differ between families are flags here, applied by the converters:
+Each family module (``families/llama.py``, ``families/qwen.py``, ...) builds its :class:`Family` rows and
+registers each under its GGUF architecture name; lookups go by GGUF architecture, HF architecture or
+transformers model_type. A family holds the GGUF <-> HF tensor maps, the hyper-parameter keys, where its
+config keeps RoPE (:mod:`mtk.converters.rope` holds the RoPE types themselves), tensors the exporter
+synthesises, the quantizers' :class:`LayerPlan`, and the tiny test checkpoints that mirror real models.
+
+Tensor maps are templates: ``{bid}`` is the block (layer) index and ``{xid}`` the expert index. The
+transforms that differ between families are flags here, applied by the converters:
 
 - ``permute_qk``: llama.cpp's NORM RoPE expects Q/K rows interleaved per head (pairs ``(i, i + d/2)``
   become neighbours); HF keeps the halves apart. Families using NEOX RoPE (qwen, phi3, gemma) need none.
@@ -17,8 +22,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from mtk.converters import rope
+from mtk.converters.rope import RopeLayout, Synthesised
+from mtk.errors import UnsupportedError
 from mtk.registry import Registry
 
 Metadata = Mapping[str, Any]
@@ -55,6 +63,75 @@ LLAMA_TENSORS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class ScaleGroup:
+    """One AWQ scaling group: the operation whose output feeds ``linears`` (``prev``), the module whose output
+    the scale search compares (``inspect``), and which rows of ``prev`` carry the scaled channels."""
+
+    prev: str
+    linears: tuple[str, ...]
+    inspect: str
+    # "all" rows of prev, or the "second_half" (Phi-3's fused gate_up_proj feeds down_proj through its up half).
+    prev_rows: Literal["all", "second_half"] = "all"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What a family's decoder layer looks like to the quantizers (module names relative to the layer).
+
+    ``sequential`` lists the layer's Linear modules in groups that see the same input, in forward order
+    (GPTQ's true-sequential order: a later group is calibrated on the outputs of the already-quantized
+    earlier ones). ``awq`` lists AWQ's scaling groups. Gemma's norms multiply by ``1 + weight``
+    (``norm_offset`` 1), which changes how a scale is folded in.
+    """
+
+    sequential: tuple[tuple[str, ...], ...]
+    awq: tuple[ScaleGroup, ...]
+    norm_offset: float = 0.0
+    # AutoAWQ leaves q/k out of the clipping search: their outputs meet in a softmax, not a sum.
+    no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+# The llama layer most families share: a norm before q/k/v and one before gate/up.
+LLAMA_PLAN = LayerPlan(
+    sequential=(QKV, ("self_attn.o_proj",), GATE_UP, ("mlp.down_proj",)),
+    awq=(
+        ScaleGroup("input_layernorm", QKV, "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup("post_attention_layernorm", GATE_UP, "mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+    ),
+)
+
+TokenizerKind = Literal["bpe", "spm", "gemma"]
+# The shape every tiny test checkpoint shares unless its row overrides it.
+TINY_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "initializer_range": 0.1,
+    "rms_norm_eps": 1e-6,
+}
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny random checkpoint the tests build (tests/fixtures_models.py), keeping one real model's quirks."""
+
+    name: str  # the test id, e.g. "mistral"
+    mirrors: str  # the real model whose config quirks it keeps, e.g. "Qwen/Qwen3-8B"
+    model_type: str
+    tokenizer: TokenizerKind
+    config: Mapping[str, Any] = field(default_factory=dict)  # over TINY_SHAPE
+    # Special tokens llama.cpp expects in the vocabulary (it recognises Phi-3 by name and wants its chat tokens).
+    special_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -71,8 +148,17 @@ class Family:
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
     export_config: Callable[[Any], dict[str, Any]] | None = None
-    # Other HF architectures that export to this GGUF architecture (e.g. Mistral -> llama).
+    # Other HF architectures (and their model_types) that export to this GGUF architecture (Mistral -> llama).
     also_exports: tuple[str, ...] = ()
+    also_model_types: tuple[str, ...] = ()
+    rope: RopeLayout = field(default_factory=RopeLayout)
+    # HF tensor name endings gguf-export skips: buffers with no weights llama.cpp needs (it recomputes them).
+    dropped: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
+    synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
+    # How mtk quantize walks a decoder layer; None: quantize refuses the family.
+    layer_plan: LayerPlan | None = None
+    tiny: tuple[TinyModel, ...] = ()
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
         """The HF template of a GGUF tensor name and its indices, or None when the name is unknown."""
@@ -100,6 +186,15 @@ class Family:
         if self.export_config:
             out.update(self.export_config(config))
         return out
+
+    def synthesised(self, config: Any) -> dict[str, Synthesised]:
+        """The GGUF tensors to compute for a transformers config (its RoPE type's, then the family's own)."""
+        own = self.synthesise(config) if self.synthesise else {}
+        return {**rope.gguf_tensors(self.rope, config, self.gguf_arch), **own}
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return (self.model_type, *self.also_model_types)
 
     @property
     def hf_template_to_gguf(self) -> dict[str, str]:
@@ -149,18 +244,41 @@ def family_for_gguf(arch: str) -> Family:
     return FAMILIES.get(arch)
 
 
-def family_for_hf(architecture: str) -> Family:
+def all_families() -> list[Family]:
     _load_builtin()
-    for name in FAMILIES.names():
-        fam = FAMILIES.get(name)
+    return [FAMILIES.get(name) for name in FAMILIES.names()]
+
+
+def family_for_hf(architecture: str) -> Family:
+    for fam in all_families():
         if architecture == fam.hf_architecture or architecture in fam.also_exports:
             return fam
-    from mtk.errors import UnsupportedError
-
     known = sorted(
         {a for n in FAMILIES.names() for a in (FAMILIES.get(n).hf_architecture, *FAMILIES.get(n).also_exports)}
     )
     raise UnsupportedError(f"unsupported architecture {architecture!r}; supported: {', '.join(known)}")
+
+
+def family_for_model_type(model_type: str) -> Family:
+    for fam in all_families():
+        if model_type in fam.model_types:
+            return fam
+    known = sorted(t for f in all_families() for t in f.model_types)
+    raise UnsupportedError(f"unsupported model type {model_type!r}; supported: {', '.join(known)}")
+
+
+def layer_plan(model_type: str) -> LayerPlan:
+    """The quantize plan of a transformers model_type; families without one are refused."""
+    plans = {t: f.layer_plan for f in all_families() if f.layer_plan is not None for t in f.model_types}
+    if model_type not in plans:
+        known = ", ".join(sorted(plans))
+        raise UnsupportedError(f"mtk quantize does not support model type {model_type!r} (supported: {known})")
+    return plans[model_type]
+
+
+def tiny_models() -> list[TinyModel]:
+    """Every registered family's tiny test checkpoints (what the tests parametrise over)."""
+    return [t for f in all_families() for t in f.tiny]
 
 
 def _load_builtin() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
+from mtk.converters import rope
 from mtk.converters.family import Family, family_for_gguf
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats.atomic import atomic_dir
@@ -64,18 +65,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     cfg["tie_word_embeddings"] = "output.weight" not in model.by_name
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
     cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
-    rope: dict[str, Any] = {
-        "rope_type": "default",
-        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-    }
-    scaling = meta.get(f"{arch}.rope.scaling.type")
-    if scaling in ("linear", "yarn"):
-        rope.update(rope_type=scaling, factor=float(meta[f"{arch}.rope.scaling.factor"]))
-        if scaling == "yarn":
-            rope["original_max_position_embeddings"] = meta[f"{arch}.rope.scaling.original_context_length"]
-    elif scaling not in (None, "none"):
-        raise UnsupportedError(f"RoPE scaling {scaling!r} is not supported by gguf-import")
-    cfg["rope_parameters"] = rope
+    cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
     for key, field in (
         ("bos_token_id", "bos_token_id"),
         ("eos_token_id", "eos_token_id"),
@@ -88,6 +78,12 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     return cfg
 
 
+def _values(model: GGUFModel, name: str) -> torch.Tensor:
+    """A GGUF tensor's values as float32, on the CPU."""
+    info = model.by_name[name]
+    return dequantize(model.tensor_bytes(info), info.qtype, info.shape).float().cpu()
+
+
 def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[PlannedTensor]:
     """Map every GGUF tensor to its HF tensor(s); unknown tensors and inconsistent shapes are errors.
 
@@ -97,6 +93,8 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     plan: list[PlannedTensor] = []
     per_block: dict[int, set[str]] = {}
     for info in model.tensors:
+        if info.name in rope.ROPE_TENSORS:
+            continue  # read into rope_parameters by hf_config
         found = family.gguf_to_hf(info.name)
         if found is None:
             raise UnsupportedError(f"{model.path}: tensor {info.name} has no {family.hf_architecture} counterpart")

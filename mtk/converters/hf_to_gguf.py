@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from gguf import GGMLQuantizationType
 
-from mtk.converters.family import Family, family_for_hf
+from mtk.converters import rope
+from mtk.converters.family import Family, Synthesised, family_for_hf
 from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
 from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
@@ -45,41 +46,19 @@ NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
 IMPORTANCE_TYPES = frozenset(
     {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
 )
-# HF tensors that carry no weights llama.cpp needs (buffers recomputed at load time).
-SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
 class ExportTensor:
-    """One GGUF tensor: its target type, and where its values come from (HF names, or a GGUF tensor)."""
+    """One GGUF tensor: its target type, and where its values come from (HF names, a GGUF tensor, or
+    ``synthesised`` from the config when no source tensor holds it)."""
 
     name: str
     template: str
     qtype: GGMLQuantizationType
     shape: tuple[int, ...]
     sources: tuple[str, ...]
-
-
-def _rope_theta(config: Any) -> float:
-    rope = getattr(config, "rope_parameters", None) or {}
-    if "full_attention" in rope:
-        rope = rope["full_attention"]
-    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-
-
-def _rope_scaling(config: Any, arch: str) -> dict[str, Any]:
-    rope = getattr(config, "rope_parameters", None) or {}
-    if "full_attention" in rope:
-        rope = rope["full_attention"]
-    kind = rope.get("rope_type", "default")
-    if kind == "default":
-        return {}
-    if kind in ("linear", "yarn"):
-        out: dict[str, Any] = {f"{arch}.rope.scaling.type": kind, f"{arch}.rope.scaling.factor": float(rope["factor"])}
-        if kind == "yarn" and rope.get("original_max_position_embeddings"):
-            out[f"{arch}.rope.scaling.original_context_length"] = int(rope["original_max_position_embeddings"])
-        return out
-    raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by gguf-export yet")
+    synthesised: Synthesised | None = None
 
 
 def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRules) -> dict[str, Any]:
@@ -102,8 +81,7 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     meta[f"{arch}.attention.key_length"] = head_dim
     meta[f"{arch}.attention.value_length"] = head_dim
     meta[f"{arch}.rope.dimension_count"] = rotary
-    meta[f"{arch}.rope.freq_base"] = _rope_theta(config)
-    meta.update(_rope_scaling(config, arch))
+    meta.update(rope.gguf_metadata(family.rope, config, arch))
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
     return meta
@@ -134,12 +112,20 @@ def shape_from_gguf(model: GGUFModel) -> ModelShape:
     return ModelShape(arch, first("block_count"), heads, first("attention.head_count_kv", heads), first("expert_count"))
 
 
-def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules, model: ModelShape) -> list[ExportTensor]:
-    """GGUF tensors in checkpoint order, experts of a layer stacked into one tensor."""
+def plan_hf(
+    family: Family,
+    ckpt: HFCheckpoint,
+    rules: TypeRules,
+    model: ModelShape,
+    synthesised: dict[str, Synthesised] | None = None,
+) -> list[ExportTensor]:
+    """GGUF tensors: the ``synthesised`` ones first (as llama.cpp's converter writes its generated tensors),
+    then checkpoint order, experts of a layer stacked into one tensor."""
+    synthesised = synthesised or {}
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
     for hf_name in ckpt.names():
-        if hf_name.endswith(SKIPPED_SUFFIXES):
+        if hf_name.endswith(family.dropped):
             continue
         found = family.hf_to_gguf(hf_name)
         if found is None:
@@ -149,12 +135,16 @@ def plan_hf(family: Family, ckpt: HFCheckpoint, rules: TypeRules, model: ModelSh
         name = template.format(**idx)
         groups.setdefault(name, {})[xid] = hf_name
         templates[name] = template
-    shapes: dict[str, tuple[int, ...]] = {}
+    clash = sorted(set(synthesised) & set(groups))
+    if clash:
+        raise InvalidFileError(f"{ckpt.path}: the checkpoint holds {clash[0]}, which gguf-export computes itself")
+    shapes: dict[str, tuple[int, ...]] = {name: s.shape for name, s in synthesised.items()}
     for name, members in groups.items():
         shape = ckpt.shape(members[min(members)])
         shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
     types = plan_types(list(shapes.items()), model, rules)
-    return [
+    made = [ExportTensor(n, n, types[n], shapes[n], (), synthesised=s) for n, s in synthesised.items()]
+    return made + [
         ExportTensor(name, templates[name], types[name], shapes[name], tuple(m[i] for i in sorted(m)))
         for name, m in groups.items()
     ]
@@ -173,6 +163,8 @@ def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, device: torch.device) -> torch.Tensor:
     """The float32 GGUF-layout tensor for one planned tensor of an HF source."""
+    if t.synthesised is not None:
+        return t.synthesised.make().to(device=device, dtype=torch.float32)
     parts = [ckpt.get(s).to(device=device, dtype=torch.float32) for s in t.sources]
     w = torch.stack(parts) if t.template in family.expert_tensors else parts[0]
     if family.permute_qk and t.template.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
@@ -220,7 +212,8 @@ class _Source:
         self.ckpt = HFCheckpoint(path)
         self.config = AutoConfig.from_pretrained(str(path))
         self.family = family_for_hf(self.ckpt.architecture)
-        self.plan = plan_hf(self.family, self.ckpt, rules, shape_from_config(self.family, self.config))
+        model = shape_from_config(self.family, self.config)
+        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}

@@ -1,6 +1,6 @@
 """AWQ (Lin et al., 2023): activation-aware channel scales, then a clipping search, for one decoder layer.
 
-For each scaling group (an operation feeding some Linears, see ``layers.py``) the search tries
+For each scaling group (an operation feeding some Linears, see ``mtk.converters.family.LayerPlan``) the search tries
 ``s = mean|x|^a / mean|w_normalised|^(1-a)`` for ``a`` on a grid of ``n_grid`` points in [0, 1), folds ``s`` into
 the Linears' input columns (``W diag(s)``) and the inverse into the previous operation, fake-quantizes, and keeps
 the ``a`` whose inspected module output is closest (mean squared error) to the unquantized one. Then, per
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtk.converters.family import LayerPlan, ScaleGroup
 from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import fit_awq, from_codes, grouped, to_codes
-from mtk.quantizers.layers import LayerPlan, ScaleGroup
 
 N_GRID = 20
 MAX_SHRINK = 0.5

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtk.converters.family import LayerPlan, layer_plan
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -31,7 +32,6 @@ from mtk.quantizers.awq import awq_layer
 from mtk.quantizers.config import Format, QuantizeConfig
 from mtk.quantizers.gptq import QuantizedLinear, gptq_quantize, hessian_update
 from mtk.quantizers.grid import rtn
-from mtk.quantizers.layers import LayerPlan, layer_plan
 from mtk.quantizers.layerwise import LayerwiseModel, _Stop, layer_output, to_device
 from mtk.quantizers.pack import pack_awq, pack_gptq
 from mtk.runtime import resolve_device

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtk.converters.family import COMMON_HPARAMS, Family, Metadata, register
+from mtk.converters.family import (
+    COMMON_HPARAMS,
+    GATE_UP,
+    LLAMA_PLAN,
+    QKV,
+    Family,
+    LayerPlan,
+    Metadata,
+    ScaleGroup,
+    TinyModel,
+    register,
+)
+from mtk.converters.rope import RopeLayout
 
 GEMMA_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -50,23 +62,11 @@ def _gemma2_config(meta: Metadata, arch: str) -> dict[str, Any]:
 
 def _gemma3_config(meta: Metadata, arch: str) -> dict[str, Any]:
     n_layers = meta[f"{arch}.block_count"]
-    base = float(meta.get(f"{arch}.rope.freq_base", 1_000_000.0))
-    full: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
-    if meta.get(f"{arch}.rope.scaling.type") == "linear":
-        full = {
-            "rope_type": "linear",
-            "rope_theta": base,
-            "factor": float(meta[f"{arch}.rope.scaling.factor"]),
-        }
     return {
         "query_pre_attn_scalar": _query_scale(meta, arch),
         "layer_types": [
             "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
         ],
-        "rope_parameters": {
-            "full_attention": full,
-            "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_SWA_ROPE_BASE},
-        },
         "tie_word_embeddings": True,
     }
 
@@ -79,6 +79,20 @@ def _gemma2_export(config: Any) -> dict[str, Any]:
     return out
 
 
+# Gemma's norms compute x * (1 + w), and the feed-forward's is called pre_feedforward_layernorm.
+GEMMA_PLAN = LayerPlan(
+    sequential=LLAMA_PLAN.sequential,
+    awq=(
+        ScaleGroup("input_layernorm", QKV, "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup("pre_feedforward_layernorm", GATE_UP, "mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+    ),
+    norm_offset=1.0,
+)
+# Explicit head_dim, query_pre_attn_scalar equal to it, tied embeddings (as the real 2B / 1B configs).
+_GEMMA_TINY = {"head_dim": 16, "query_pre_attn_scalar": 16}
+
 GEMMA2 = register(
     Family(
         "gemma2",
@@ -89,6 +103,8 @@ GEMMA2 = register(
         norm_shift=1.0,
         extra_config=_gemma2_config,
         export_config=_gemma2_export,
+        layer_plan=GEMMA_PLAN,
+        tiny=(TinyModel("gemma2", "google/gemma-2-2b", "gemma2", "gemma", _GEMMA_TINY),),
     )
 )
 GEMMA3 = register(
@@ -104,5 +120,12 @@ GEMMA3 = register(
         GEMMA_HPARAMS,
         norm_shift=1.0,
         extra_config=_gemma3_config,
+        # The GGUF's RoPE keys are the global layers' (base 1e6 by default); llama.cpp fixes the sliding ones.
+        rope=RopeLayout(
+            default_theta=1_000_000.0,
+            fixed={"sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_SWA_ROPE_BASE}},
+        ),
+        layer_plan=GEMMA_PLAN,
+        tiny=(TinyModel("gemma3", "google/gemma-3-1b-pt", "gemma3_text", "gemma", _GEMMA_TINY),),
     )
 )

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from mtk.converters.family import COMMON_HPARAMS, Family, register
+from mtk.converters.family import COMMON_HPARAMS, Family, LayerPlan, ScaleGroup, TinyModel, register
+
+PHI3_PLAN = LayerPlan(
+    sequential=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
+    awq=(
+        ScaleGroup("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
+        ScaleGroup("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
+        # No v -> o group: v is the last third of the fused qkv_proj, a slice prev_rows has no name for.
+        ScaleGroup("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", prev_rows="second_half"),
+    ),
+    no_clip=("self_attn.qkv_proj",),
+)
 
 PHI3 = register(
     Family(
@@ -21,5 +32,16 @@ PHI3 = register(
             "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
         },
         hparams={**COMMON_HPARAMS, "attention.sliding_window": "sliding_window"},
+        layer_plan=PHI3_PLAN,
+        tiny=(
+            # Fused projections, SentencePiece vocabulary with the chat specials, the 4k model's default RoPE.
+            TinyModel(
+                "phi3",
+                "microsoft/Phi-3-mini-4k-instruct",
+                "phi3",
+                "spm",
+                special_tokens=("<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"),
+            ),
+        ),
     )
 )

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from mtk.converters.family import COMMON_HPARAMS, LLAMA_TENSORS, Family, register
+from mtk.converters.family import COMMON_HPARAMS, LLAMA_PLAN, LLAMA_TENSORS, Family, TinyModel, register
 
-QWEN2 = register(Family("qwen2", "Qwen2ForCausalLM", "qwen2", LLAMA_TENSORS))
+QWEN2 = register(
+    Family(
+        "qwen2",
+        "Qwen2ForCausalLM",
+        "qwen2",
+        LLAMA_TENSORS,
+        layer_plan=LLAMA_PLAN,
+        # Q/K/V biases, GQA, an untied head (the 0.5B and 1.5B sizes tie theirs).
+        tiny=(TinyModel("qwen2", "Qwen/Qwen2.5-7B", "qwen2", "bpe"),),
+    )
+)
 
 QWEN3 = register(
     Family(
@@ -16,11 +26,16 @@ QWEN3 = register(
             "blk.{bid}.attn_q_norm.weight": "model.layers.{bid}.self_attn.q_norm.weight",
             "blk.{bid}.attn_k_norm.weight": "model.layers.{bid}.self_attn.k_norm.weight",
         },
+        layer_plan=LLAMA_PLAN,
+        # An explicit head_dim in the config, per-head Q/K norms, an untied head.
+        tiny=(TinyModel("qwen3", "Qwen/Qwen3-8B", "qwen3", "bpe", {"head_dim": 16}),),
     )
 )
 
 _DENSE_FFN = {"blk.{bid}.ffn_gate.weight", "blk.{bid}.ffn_up.weight", "blk.{bid}.ffn_down.weight"}
 
+# No layer plan, so quantize refuses it: transformers 5 keeps the experts fused in 3-D parameters, and
+# GPTQModel's own per-expert checkpoint does not load back in transformers 5 on the CPU (README).
 QWEN2MOE = register(
     Family(
         "qwen2moe",
@@ -46,5 +61,20 @@ QWEN2MOE = register(
             "blk.{bid}.ffn_up_exps.weight": "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight",
             "blk.{bid}.ffn_down_exps.weight": "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight",
         },
+        tiny=(
+            # Routed experts plus a gated shared expert wider than each routed one.
+            TinyModel(
+                "qwen2moe",
+                "Qwen/Qwen1.5-MoE-A2.7B",
+                "qwen2_moe",
+                "bpe",
+                {
+                    "num_experts": 4,
+                    "num_experts_per_tok": 2,
+                    "moe_intermediate_size": 32,
+                    "shared_expert_intermediate_size": 64,
+                },
+            ),
+        ),
     )
 )

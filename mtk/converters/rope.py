@@ -1,0 +1,268 @@
+"""RoPE types as one table: what each transformers ``rope_type`` writes to a GGUF, and what is read back.
+
+A row says which ``{arch}.rope.scaling.type`` value (or which GGUF tensor) marks it in a GGUF, the keys it
+writes (without the ``{arch}.`` prefix) from a ``rope_parameters`` dict, the tensors it computes, and the
+fields it reads back into one. A row without a writer or reader is refused in that direction with the
+unsupported-input exit code; ``missing`` says what it lacks.
+
+Llama 3's RoPE has no GGUF keys: llama.cpp's converter stores one factor per frequency pair in
+``rope_freqs.weight`` (float32, ``head_dim / 2``), which llama.cpp divides the frequencies by. With
+``w_i = theta ** (-2i / d)`` (float32), wavelength ``l_i = 2 pi / w_i``, and the config's ``factor`` F,
+``low_freq_factor`` L, ``high_freq_factor`` H and ``original_max_position_embeddings`` O, the factor is 1 where
+``l_i < O / H``, F where ``l_i > O / L``, and ``1 / ((1 - s) / F + s)`` with ``s = (O / l_i - L) / (H - L)``
+between. Only the llama architecture's loader reads that tensor (``RopeLayout.freq_factors``).
+
+llama.cpp has one RoPE per model. Families whose transformers config gives each layer type its own
+parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) keep the full-attention ones
+in the GGUF; the other layer types are fixed by llama.cpp, and :class:`RopeLayout` says what they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mtk.errors import InvalidFileError, UnsupportedError
+
+if TYPE_CHECKING:
+    import torch
+
+Metadata = Mapping[str, Any]
+Params = Mapping[str, Any]
+TensorReader = Callable[[str], "torch.Tensor"]  # a GGUF tensor's float32 values, by name
+# The layer type whose RoPE the GGUF's keys describe when a config has one per layer type.
+GGUF_LAYER_TYPE = "full_attention"
+DEFAULT_THETA = 10000.0  # transformers' and llama.cpp's default base
+
+
+@dataclass(frozen=True)
+class Synthesised:
+    """A GGUF tensor the exporter computes (no checkpoint tensor holds it), e.g. llama.cpp's rope_freqs."""
+
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor]  # float32, in GGUF layout
+
+
+@dataclass(frozen=True)
+class RopeType:
+    name: str  # transformers' rope_type
+    gguf_scaling: str | None  # the {arch}.rope.scaling.type value that marks it; None: no key
+    # GGUF keys (without "{arch}.") from the rope parameters, after rope.freq_base; None: export refused.
+    write: Callable[[Params], dict[str, Any]] | None
+    # rope_parameters fields besides rope_type and rope_theta, from the metadata and tensors; None: import refused.
+    read: Callable[[Metadata, str, TensorReader], dict[str, Any]] | None
+    # GGUF tensors that carry this type (llama.cpp's rope_freqs.weight for llama3); they mark it on import.
+    tensors: tuple[str, ...] = ()
+    # The tensors' values from the rope parameters and head_dim (export).
+    make_tensors: Callable[[Params, int], dict[str, Synthesised]] | None = None
+    missing: str = ""  # why a direction is refused
+
+
+def _linear_write(p: Params) -> dict[str, Any]:
+    return {"rope.scaling.type": "linear", "rope.scaling.factor": float(p["factor"])}
+
+
+def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    return {"factor": float(meta[f"{arch}.rope.scaling.factor"])}
+
+
+def _yarn_write(p: Params) -> dict[str, Any]:
+    out: dict[str, Any] = {"rope.scaling.type": "yarn", "rope.scaling.factor": float(p["factor"])}
+    if p.get("original_max_position_embeddings"):
+        out["rope.scaling.original_context_length"] = int(p["original_max_position_embeddings"])
+    return out
+
+
+def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    key = f"{arch}.rope.scaling.original_context_length"
+    if key not in meta:
+        raise InvalidFileError(f"yarn RoPE scaling without {key}")
+    return {"factor": float(meta[f"{arch}.rope.scaling.factor"]), "original_max_position_embeddings": meta[key]}
+
+
+# Meta's Llama 3.x values, and llama.cpp's converter's defaults.
+LLAMA3_DEFAULTS: dict[str, float] = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def llama3_factors(theta: float, dim: int, p: Params) -> torch.Tensor:
+    """``rope_freqs.weight`` for Llama 3 RoPE (see the module notes), float32 ``(dim // 2,)``."""
+    import torch
+
+    q = {**LLAMA3_DEFAULTS, **p}
+    big, low, high, old = (float(q[k]) for k in LLAMA3_DEFAULTS)
+    if low == high:
+        raise UnsupportedError("llama3 RoPE with low_freq_factor == high_freq_factor has no smooth band")
+    # The frequencies in float32 (as the HF and llama.cpp code computes them), the rest in float64.
+    wavelen = 2 * math.pi / _llama3_freqs(theta, dim).double()
+    smooth = (old / wavelen - low) / (high - low)
+    between = 1 / ((1 - smooth) / big + smooth)
+    out = torch.where(wavelen < old / high, 1.0, torch.where(wavelen > old / low, big, between))
+    return out.to(torch.float32)
+
+
+def _llama3_freqs(theta: float, dim: int) -> torch.Tensor:
+    import torch
+
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+
+def _llama3_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
+    theta = float(p["rope_theta"])
+    return {"rope_freqs.weight": Synthesised((dim // 2,), lambda: llama3_factors(theta, dim, p))}
+
+
+def _llama3_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    """The llama3 parameters whose factors equal ``rope_freqs.weight`` (to float32 rounding).
+
+    Only the ratios O/L and O/H are fixed by the factors, so L and H are taken as Meta's (1 and 4); O comes
+    from the smooth band, or is Meta's 8192 when no frequency falls in it. Anything else is refused.
+    """
+    import torch
+
+    got = tensor("rope_freqs.weight").float()
+    theta = float(meta.get(f"{arch}.rope.freq_base", DEFAULT_THETA))
+    dim = 2 * got.numel()
+    big = float(got.max())
+    wavelen = 2 * math.pi / _llama3_freqs(theta, dim).double()
+    band = (got > 1 + 1e-6) & (got < big * (1 - 1e-6))
+    candidates = [LLAMA3_DEFAULTS["original_max_position_embeddings"]]
+    if band.any() and big > 1:
+        smooth = (1 / got[band].double() - 1 / big) / (1 - 1 / big)
+        candidates.insert(0, round(float((wavelen[band] * (3 * smooth + 1)).mean())))
+    for old in candidates:
+        p = {
+            "factor": big,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": int(old),
+        }
+        if torch.allclose(llama3_factors(theta, dim, p), got, rtol=1e-5, atol=0):
+            return p
+    raise UnsupportedError("rope_freqs.weight is not llama3 RoPE with low_freq_factor 1 and high_freq_factor 4")
+
+
+ROPE_TYPES: dict[str, RopeType] = {
+    r.name: r
+    for r in (
+        RopeType("default", None, lambda p: {}, lambda meta, arch, tensor: {}),
+        RopeType("linear", "linear", _linear_write, _linear_read),
+        RopeType("yarn", "yarn", _yarn_write, _yarn_read),
+        RopeType("dynamic", None, None, None, missing="llama.cpp has no dynamic NTK scaling"),
+        # No keys: the per-frequency factors are a tensor (module notes).
+        RopeType(
+            "llama3", None, lambda p: {}, _llama3_read, tensors=("rope_freqs.weight",), make_tensors=_llama3_tensors
+        ),
+        RopeType(
+            "longrope",
+            None,
+            None,
+            None,
+            tensors=("rope_factors_long.weight", "rope_factors_short.weight"),
+            missing="rope_factors_long/short.weight",
+        ),
+    )
+}
+ROPE_TENSORS = frozenset(t for r in ROPE_TYPES.values() for t in r.tensors)
+
+
+@dataclass(frozen=True)
+class RopeLayout:
+    """Where a family's transformers config keeps its RoPE: one ``rope_parameters`` dict, or one per layer type."""
+
+    default_theta: float = DEFAULT_THETA  # the base when a GGUF has no rope.freq_base (the family's default)
+    # llama.cpp's loader for this architecture reads rope_freqs.weight (llama3 RoPE); other loaders refuse it.
+    freq_factors: bool = False
+    # Layer types llama.cpp runs with RoPE it fixes itself, and their parameters (Gemma 3's sliding layers).
+    fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def config_parameters(config: Any) -> dict[str, Any]:
+    """The rope parameters a GGUF describes: the config's own, or its full-attention layers'."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if GGUF_LAYER_TYPE in rope:
+        rope = dict(rope[GGUF_LAYER_TYPE])
+    rope.setdefault("rope_theta", getattr(config, "rope_theta", DEFAULT_THETA))
+    rope.setdefault("rope_type", "default")
+    return rope
+
+
+def gguf_metadata(layout: RopeLayout, config: Any, arch: str) -> dict[str, Any]:
+    """``{arch}.rope.freq_base`` and the scaling keys for a transformers config (export)."""
+    rope = config_parameters(config)
+    per_type = getattr(config, "rope_parameters", None) or {}
+    for layer_type, fixed in layout.fixed.items():
+        given = per_type.get(layer_type)
+        if given is not None and _differs(given, fixed):
+            raise UnsupportedError(
+                f"RoPE of {layer_type} layers {dict(given)} differs from what llama.cpp uses for them ({dict(fixed)})"
+            )
+    row = _export_row(layout, rope, arch)
+    keys = {"rope.freq_base": float(rope["rope_theta"]), **row.write(rope)}  # type: ignore[misc]
+    return {f"{arch}.{k}": v for k, v in keys.items()}
+
+
+def gguf_tensors(layout: RopeLayout, config: Any, arch: str) -> dict[str, Synthesised]:
+    """The GGUF tensors a config's RoPE type carries (export): llama3's rope_freqs.weight, else none."""
+    rope = config_parameters(config)
+    row = _export_row(layout, rope, arch)
+    if row.make_tensors is None:
+        return {}
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return row.make_tensors(rope, head_dim)
+
+
+def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
+    kind = rope["rope_type"]
+    row = ROPE_TYPES.get(kind)
+    if row is None or row.write is None:
+        why = f" ({row.missing})" if row is not None else ""
+        raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by gguf-export yet{why}")
+    if row.tensors and not layout.freq_factors:
+        raise UnsupportedError(
+            f"RoPE scaling {kind!r} is not supported by gguf-export for {arch}: llama.cpp's {arch} loader "
+            f"does not read {', '.join(row.tensors)}"
+        )
+    return row
+
+
+def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any]) -> bool:
+    kind = given.get("rope_type", "default")
+    return kind != fixed["rope_type"] or float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
+
+
+def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeType:
+    """The row a GGUF's metadata (scaling type) or tensors mark."""
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        for row in ROPE_TYPES.values():
+            if row.gguf_scaling == scaling:
+                return row
+        raise UnsupportedError(f"RoPE scaling {scaling!r} is not supported by gguf-import")
+    for row in ROPE_TYPES.values():
+        if any(t in tensor_names for t in row.tensors):
+            return row
+    return ROPE_TYPES["default"]
+
+
+def hf_parameters(
+    layout: RopeLayout, meta: Metadata, arch: str, tensor_names: Collection[str], tensor: TensorReader
+) -> dict[str, Any]:
+    """``rope_parameters`` for the transformers config of a GGUF (import); ``tensor`` reads a GGUF tensor."""
+    row = gguf_type(meta, arch, tensor_names)
+    if row.read is None:
+        raise UnsupportedError(f"RoPE scaling {row.name!r} is not supported by gguf-import ({row.missing})")
+    rope = {
+        "rope_type": row.name,
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", layout.default_theta)),
+        **row.read(meta, arch, tensor),
+    }
+    if not layout.fixed:
+        return rope
+    return {GGUF_LAYER_TYPE: rope, **{k: dict(v) for k, v in layout.fixed.items()}}
