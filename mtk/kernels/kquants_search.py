@@ -191,7 +191,11 @@ def compile_enabled() -> bool:
     """Whether the hot search steps run through torch.compile: ``MTK_COMPILE=1`` in the environment.
 
     Compiling costs tens of seconds per step kind on first use (inductor caches the result on disk, in
-    ``TORCHINDUCTOR_CACHE_DIR``), so it pays only for large tensors; the eager path gives the same bytes."""
+    ``TORCHINDUCTOR_CACHE_DIR``), so it pays only for large tensors; the eager path gives the same bytes.
+    That cache must not outlive a change of vector ISA: its key (torch 2.13) leaves out the one
+    ``ATEN_CPU_CAPABILITY`` selects, so a cache filled at AVX-512 and read at ``avx2`` returns AVX-512-width
+    kernels built with AVX2 flags (wrong bytes, no error), and at ``default`` kernels that do not compile.
+    Use one cache directory per capability (and per machine kind)."""
     return os.environ.get("MTK_COMPILE", "") == "1"
 
 
