@@ -77,6 +77,22 @@ def test_fast_equals_reference(qtype: GGMLQuantizationType, use_importance: bool
     assert bad.size == 0, f"{qtype.name}: blocks {bad.tolist()} differ"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_cuda_equals_reference(qtype: GGMLQuantizationType, use_importance: bool) -> None:
+    """On CUDA (eager) the torch encoders give the slow twin's bytes, as on the CPU: no result depends on a
+    backend's reduction order (float sums are explicit folds, integer sums are exact, max/argmax are
+    order-free, there is no matmul) and the square root is corrected to IEEE's (:func:`ks.sqrt`)."""
+    x = mixed_rows(1)
+    imp = torch.from_numpy(importance_for(x.shape[1])) if use_importance else None
+    out = quantize(torch.from_numpy(x).cuda(), qtype, importance=imp)
+    assert out.device.type == "cuda"
+    ref = quantize(torch.from_numpy(x), qtype, importance=imp, reference=True)
+    bad = np.flatnonzero((block_view(out.cpu().numpy(), qtype) != block_view(ref.numpy(), qtype)).any(-1))
+    assert bad.size == 0, f"{qtype.name}: blocks {bad.tolist()} differ"
+
+
 def test_sqrt_is_correctly_rounded() -> None:
     """The encoders' square root is IEEE's (numpy's, C's ``sqrtf``) on every float32 the weights can hold:
     torch's CPU ``sqrt`` (MKL's vsSqrt) is one ulp off for a sixth of them on some AVX-512 CPUs, which made
