@@ -19,6 +19,7 @@ from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import kquants
+from mtk.kernels import kquants_search as ks
 from mtk.kernels.dequant import dequantize
 from mtk.kernels.quantize import KQUANT_TYPES, quantize
 
@@ -74,6 +75,35 @@ def test_fast_equals_reference(qtype: GGMLQuantizationType, use_importance: bool
     )
     bad = np.flatnonzero((block_view(fast, qtype) != block_view(ref, qtype)).any(-1))
     assert bad.size == 0, f"{qtype.name}: blocks {bad.tolist()} differ"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_cuda_equals_reference(qtype: GGMLQuantizationType, use_importance: bool) -> None:
+    """On CUDA (eager) the torch encoders give the slow twin's bytes, as on the CPU: no result depends on a
+    backend's reduction order (float sums are explicit folds, integer sums are exact, max/argmax are
+    order-free, there is no matmul) and the square root is corrected to IEEE's (:func:`ks.sqrt`)."""
+    x = mixed_rows(1)
+    imp = torch.from_numpy(importance_for(x.shape[1])) if use_importance else None
+    out = quantize(torch.from_numpy(x).cuda(), qtype, importance=imp)
+    assert out.device.type == "cuda"
+    ref = quantize(torch.from_numpy(x), qtype, importance=imp, reference=True)
+    bad = np.flatnonzero((block_view(out.cpu().numpy(), qtype) != block_view(ref.numpy(), qtype)).any(-1))
+    assert bad.size == 0, f"{qtype.name}: blocks {bad.tolist()} differ"
+
+
+def test_sqrt_is_correctly_rounded() -> None:
+    """The encoders' square root is IEEE's (numpy's, C's ``sqrtf``) on every float32 the weights can hold:
+    torch's CPU ``sqrt`` (MKL's vsSqrt) is one ulp off for a sixth of them on some AVX-512 CPUs, which made
+    the fast and slow twins differ there. Random bit patterns cover every exponent, denormals included."""
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 0x7F800000, 1 << 20, dtype=np.int64).astype(np.int32).view(np.float32)
+    edge = np.array([0.0, -0.0, np.inf, 1e-45, 1.1754942e-38, 3.4028235e38, 1.0, 2.0, 0.25], np.float32)
+    v = np.concatenate([v, edge])
+    got = ks.sqrt(torch.from_numpy(v)).numpy()
+    np.testing.assert_array_equal(got.view(np.int32), np.sqrt(v).view(np.int32))
+    assert np.isnan(ks.sqrt(torch.tensor([-1.0, float("nan")])).numpy()).all()
 
 
 @pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "importance"])

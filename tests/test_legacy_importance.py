@@ -46,6 +46,19 @@ def test_fast_equals_reference(qtype: GGMLQuantizationType, torch_encoders: None
     assert bad.size == 0, f"{bad.size} of {block_view(fast, qtype).shape[0]} blocks differ, first {bad[:5]}"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_cuda_equals_reference(qtype: GGMLQuantizationType) -> None:
+    """The same bytes on CUDA (eager): the row sums are explicit loops, the block sums folds, sqrt IEEE's."""
+    x = torch.from_numpy(np.concatenate([rows(1, 6, 512), mixed_rows(2)]))
+    imp = torch.from_numpy(importance_for(512, seed=3))
+    out = quantize(x.cuda(), qtype, importance=imp)
+    assert out.device.type == "cuda"
+    ref = quantize(x, qtype, importance=imp, reference=True).numpy()
+    bad = np.flatnonzero((block_view(out.cpu().numpy(), qtype) != block_view(ref, qtype)).any(-1))
+    assert bad.size == 0, f"{bad.size} of {block_view(ref, qtype).shape[0]} blocks differ, first {bad[:5]}"
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_importance_matches_llama_cpp(qtype: GGMLQuantizationType, backend: str) -> None:
     """Byte-identical with llama.cpp's ``quantize_row_qN_M_impl`` (all blocks from the C encoders, most from

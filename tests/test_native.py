@@ -129,10 +129,13 @@ def test_no_compiler_falls_back_with_a_warning(tmp_path: Path, monkeypatch: pyte
         native.library.cache_clear()
 
 
-def test_portable_build_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plain-C loops (what CPUs without SSE/AVX run, ``-DMTK_PORTABLE``) equal llama.cpp's bytes too."""
+@pytest.mark.parametrize("flag", ["-DMTK_PORTABLE", "-DMTK_SSE2_ONLY"])
+def test_other_cpus_paths_give_the_same_bytes(flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code other CPUs run equals llama.cpp's bytes too: the plain-C loops (non-x86 CPUs,
+    ``-DMTK_PORTABLE``) and the SSE2 paths of x86-64 CPUs without AVX (``-DMTK_SSE2_ONLY``). Every CPU with
+    AVX2, AVX-512 ones included, runs the default build's paths, which the other tests check."""
     monkeypatch.setenv("MTK_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("MTK_NATIVE_CFLAGS", "-DMTK_PORTABLE")
+    monkeypatch.setenv("MTK_NATIVE_CFLAGS", flag)
     native.library.cache_clear()
     try:
         assert native.library() is not None

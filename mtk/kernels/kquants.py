@@ -165,7 +165,7 @@ def _k_weights(x: torch.Tensor, importance: torch.Tensor | None, sigma_factor: f
     x (..., S, n) in super-blocks of S*n = 256 values, importance broadcastable to it."""
     sum_x2 = ks.fold((x * x).flatten(-2))
     sigma2 = ks.div(sigma_factor * sum_x2, 256.0).unsqueeze(-1).unsqueeze(-1)
-    return importance * torch.sqrt(sigma2 + x * x)
+    return importance * ks.sqrt(sigma2 + x * x)
 
 
 # --- Q4_K / Q5_K ------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def _k4_scales(
     """Q4_K/Q5_K search on x (..., 8, 32): returns (ls, lm (..., 8) 6-bit codes, d, dmin (...) float32 to
     store as half, search codes (..., 8, 32))."""
     if importance is None:
-        av_x = torch.sqrt(ks.div(ks.fold(x * x), 32.0))
+        av_x = ks.sqrt(ks.div(ks.fold(x * x), 32.0))
         w = av_x.unsqueeze(-1) + x.abs()
         rmin, nstep = ref_step
         scales, mins, codes = ks.qkx_search(x, w, nmax, ks.qkx_numerators(nmax, rmin, 0.1, nstep), mad=False)
@@ -347,7 +347,7 @@ def _iq4_weights(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tens
     size = x.shape[-2] * x.shape[-1]
     sigma2 = ks.fold((x * x).flatten(-2)) * (2.0 / size)  # 2/32 and 2/256 are exact in float32
     imp = importance.reshape(*importance.shape[:-1], *x.shape[-2:])
-    return imp * torch.sqrt(sigma2.unsqueeze(-1).unsqueeze(-1) + x * x)
+    return imp * ks.sqrt(sigma2.unsqueeze(-1).unsqueeze(-1) + x * x)
 
 
 def _iq4_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

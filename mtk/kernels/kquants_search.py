@@ -12,8 +12,9 @@ deliberate difference: every sum over a sub-block is :func:`fold` (pairwise halv
 right. Folding is a few wide operations instead of n narrow ones, and the slow twin in
 ``mtk.kernels.kquants_ref`` folds the same way, so the two agree bit for bit. Divisions are tensor by
 tensor (true divisions): torch computes ``number / tensor`` as a reciprocal times the number, which can
-differ in the last bit. Rounding is ``torch.round`` (half to even), which is what ggml's ``nearest_int``
-does for the magnitudes that occur here.
+differ in the last bit. Square roots are :func:`sqrt`, correctly rounded (torch's CPU one is not). Rounding
+is ``torch.round`` (half to even), which is what ggml's ``nearest_int`` does for the magnitudes that occur
+here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,26 @@ def div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     elif not isinstance(b, torch.Tensor):
         b = torch.full_like(a, b)
     return a / b
+
+
+def sqrt(v: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded square root of float32 ``v`` (IEEE ``sqrtf``, as ggml, numpy and CUDA compute it).
+
+    torch's CPU ``sqrt`` calls MKL's ``vsSqrt``/``vdSqrt``, which are within one ulp but not correctly
+    rounded on every CPU (on an AVX-512 AMD EPYC a sixth of float32 results are one ulp off, whatever
+    ``ATEN_CPU_CAPABILITY`` says), so the bytes of every encoder that weights by a square root would depend on
+    the machine. Here the float64 root rounded to float32 is within one ulp of the true root, and one exact
+    step fixes it: the midpoints ``m`` between it and its neighbours have 25 significant bits, so ``m*m``
+    (50 bits) and ``v`` compare exactly in float64, and a root is never a midpoint. ``v <= 0``, inf and NaN
+    keep torch's result (0, -0, inf, NaN: exact)."""
+    r = torch.sqrt(v.double()).float()
+    wide = v.double()
+    for toward in (float("inf"), float("-inf")):
+        near = torch.nextafter(r, torch.full_like(r, toward))
+        mid = (r.double() + near.double()) * 0.5
+        beyond = mid * mid < wide if toward > 0 else mid * mid > wide
+        r = torch.where(beyond & (v > 0) & torch.isfinite(v), near, r)
+    return r
 
 
 def qkx_numerators(nmax: int, rmin: float, rdelta: float, nstep: int) -> np.ndarray:
@@ -170,7 +191,11 @@ def compile_enabled() -> bool:
     """Whether the hot search steps run through torch.compile: ``MTK_COMPILE=1`` in the environment.
 
     Compiling costs tens of seconds per step kind on first use (inductor caches the result on disk, in
-    ``TORCHINDUCTOR_CACHE_DIR``), so it pays only for large tensors; the eager path gives the same bytes."""
+    ``TORCHINDUCTOR_CACHE_DIR``), so it pays only for large tensors; the eager path gives the same bytes.
+    That cache must not outlive a change of vector ISA: its key (torch 2.13) leaves out the one
+    ``ATEN_CPU_CAPABILITY`` selects, so a cache filled at AVX-512 and read at ``avx2`` returns AVX-512-width
+    kernels built with AVX2 flags (wrong bytes, no error), and at ``default`` kernels that do not compile.
+    Use one cache directory per capability (and per machine kind)."""
     return os.environ.get("MTK_COMPILE", "") == "1"
 
 

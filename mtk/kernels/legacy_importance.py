@@ -86,7 +86,7 @@ def encode_rows(x: torch.Tensor, importance: torch.Tensor, qtype: GGMLQuantizati
     """float32 rows (r, cols) and importance (cols,) -> uint8 (r, cols // 32 * type_size)."""
     sigma2 = row_sigma2(x)
     blocks = x.reshape(x.shape[0], -1, QK)
-    w = importance.reshape(1, -1, QK) * torch.sqrt(sigma2.reshape(-1, 1, 1) + blocks * blocks)
+    w = importance.reshape(1, -1, QK) * ks.sqrt(sigma2.reshape(-1, 1, 1) + blocks * blocks)
     nmax = NMAX[qtype]
     if qtype in (QT.Q4_0, QT.Q5_0):
         d, codes = ks.qx_search(blocks, w, nmax)

@@ -8,7 +8,8 @@ CPU. The same searches written as plain C loops keep a block in registers. The s
 compiler's version, and later calls load that file. The torch encoders remain the path for CUDA and the
 fallback when no compiler is found; ``MTK_NATIVE=0`` forces them. ``MTK_NATIVE_CFLAGS`` adds compiler flags
 (the tests build ``-DMTK_PORTABLE`` that way: the plain-C loops other CPUs run instead of the x86 vector
-paths picked at run time).
+paths picked at run time; and ``-DMTK_SSE2_ONLY``: the paths of an x86-64 CPU without AVX). The run-time
+choice asks only for AVX and AVX2, so AVX-512 CPUs run the AVX2 machines' code.
 
 The C follows ggml's float operation order, and ``-ffp-contract=off`` keeps the compiler from fusing a
 multiply and an add that ggml rounds separately, so the bytes equal llama.cpp's; tests compare them with

@@ -287,7 +287,7 @@ static int iq4_encode(iq4_block_fn block, int block_values, int block_bytes, con
     iq4_ctx_init(&ctx);
     ctx.trial_sums = iq4_trial_sums_portable;
 #ifdef IQ4_AVX2
-    if (__builtin_cpu_supports("avx2")) ctx.trial_sums = iq4_trial_sums_avx2;
+    if (MTK_CPU_HAS("avx2")) ctx.trial_sums = iq4_trial_sums_avx2;
 #endif
     int64_t blocks = cols / block_values;
     for (int64_t r = 0; r < rows; r++) {

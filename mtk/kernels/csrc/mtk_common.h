@@ -18,6 +18,16 @@
 
 #define MTK_EXPORT __attribute__((visibility("default")))
 
+/* Run-time choice of the x86 vector paths (the library itself is built for baseline x86-64, SSE2): a path is
+ * taken when the CPU has its feature, so every CPU with AVX2 (AVX-512 ones included: no path needs more) runs
+ * the same code. -DMTK_SSE2_ONLY answers "no" for every feature, as a CPU without AVX would: how that path is
+ * tested on a newer machine. */
+#ifdef MTK_SSE2_ONLY
+#define MTK_CPU_HAS(feature) 0
+#else
+#define MTK_CPU_HAS(feature) __builtin_cpu_supports(feature)
+#endif
+
 static inline float mtk_max(float a, float b) { return a > b ? a : b; }
 static inline float mtk_min(float a, float b) { return a < b ? a : b; }
 static inline int mtk_clamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }

@@ -88,10 +88,10 @@ __attribute__((target("avx"))) static void qx_try_sums_avx(int n, int nmax, cons
     }
 }
 
-/* The library is built for baseline x86-64 (SSE2); AVX is used where the CPU and OS have it. */
+/* The library is built for baseline x86-64 (SSE2); AVX is used where the CPU and OS have it (MTK_CPU_HAS). */
 static inline void qx_try_sums(int n, int nmax, const float *restrict x, const float *restrict w,
                                const float *restrict iscale, float *restrict sumlx, float *restrict suml2) {
-    if (__builtin_cpu_supports("avx"))
+    if (MTK_CPU_HAS("avx"))
         qx_try_sums_avx(n, nmax, x, w, iscale, sumlx, suml2);
     else
         qx_try_sums_sse(n, nmax, x, w, iscale, sumlx, suml2);
