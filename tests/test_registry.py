@@ -137,3 +137,14 @@ def test_quantizer_registries_import_no_torch() -> None:
     script = "import sys, mtk.quantizers, mtk.quantizers.config, mtk.cli.quantize; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_labels_of_configs_mtk_does_not_write() -> None:
+    from mtk.quantizers.formats import label_of
+
+    assert label_of({"quant_method": "bitsandbytes", "bits": 4}) == "bitsandbytes 4-bit"
+    assert label_of({"quant_method": "awq", "w_bit": 4, "q_group_size": 128}) == "awq 4-bit g128"  # AutoAWQ's keys
+    assert label_of({}) == "quantized"
+    ct = FORMATS.get("compressed-tensors")
+    per_channel = ct.quantization_config(QuantizeConfig(method="rtn", bits=8, group_size=-1, format=ct.name))
+    assert label_of(per_channel) == "compressed-tensors 8-bit"  # no group size per channel

@@ -58,6 +58,7 @@ class CheckpointFormat:
     quantization_config: Callable[[QuantizeConfig], dict[str, Any]]
     detect: Callable[[dict[str, Any]], bool]
     runtime_available: Callable[[], bool]
+    runtime_module: str  # the package transformers imports to load it (bench imports it before timing the load)
     load: Callable[[Path], Any]
     # A function, not a value: Tolerance lives with torch-importing verification code.
     tolerance: Callable[[], Tolerance]
@@ -77,6 +78,19 @@ def format_of(qc: dict[str, Any]) -> CheckpointFormat:
         f"quantization_config with quant_method {qc.get('quant_method')!r} is in no checkpoint format mtk knows "
         f"({', '.join(FORMATS.names())})"
     )
+
+
+def label_of(qc: dict[str, Any]) -> str:
+    """A human label for any ``quantization_config``: its format's, or (a format mtk does not write, e.g.
+    bitsandbytes) the method with whatever bits and group size keys it has."""
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        if fmt.detect(qc):
+            return fmt.label(qc)
+    weights = next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
+    bits = qc.get("bits") or qc.get("w_bit") or weights.get("num_bits")
+    group = qc.get("group_size") or qc.get("q_group_size") or weights.get("group_size")
+    return group_label(qc.get("quant_method", "quantized"), bits, group)
 
 
 def group_label(quant_method: str, bits: Any, group: Any) -> str:

@@ -185,6 +185,7 @@ COMPRESSED_TENSORS = FORMATS.add(
         quantization_config=quantization_config,
         detect=lambda qc: qc.get("quant_method") == "compressed-tensors",
         runtime_available=available,
+        runtime_module="compressed_tensors",
         load=load,
         tolerance=tolerance,
         label=label,

@@ -76,6 +76,7 @@ GPTQ = FORMATS.add(
         quantization_config=quantization_config,
         detect=lambda qc: qc.get("quant_method") == "gptq",
         runtime_available=_gptqmodel.available,
+        runtime_module="gptqmodel",
         load=_gptqmodel.load,
         tolerance=_gptqmodel.tolerance,
         label=_gptqmodel.label,
