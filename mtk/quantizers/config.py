@@ -80,13 +80,14 @@ class QuantizeConfig:
 
     def _resolve_options(self, method: QuantMethod) -> None:
         """Build the method's own config from the flat options (it validates them) and refuse unread ones."""
-        own = {f.name for f in fields(method.options)}
+        own = _option_names(method)
         for name in sorted(_method_option_names() - own):
             value, default = getattr(self, name), _default(name)
-            if value not in (default, None) and not (default is None and value is False):
-                owners = [m for m in QUANTIZERS.names() if name in {f.name for f in fields(QUANTIZERS.get(m).options)}]
+            # A tri-state option (act_group_aware: None means "the method's default") may also be turned off.
+            if value not in ((None, False) if default is None else (default,)):
+                owners = [m for m in QUANTIZERS.names() if name in _option_names(QUANTIZERS.get(m))]
                 raise ValueError(f"--{name.replace('_', '-')} is an option of {', '.join(owners)}, not {method.name}")
-            if value is None:  # an unread tri-state option (act_group_aware) is recorded as off
+            if value is None:  # recorded as off: the checkpoint's config says what was done
                 object.__setattr__(self, name, False)
         options = method.options(**{name: getattr(self, name) for name in own})
         for name in own:  # the method's resolved defaults (GPTQ's act_group_aware) are what the checkpoint records
@@ -104,7 +105,7 @@ class QuantizeConfig:
     def options(self) -> Any:
         """The method's own frozen config (``GPTQConfig``, ``AWQConfig``, ``RTNConfig`` ...)."""
         method = self.method_row
-        return method.options(**{f.name: getattr(self, f.name) for f in fields(method.options)})
+        return method.options(**{name: getattr(self, name) for name in _option_names(method)})
 
     @property
     def needs_calibration(self) -> bool:
@@ -125,10 +126,14 @@ def _lookup(registry: Any, name: str) -> Any:
         raise ValueError(str(exc)) from None
 
 
+def _option_names(method: QuantMethod) -> set[str]:
+    """The flat fields ``method`` reads as its own options (a plug-in's other option fields keep their defaults)."""
+    return {f.name for f in fields(method.options)} & {f.name for f in fields(QuantizeConfig)}
+
+
 def _method_option_names() -> set[str]:
     """The flat fields some registered method reads as its own option."""
-    flat = {f.name for f in fields(QuantizeConfig)}
-    return {f.name for m in QUANTIZERS.names() for f in fields(QUANTIZERS.get(m).options) if f.name in flat}
+    return {name for m in QUANTIZERS.names() for name in _option_names(QUANTIZERS.get(m))}
 
 
 def _default(name: str) -> Any:
