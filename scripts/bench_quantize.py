@@ -66,7 +66,7 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
             group_size=args.group_size,
             samples=args.samples,
             seq_len=args.seq_len,
-            damp_percent=args.damp,
+            **({"damp_percent": args.damp} if method == "gptq" else {}),  # a GPTQ option (refused for others)
         )
         quantize(src, out, cfg, calibration=cal, device="cpu", overwrite=True)
     else:

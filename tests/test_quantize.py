@@ -143,14 +143,79 @@ def test_config_validation() -> None:
         {"method": "awq", "desc_act": True},
         {"desc_act": True, "act_group_aware": True},
         {"method": "rtn", "act_group_aware": True},
+        {"method": "rtn", "desc_act": True},  # an option RTN does not read
+        {"method": "awq", "damp_percent": 0.1},
+        {"method": "hqq"},  # not registered
+        {"format": "exl2"},
+        {"bits": 4, "group_size": 16},  # GPTQModel's int4 CPU kernel takes groups of 32 to 256
     )
     for bad in bad_configs:
         with pytest.raises(ValueError):
             QuantizeConfig(**bad)
     cfg = QuantizeConfig(method="awq", group_size=64)
-    assert cfg.sym is False and cfg.format.value == "awq" and cfg.act_group_aware is False
+    assert cfg.sym is False and cfg.format == "awq" and cfg.act_group_aware is False
     assert QuantizeConfig().act_group_aware is True and QuantizeConfig(desc_act=True).act_group_aware is False
     assert QuantizeConfig.from_dict(cfg.to_dict()) == cfg
+    assert QuantizeConfig(method="rtn", bits=8, group_size=16).group_size == 16  # other widths take any group
+
+
+# Impossible combinations: refused with exit 2 before anything is read or written. The model folder does not
+# exist, so a refusal that came after any work would be a missing-file error (exit 4) instead.
+REFUSED = [
+    (("--method", "rtn", "--bits", "4", "--group-size", "16"), "loads group sizes 32, 64, 128, 256 or -1 at 4 bits"),
+    (("--method", "gptq", "--format", "awq", "--group-size", "512"), "loads group sizes 32, 64, 128, 256 or -1"),
+    (("--method", "rtn", "--bits", "3", "--format", "awq"), "holds 4 bits, not 3"),
+    (("--method", "rtn", "--desc-act"), "--desc-act is an option of gptq, not rtn"),
+    (("--method", "hqq"), "supported: awq, gptq, rtn"),
+    (("--format", "exl2"), "supported: awq, compressed-tensors, gptq"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_impossible_combinations_are_refused_before_any_work(
+    options: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    r = run_mtk("quantize", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "out"), *options)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert r.stdout == "" and not any(tmp_path.iterdir())
+
+
+def test_per_channel_4_bit_needs_an_input_width_the_int4_kernel_takes(tiny_models: dict, tmp_path: Path) -> None:
+    """Per channel, GPTQModel's int4 kernel gets the whole input width as its group: 32 to 256 only."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.errors import UsageError
+    from mtk.quantizers.engine import check_shape
+
+    for fmt, method in (("gptq", "rtn"), ("awq", "awq")):
+        cfg = QuantizeConfig(method=method, bits=4, group_size=-1, format=fmt)
+        check_shape("l.weight", 64, 256, cfg)
+        with pytest.raises(UsageError, match="whole input width 320"):
+            check_shape("l.weight", 64, 320, cfg)
+    check_shape("l.weight", 64, 320, QuantizeConfig(method="rtn", bits=3, group_size=-1))
+    wide = build_tiny_model("llama", tmp_path / "w96", hidden_size=96)
+    r = run_mtk("quantize", str(wide), "-o", str(tmp_path / "out"), "--method", "rtn", "--group-size", "-1")
+    assert r.returncode == 2 and "width 96" in r.stderr and "32, 64, 128, 256" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["w96"]
+
+
+def test_every_group_size_a_format_runtime_refuses_is_refused(tmp_path: Path) -> None:
+    """Walk the format rows: each group size outside a row's list for a width exits 2 naming the allowed ones."""
+    from mtk.quantizers import FORMATS
+    from mtk.quantizers.config import allowed
+
+    checked = 0
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        for bits, sizes in fmt.group_sizes.items():
+            for group in (g for g in (16, 48, 512, 1024) if g not in sizes):
+                r = run_mtk(
+                    "quantize", str(tmp_path / "none"), "-o", str(tmp_path / "out"), "--method", "rtn",
+                    "--format", name, "--bits", str(bits), "--group-size", str(group),
+                )  # fmt: skip
+                assert r.returncode == 2 and allowed(sizes) in r.stderr, (name, bits, group, r.stderr)
+                checked += 1
+    assert checked >= 8 and not any(tmp_path.iterdir())
 
 
 def test_calibration_windows_and_errors(smollm2_hf: Path, tmp_path: Path) -> None:
@@ -364,7 +429,9 @@ def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
     assert check.verify_quantized(out, src)["logits"]["kl_mean"] < 1e-3
     # If mtk read its words in another order than GPTQModel's kernels (a plausible layout bug), the
     # runtime would no longer compute what mtk believes the files hold: verification must fail.
-    real = check.unpack_gptq
-    monkeypatch.setattr(check, "unpack_gptq", lambda t, bits: real({**t, "qweight": t["qweight"].flip(0)}, bits))
+    import mtk.quantizers.pack as layout
+
+    real = layout.unpack_gptq
+    monkeypatch.setattr(layout, "unpack_gptq", lambda t, bits: real({**t, "qweight": t["qweight"].flip(0)}, bits))
     with pytest.raises(VerificationError, match="disagrees with its own weights"):
         check.verify_quantized(out, src)

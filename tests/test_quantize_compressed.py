@@ -15,15 +15,10 @@ import torch
 from conftest import run_mtk
 
 from mtk.errors import UsageError, VerificationError
-from mtk.quantizers.compressed import (
-    pack_compressed,
-    pack_rows,
-    quantization_config,
-    unpack_compressed,
-    unpack_rows,
-)
+from mtk.quantizers.compressed import pack_compressed, pack_rows, unpack_compressed, unpack_rows
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import check_shape, quantize
+from mtk.quantizers.formats.compressed_tensors import quantization_config
 from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import rtn
 
@@ -137,6 +132,8 @@ CASES = [
     # family, method, bits, group size, symmetric
     ("llama", "rtn", 4, "32", "--sym"),
     ("llama", "rtn", 4, "32", "--no-sym"),
+    # compressed-tensors decompresses to float Linears: groups GPTQModel's int4 kernel refuses load here
+    ("llama", "rtn", 4, "16", "--no-sym"),
     ("llama", "gptq", 4, "32", "--sym"),
     ("llama", "gptq", 4, "32", "--no-sym"),
     ("llama", "rtn", 8, "-1", "--sym"),
@@ -187,14 +184,15 @@ def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
     tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mtk.quantizers.check as check
+    import mtk.quantizers.compressed as layout
 
     src, out = tiny_models["llama"], tmp_path / "ct"
     quantize(src, out, QuantizeConfig(method="rtn", bits=4, group_size=32, format=CT), device="cpu")
     assert check.verify_quantized(out, src)["logits"]["max_abs"] == 0.0
     # Reading the words of each row in reverse (a plausible layout bug) must not pass.
-    real = check.unpack_compressed
+    real = layout.unpack_compressed
     flipped = lambda t, bits: real({**t, "weight_packed": t["weight_packed"].flip(1)}, bits)  # noqa: E731
-    monkeypatch.setattr(check, "unpack_compressed", flipped)
+    monkeypatch.setattr(layout, "unpack_compressed", flipped)
     with pytest.raises(VerificationError, match="disagrees with its own weights"):
         check.verify_quantized(out, src)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,8 @@ import pytest
 
 from mtk.converters.family import FAMILIES, family_for_gguf, family_for_hf
 from mtk.errors import UnsupportedError
+from mtk.quantizers import FORMATS, QUANTIZERS, format_of
+from mtk.quantizers.config import QuantizeConfig
 from mtk.registry import Registry
 
 
@@ -45,8 +49,13 @@ def test_every_family_maps_names_both_ways() -> None:
 
 
 PLUGIN = """
+from dataclasses import replace
 from mtk.converters.family import LLAMA_TENSORS, Family
+from mtk.quantizers.formats.gptq import GPTQ
+from mtk.quantizers.methods.rtn import RTN
 TOY = Family("toyarch", "ToyForCausalLM", "llama", LLAMA_TENSORS)
+TOYQ = replace(RTN, name="toyq", bits=(8,), default_format="toyfmt")
+TOYFMT = replace(GPTQ, name="toyfmt", detect=lambda qc: qc.get("quant_method") == "toyfmt")
 """
 
 
@@ -56,20 +65,86 @@ def test_entry_point_plugins_are_picked_up(tmp_path: Path) -> None:
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[mtk.converters]\ntoyarch = toy_plugin:TOY\n\n[mtk.quantizers]\ntoyq = toy_plugin:TOY\n"
+        "[mtk.converters]\ntoyarch = toy_plugin:TOY\n\n[mtk.quantizers]\ntoyq = toy_plugin:TOYQ\n\n"
+        "[mtk.quantizers.formats]\ntoyfmt = toy_plugin:TOYFMT\n"
     )
     script = textwrap.dedent(
         """
         from mtk.converters.family import family_for_gguf, family_for_hf
-        from mtk.quantizers import QUANTIZERS
+        from mtk.quantizers import FORMATS, QUANTIZERS, format_of
+        from mtk.quantizers.config import QuantizeConfig
         print(family_for_gguf("toyarch").hf_architecture, family_for_hf("ToyForCausalLM").gguf_arch)
         print(QUANTIZERS.names())
+        cfg = QuantizeConfig(method="toyq", bits=8)
+        print(cfg.method, cfg.format, cfg.bits, format_of({"quant_method": "toyfmt"}).name)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)}
-    )
+    path = os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])  # the plug-in, then this checkout
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": path})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     assert lines[0] == "ToyForCausalLM toyarch"
     assert sorted(ast.literal_eval(lines[1])) == ["awq", "gptq", "rtn", "toyq"]  # the built-ins and the plug-in
+    # The plug-in method is a usable --method, with its own bits and default format (itself a plug-in).
+    assert proc.returncode == 0 and lines[2] == "toyq toyfmt 8 toyfmt", proc.stderr
+
+
+# --- quantization methods and checkpoint formats ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", QUANTIZERS.names())
+def test_every_method_row_is_complete_and_its_config_round_trips(method: str) -> None:
+    row = QUANTIZERS.get(method)
+    assert row.name == method and row.default_format in FORMATS and row.bits
+    assert all(f in FORMATS for f in row.formats or ())
+    opts = row.options()
+    assert row.options.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    cfg = QuantizeConfig(method=method)
+    assert cfg.format == row.default_format and cfg.sym is row.default_sym
+    assert cfg.needs_calibration is row.needs_calibration and isinstance(cfg.options, row.options)
+    assert QuantizeConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="supports bits"):
+        QuantizeConfig(method=method, bits=5)
+
+
+def test_gptq_config_validates_and_resolves_its_defaults() -> None:
+    from mtk.quantizers.methods.gptq import GPTQConfig
+
+    for bad in ({"damp_percent": 0.0}, {"damp_percent": 1.0}, {"act_group_aware": True, "desc_act": True}):
+        with pytest.raises(ValueError):
+            GPTQConfig(**bad)
+    assert GPTQConfig().act_group_aware is True and GPTQConfig(static_groups=True).act_group_aware is False
+    assert GPTQConfig.from_dict(GPTQConfig(desc_act=True).to_dict()) == GPTQConfig(desc_act=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
+    row = FORMATS.get(fmt)
+    bits = 4 if 4 in row.bits else row.bits[0]
+    method = "awq" if fmt == "awq" else "rtn"
+    cfg = QuantizeConfig(method=method, bits=bits, group_size=64, format=fmt)
+    qc = row.quantization_config(cfg)
+    assert format_of(qc) is row and format_of(json.loads(json.dumps(qc))) is row
+    assert [f for f in FORMATS.names() if FORMATS.get(f).detect(qc)] == [fmt]  # no other format claims it
+    assert row.label(qc) == f"{qc['quant_method']} {bits}-bit g64"
+    assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
+    with pytest.raises(UnsupportedError, match="no checkpoint format"):
+        format_of({"quant_method": "bitsandbytes"})
+
+
+def test_quantizer_registries_import_no_torch() -> None:
+    """The CLI builds --method/--format choices and help from the rows at start-up: they must stay light."""
+    script = "import sys, mtk.quantizers, mtk.quantizers.config, mtk.cli.quantize; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
+def test_labels_of_configs_mtk_does_not_write() -> None:
+    from mtk.quantizers.formats import label_of
+
+    assert label_of({"quant_method": "bitsandbytes", "bits": 4}) == "bitsandbytes 4-bit"
+    assert label_of({"quant_method": "awq", "w_bit": 4, "q_group_size": 128}) == "awq 4-bit g128"  # AutoAWQ's keys
+    assert label_of({}) == "quantized"
+    ct = FORMATS.get("compressed-tensors")
+    per_channel = ct.quantization_config(QuantizeConfig(method="rtn", bits=8, group_size=-1, format=ct.name))
+    assert label_of(per_channel) == "compressed-tensors 8-bit"  # no group size per channel

@@ -9,19 +9,51 @@ import typer
 
 from mtk.cli.common import Device, DeviceOpt, OutputDir, Overwrite, info, progress_bar, render
 from mtk.errors import UsageError
+from mtk.quantizers import FORMATS, QUANTIZERS
+from mtk.quantizers.config import allowed
+
+
+def _method_help() -> str:
+    rows = [QUANTIZERS.get(n) for n in QUANTIZERS.names()]
+    return "; ".join(f"{m.name} ({m.summary})" for m in rows) + "."
+
+
+def _bits_help() -> str:
+    methods = [QUANTIZERS.get(n) for n in QUANTIZERS.names()]
+    by_bits: dict[tuple[int, ...], list[str]] = {}
+    for m in methods:
+        by_bits.setdefault(m.bits, []).append(m.name)
+    parts = [f"{', '.join(map(str, bits))} ({', '.join(names)})" for bits, names in by_bits.items()]
+    formats = [FORMATS.get(n) for n in FORMATS.names()]
+    held = [f"{allowed(f.bits)} ({f.name})" for f in formats]
+    return f"Weight bits: {'; '.join(parts)}. The formats hold {'; '.join(held)}."
+
+
+def _group_help() -> str:
+    parts = []
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        limits = [f"{allowed(sizes)} at {bits} bits" for bits, sizes in fmt.group_sizes.items()]
+        parts.append(f"{name}: {'; '.join(limits) if limits else 'any'}")
+    return (
+        "Input columns per scale, a multiple of 16; -1: one scale per output channel. What each format's runtime "
+        f"loads: {'; '.join(parts)}."
+    )
+
+
+def _format_help() -> str:
+    rows = [FORMATS.get(n) for n in FORMATS.names()]
+    defaults = ", ".join(f"{m} -> {QUANTIZERS.get(m).default_format}" for m in QUANTIZERS.names())
+    return "; ".join(f"{f.name} ({f.summary}, loaded by {f.runtime})" for f in rows) + f". Default: {defaults}."
 
 
 def quantize_command(
     model: Annotated[Path, typer.Argument(help="The HF checkpoint folder (safetensors).")],
     output: OutputDir,
-    method: Annotated[str, typer.Option(help="gptq, awq or rtn (round to nearest, no calibration).")] = "gptq",
-    bits: Annotated[
-        int, typer.Option(help="Weight bits: 2, 3, 4, 8 (GPTQ, RTN); 4 (AWQ); 4 or 8 for compressed-tensors.")
-    ] = 4,
-    group_size: Annotated[int, typer.Option(help="Input columns per scale; -1: one scale per output channel.")] = 128,
-    sym: Annotated[
-        bool | None, typer.Option("--sym/--no-sym", help="Symmetric grid (default: yes for GPTQ/RTN, no for AWQ).")
-    ] = None,
+    method: Annotated[str, typer.Option(help=_method_help(), metavar=f"<{'|'.join(QUANTIZERS.names())}>")] = "gptq",
+    bits: Annotated[int, typer.Option(help=_bits_help())] = 4,
+    group_size: Annotated[int, typer.Option(help=_group_help())] = 128,
+    sym: Annotated[bool | None, typer.Option("--sym/--no-sym", help="Symmetric grid (default: the method's).")] = None,
     desc_act: Annotated[
         bool, typer.Option("--desc-act", help="GPTQ act-order: columns by decreasing Hessian.")
     ] = False,
@@ -45,19 +77,14 @@ def quantize_command(
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
     format_: Annotated[
         str | None,
-        typer.Option(
-            "--format",
-            help="gptq (AutoGPTQ/GPTQModel v1), awq (AutoAWQ GEMM) or compressed-tensors (llm-compressor's "
-            "pack-quantized, vLLM's native format).",
-        ),
+        typer.Option("--format", help=_format_help(), metavar=f"<{'|'.join(FORMATS.names())}>"),
     ] = None,
     device: DeviceOpt = Device.auto,
     verify: Annotated[
         bool | None,
         typer.Option(
             "--verify/--no-verify",
-            help="Load it in transformers and compare (default: when the format's loader is installed: "
-            "gptqmodel, or compressed-tensors).",
+            help="Load it in its format's runtime and compare (default: when that runtime is installed).",
         ),
     ] = None,
     overwrite: Overwrite = False,
@@ -82,9 +109,9 @@ def quantize_command(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if verify is None:
-        verify = runtime_available(cfg.format.value)  # type: ignore[union-attr]
+        verify = runtime_available(str(cfg.format))
     check = (lambda tmp: verify_quantized(tmp, model)) if verify else None
-    with progress_bar(f"{cfg.method.value} {cfg.bits}-bit") as bar:
+    with progress_bar(f"{cfg.method} {cfg.bits}-bit") as bar:
         result = quantize(
             model, output, cfg, calibration=calibration, device=device.value, overwrite=overwrite,
             progress=bar.update, check=check,

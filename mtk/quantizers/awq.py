@@ -19,6 +19,7 @@ from torch import nn
 from mtk.converters.family import LayerPlan, ScaleGroup
 from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import fit_awq, from_codes, grouped, to_codes
+from mtk.quantizers.layerwise import layer_output
 
 N_GRID = 20
 MAX_SHRINK = 0.5
@@ -172,6 +173,26 @@ def awq_layer(
                 clip_weight(lin, bounds, group_size)
             result[name] = awq_codes(lin.weight.data, bits, group_size)
     return result
+
+
+def layer_inputs(
+    layer: nn.Module, plan: LayerPlan, inputs: list[torch.Tensor], kwargs: dict[str, Any], device: torch.device
+) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+    """The input of each subset's first Linear for every sample, and the layer's float outputs."""
+    seen: dict[str, list[torch.Tensor]] = {s[0]: [] for s in plan.sequential}
+    handles = [
+        layer.get_submodule(k).register_forward_pre_hook(lambda _m, args, key=k: seen[key].append(args[0].detach()))
+        for k in seen
+    ]
+    outputs = []
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                outputs.append(layer_output(layer, x.to(device), kwargs).to("cpu"))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, outputs
 
 
 def _applicable(layer: nn.Module, group: ScaleGroup) -> bool:

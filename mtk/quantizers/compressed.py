@@ -1,4 +1,5 @@
-"""The compressed-tensors ``pack-quantized`` layout (vLLM's native W4A16/W8A16 format, as llm-compressor writes it).
+"""The compressed-tensors ``pack-quantized`` layout (vLLM's native W4A16/W8A16 format, as llm-compressor writes it);
+the format's entry (config, loader, constraints) is mtk.quantizers.formats.compressed_tensors.
 
 Per Linear of weight ``(out, in)`` quantized in groups of ``g`` input columns (``n = in / g``; 1 per channel):
 
@@ -25,19 +26,14 @@ along the output dimension; ``weight_shape`` int64 of 2).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.pack import pack_bits, unpack_bits
 
-# The compressed-tensors release whose layout and config keys this module writes (and its tests read back).
-FORMAT_VERSION = "0.20.0"
 SCALE_DTYPE = torch.float16  # the checkpoints' float dtype (engine.STORED_FLOAT): scales take the model's dtype
 
 
-def _words(n: int, bits: int) -> int:
+def word_count(n: int, bits: int) -> int:
     return -(-n * bits // 32)
 
 
@@ -50,7 +46,7 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     n = values.shape[0]
     padded = torch.zeros((-(-n // 32) * 32, values.shape[1]), dtype=torch.int64, device=values.device)
     padded[:n] = values.to(torch.int64)
-    return pack_bits(padded, bits)[: _words(n, bits)].contiguous()
+    return pack_bits(padded, bits)[: word_count(n, bits)].contiguous()
 
 
 def unpack_rows(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
@@ -92,55 +88,3 @@ def unpack_compressed(tensors: dict[str, torch.Tensor], bits: int) -> torch.Tens
         zero = torch.full_like(scale, 1 << (bits - 1))
     g = cols // scale.shape[1]
     return scale.repeat_interleave(g, 1) * (codes - zero.repeat_interleave(g, 1))
-
-
-def packed_shapes(out: int, cols: int, cfg: QuantizeConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    n = 1 if cfg.group_size == -1 else cols // cfg.group_size
-    shapes = {
-        "weight_packed": (torch.int32, (out, _words(cols, cfg.bits))),
-        "weight_scale": (SCALE_DTYPE, (out, n)),
-        "weight_shape": (torch.int64, (2,)),
-    }
-    if not cfg.sym:
-        shapes["weight_zero_point"] = (torch.int32, (_words(out, cfg.bits), n))
-    return shapes
-
-
-def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
-    """The ``quantization_config`` llm-compressor writes for one int weight-only scheme on every Linear.
-
-    Keys and defaults as ``ModelCompressor.update_config`` serialises a ``QuantizationConfig`` (compressed-tensors
-    0.20): the head stays float (``ignore``); everything mtk does not quantize in the decoder is an Embedding or a
-    norm, which the ``Linear`` target does not match.
-    """
-    weights: dict[str, Any] = {
-        "num_bits": cfg.bits,
-        "type": "int",
-        "symmetric": bool(cfg.sym),
-        # Per channel: no group size (as compressed-tensors' own channel presets; vLLM reads None as -1).
-        "group_size": None if cfg.group_size == -1 else cfg.group_size,
-        "strategy": "channel" if cfg.group_size == -1 else "group",
-        "dynamic": False,
-    }
-    if cfg.desc_act:  # only with static groups (config.py): compressed-tensors' calibration-only "weight" order
-        weights["actorder"] = "weight"
-    return {
-        "version": FORMAT_VERSION,
-        "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
-        "quantization_status": "compressed",
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": weights,
-                "input_activations": None,
-                "output_activations": None,
-                "format": "pack-quantized",
-            }
-        },
-        "ignore": ["lm_head"],
-        "kv_cache_scheme": None,
-        "global_compression_ratio": None,
-        "sparsity_config": {},
-        "transform_config": {},
-    }

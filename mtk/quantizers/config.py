@@ -1,44 +1,40 @@
-"""The quantization settings: one frozen dataclass, validated once, shared by every method and the CLI."""
+"""The quantization settings: one frozen dataclass, validated once against the method and format registries.
+
+``QuantizeConfig`` is what the CLI and the API take: the settings every method shares (bits, group size, grid,
+format, calibration size) and, flat, the options of the methods (GPTQ's ``desc_act`` ...). Each method reads its
+own options as its own frozen config (``QuantizeConfig.options``, e.g. ``methods.gptq.GPTQConfig``); an option set
+for a method that does not read it is refused, as is anything the chosen format or its runtime cannot hold.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from enum import Enum
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-
-class Method(str, Enum):
-    gptq = "gptq"
-    awq = "awq"
-    rtn = "rtn"
-
-
-class Format(str, Enum):
-    """Checkpoint layouts mtk writes. ``gptq``: AutoGPTQ/GPTQModel v1; ``awq``: AutoAWQ GEMM;
-    ``compressed-tensors``: llm-compressor's pack-quantized (vLLM's native format)."""
-
-    gptq = "gptq"
-    awq = "awq"
-    compressed_tensors = "compressed-tensors"
+from mtk.errors import UnsupportedError
+from mtk.quantizers import FORMATS, QUANTIZERS
+from mtk.quantizers.formats import CheckpointFormat
+from mtk.quantizers.methods import QuantMethod
 
 
-BITS = {Method.gptq: (2, 3, 4, 8), Method.rtn: (2, 3, 4, 8), Method.awq: (4,)}
+def allowed(values: tuple[int, ...]) -> str:
+    """``32, 64 or -1``: a list of allowed values in a message."""
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """How to quantize the Linear layers of the decoder blocks (embeddings, norms and the head stay as they are).
 
-    ``group_size`` -1 means one scale per output channel over the whole input. ``sym`` stores the zero point
-    at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent`` is GPTQ's
-    Hessian dampening as a fraction of the mean diagonal; ``desc_act`` quantizes columns in order of
-    decreasing Hessian diagonal (act-order) and ``static_groups`` fixes the groups' scales before that
-    reordering (so ``g_idx`` stays sorted and fast kernels apply). ``act_group_aware`` (GPTQ's default unless
-    ``desc_act`` or ``static_groups``, as in GPTQModel) orders columns inside each group and the groups by their
-    Hessian diagonal while the groups stay contiguous, so ``g_idx`` stays natural (see mtk.quantizers.gptq).
+    ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format`` and ``sym`` default
+    to the method's. ``group_size`` -1 means one scale per output channel over the whole input. ``sym`` stores the
+    zero point at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
+    ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
+    ``methods.gptq.GPTQConfig``).
     """
 
-    method: Method = Method.gptq
+    method: str = "gptq"
     bits: int = 4
     group_size: int = 128
     sym: bool | None = None
@@ -47,59 +43,99 @@ class QuantizeConfig:
     act_group_aware: bool | None = None
     damp_percent: float = 0.01
     true_sequential: bool = True
-    format: Format | None = None
+    format: str | None = None
     samples: int = 128
     seq_len: int = 512
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", Method(self.method))
-        if self.format is None:
-            object.__setattr__(self, "format", Format.awq if self.method == Method.awq else Format.gptq)
-        object.__setattr__(self, "format", Format(self.format))
+        method = _lookup(QUANTIZERS, str(getattr(self.method, "value", self.method)))
+        object.__setattr__(self, "method", method.name)
+        fmt = _lookup(FORMATS, str(getattr(self.format, "value", self.format or method.default_format)))
+        object.__setattr__(self, "format", fmt.name)
         if self.sym is None:
-            object.__setattr__(self, "sym", self.method != Method.awq)
-        if self.bits not in BITS[self.method]:
-            allowed = ", ".join(map(str, BITS[self.method]))
-            raise ValueError(f"{self.method.value} supports bits {allowed}, not {self.bits}")
+            object.__setattr__(self, "sym", method.default_sym)
+        if self.bits not in method.bits:
+            raise ValueError(f"{method.name} supports bits {', '.join(map(str, method.bits))}, not {self.bits}")
         if self.group_size != -1 and (self.group_size < 16 or self.group_size % 16):
             raise ValueError(f"group size must be -1 or a positive multiple of 16, got {self.group_size}")
-        if self.format == Format.awq:
-            if self.bits != 4:
-                raise ValueError("the AWQ GEMM format holds 4-bit weights only")
-            if self.desc_act:
-                raise ValueError("the AWQ GEMM format has no act-order (g_idx); drop --desc-act")
-        if self.format == Format.compressed_tensors:
-            # vLLM's kernels for this format (CompressedTensorsWNA16) take 4 and 8 bits only.
-            if self.bits not in (4, 8):
-                raise ValueError(f"the compressed-tensors format holds 4 or 8 bits (W4A16, W8A16), not {self.bits}")
-            if self.desc_act and not self.static_groups:
-                raise ValueError(
-                    "the compressed-tensors format has no g_idx (act-order 'group' was removed in compressed-tensors "
-                    "0.20): use --desc-act with --static-groups, or drop --desc-act"
-                )
-            if self.method == Method.awq and self.sym:
-                raise ValueError("AWQ's grid has a zero point: drop --sym for the compressed-tensors format")
-        if self.method == Method.awq and self.desc_act:
-            raise ValueError("--desc-act is a GPTQ option")
-        if self.act_group_aware and (self.method != Method.gptq or self.desc_act or self.static_groups):
-            raise ValueError("--act-group-aware is a GPTQ option that excludes --desc-act and --static-groups")
-        if self.act_group_aware is None:
-            default = self.method == Method.gptq and not self.desc_act and not self.static_groups
-            object.__setattr__(self, "act_group_aware", default)
-        if not 0 < self.damp_percent < 1:
-            raise ValueError(f"damp_percent must be in (0, 1), got {self.damp_percent}")
+        self._check_format(method, fmt)
+        self._resolve_options(method)
         if self.samples < 1 or self.seq_len < 2:
             raise ValueError("samples must be >= 1 and seq_len >= 2")
 
+    def _check_format(self, method: QuantMethod, fmt: CheckpointFormat) -> None:
+        if method.formats is not None and fmt.name not in method.formats:
+            raise ValueError(f"{method.name} writes the formats {', '.join(method.formats)}, not {fmt.name}")
+        if self.bits not in fmt.bits:
+            raise ValueError(f"the {fmt.summary} format holds {allowed(fmt.bits)} bits, not {self.bits}")
+        sizes = fmt.group_sizes.get(self.bits)
+        if sizes is not None and self.group_size not in sizes:
+            raise ValueError(
+                f"the {fmt.name} format's runtime ({fmt.runtime}) loads group sizes {allowed(sizes)} at "
+                f"{self.bits} bits, not {self.group_size}"
+            )
+        why = fmt.refuse(self)
+        if why:
+            raise ValueError(why)
+
+    def _resolve_options(self, method: QuantMethod) -> None:
+        """Build the method's own config from the flat options (it validates them) and refuse unread ones."""
+        own = _option_names(method)
+        for name in sorted(_method_option_names() - own):
+            value, default = getattr(self, name), _default(name)
+            # A tri-state option (act_group_aware: None means "the method's default") may also be turned off.
+            if value not in ((None, False) if default is None else (default,)):
+                owners = [m for m in QUANTIZERS.names() if name in _option_names(QUANTIZERS.get(m))]
+                raise ValueError(f"--{name.replace('_', '-')} is an option of {', '.join(owners)}, not {method.name}")
+            if value is None:  # recorded as off: the checkpoint's config says what was done
+                object.__setattr__(self, name, False)
+        options = method.options(**{name: getattr(self, name) for name in own})
+        for name in own:  # the method's resolved defaults (GPTQ's act_group_aware) are what the checkpoint records
+            object.__setattr__(self, name, getattr(options, name))
+
+    @property
+    def method_row(self) -> QuantMethod:
+        return QUANTIZERS.get(self.method)
+
+    @property
+    def format_row(self) -> CheckpointFormat:
+        return FORMATS.get(str(self.format))
+
+    @property
+    def options(self) -> Any:
+        """The method's own frozen config (``GPTQConfig``, ``AWQConfig``, ``RTNConfig`` ...)."""
+        method = self.method_row
+        return method.options(**{name: getattr(self, name) for name in _option_names(method)})
+
     @property
     def needs_calibration(self) -> bool:
-        return self.method != Method.rtn
+        return self.method_row.needs_calibration
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["method"], d["format"] = self.method.value, self.format.value  # type: ignore[union-attr]
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantizeConfig:
         return cls(**d)
+
+
+def _lookup(registry: Any, name: str) -> Any:
+    try:
+        return registry.get(name)
+    except UnsupportedError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _option_names(method: QuantMethod) -> set[str]:
+    """The flat fields ``method`` reads as its own options (a plug-in's other option fields keep their defaults)."""
+    return {f.name for f in fields(method.options)} & {f.name for f in fields(QuantizeConfig)}
+
+
+def _method_option_names() -> set[str]:
+    """The flat fields some registered method reads as its own option."""
+    return {name for m in QUANTIZERS.names() for name in _option_names(QUANTIZERS.get(m))}
+
+
+def _default(name: str) -> Any:
+    field = next(f for f in fields(QuantizeConfig) if f.name == name)
+    return None if field.default is MISSING else field.default

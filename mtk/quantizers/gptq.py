@@ -14,11 +14,18 @@ gain, with a natural ``g_idx`` that every kernel reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from mtk.errors import MtkError
 from mtk.quantizers.grid import fit_gptq, from_codes, to_codes
+from mtk.quantizers.layerwise import _Stop, forward_all
+
+if TYPE_CHECKING:
+    from mtk.quantizers.config import QuantizeConfig
+    from mtk.converters.family import LayerPlan
 
 
 @dataclass
@@ -144,3 +151,70 @@ def gptq_quantize(
         zero=torch.stack([z for _, z in grids], dim=1),
         g_idx=col_group[inv].to(torch.int32),
     )
+
+
+def _hessians(
+    layer: nn.Module,
+    subsets: list[tuple[str, ...]],
+    inputs: list[torch.Tensor],
+    kwargs: dict[str, Any],
+    device: torch.device,
+    stop: bool,
+) -> dict[str, torch.Tensor]:
+    """``2/n X^T X`` of the input of each subset's first Linear (the subset shares that input)."""
+    hs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for subset in subsets:
+        first = layer.get_submodule(subset[0])
+        hs[subset[0]] = torch.zeros(first.in_features, first.in_features, device=device)
+        counts[subset[0]] = 0
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], key: str = subset[0]) -> None:
+            counts[key] += hessian_update(hs[key], args[0])
+            if stop:
+                raise _Stop
+
+        handles.append(first.register_forward_pre_hook(hook))
+    try:
+        forward_all(layer, inputs, kwargs, device)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: h * (2 / max(counts[k], 1)) for k, h in hs.items()}
+
+
+def gptq_layer(
+    layer: nn.Module,
+    plan: LayerPlan,
+    cfg: QuantizeConfig,
+    inputs: list[torch.Tensor],
+    kwargs: dict[str, Any],
+    device: torch.device,
+) -> dict[str, QuantizedLinear]:
+    """GPTQ every Linear of ``layer``; true-sequential: each subset is calibrated after the earlier ones.
+
+    Each Linear's weight is replaced by its quantized values, so later subsets see the quantized earlier ones.
+    """
+    opts = cfg.options  # methods.gptq.GPTQConfig
+    result: dict[str, QuantizedLinear] = {}
+    rounds = [[s] for s in plan.sequential] if opts.true_sequential else [list(plan.sequential)]
+    for subsets in rounds:
+        hs = _hessians(layer, subsets, inputs, kwargs, device, stop=opts.true_sequential)
+        for subset in subsets:
+            for name in subset:
+                lin = layer.get_submodule(name)
+                q = gptq_quantize(
+                    lin.weight.data,
+                    hs[subset[0]],
+                    bits=cfg.bits,
+                    group_size=cfg.group_size,
+                    sym=bool(cfg.sym),
+                    damp_percent=opts.damp_percent,
+                    desc_act=opts.desc_act,
+                    act_group_aware=bool(opts.act_group_aware),
+                    static_groups=opts.static_groups,
+                )
+                lin.weight.data = q.dequantize().to(lin.weight.dtype)
+                result[name] = q
+    return result

@@ -57,6 +57,22 @@ def layer_output(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any])
     return out[0] if isinstance(out, tuple) else out
 
 
+def forward_all(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, Any], device: torch.device) -> None:
+    """Run every sample through ``layer`` for its hooks; a hook may stop a pass early with ``_Stop``."""
+    with torch.no_grad():
+        for x in inputs:
+            with contextlib.suppress(_Stop):
+                layer_output(layer, x.to(device), kwargs)
+
+
+def next_inputs(
+    layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, Any], device: torch.device
+) -> list[torch.Tensor]:
+    """The layer's outputs for every sample (on the CPU): the next layer's inputs."""
+    with torch.no_grad():
+        return [layer_output(layer, x.to(device), kwargs).to("cpu") for x in inputs]
+
+
 class LayerwiseModel:
     """``model_dir``'s causal LM with decoder layers loaded on demand; see the module notes."""
 

@@ -1,0 +1,104 @@
+"""Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``.
+
+One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
+loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
+how its runtime loads it, the tolerance of that runtime against the files' own weights, a human label, and how
+to recognise it in a ``config.json``. The engine and the verifier only call these entries.
+
+The rows are imported by the CLI to build its choices and help, so this package and the format modules import
+neither torch nor transformers at module level: the functions import what they need.
+
+Other packages add formats through the ``mtk.quantizers.formats`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mtk.errors import UnsupportedError
+from mtk.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.verify import Tolerance
+
+# name -> (dtype, shape) of each tensor stored for one Linear, in write order
+PackedShapes = dict[str, tuple["torch.dtype", tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One checkpoint format. ``quantization_config`` dicts (``qc``) are the ones in the checkpoint's config.json.
+
+    ``group_sizes`` maps a bit width to the group sizes its runtime loads at that width (-1: one scale per output
+    channel); a width not listed takes any group size mtk writes (-1 or a multiple of 16). ``packed_keys`` the tensor
+    suffixes a quantized Linear ``base`` stores, the first one always present (it identifies a packed Linear).
+    ``refuse`` returns why a config cannot be written in this format (beyond bits and group size), or None.
+    ``check_shape`` raises ``UsageError`` for a Linear ``(out, in)`` the layout cannot hold.
+    """
+
+    name: str
+    summary: str
+    runtime: str  # what loads it, for messages
+    bits: tuple[int, ...]
+    group_sizes: dict[int, tuple[int, ...]]
+    packed_keys: tuple[str, ...]
+    writes_quantize_config: bool  # GPTQModel's quantize_config.json beside config.json
+    refuse: Callable[[QuantizeConfig], str | None]
+    check_shape: Callable[[str, int, int, QuantizeConfig], None]
+    packed_shapes: Callable[[int, int, QuantizeConfig], PackedShapes]
+    pack: Callable[[QuantizedLinear, QuantizeConfig], dict[str, torch.Tensor]]
+    unpack: Callable[[dict[str, torch.Tensor], dict[str, Any]], torch.Tensor]
+    quantization_config: Callable[[QuantizeConfig], dict[str, Any]]
+    detect: Callable[[dict[str, Any]], bool]
+    runtime_available: Callable[[], bool]
+    runtime_module: str  # the package transformers imports to load it (bench imports it before timing the load)
+    load: Callable[[Path], Any]
+    # A function, not a value: Tolerance lives with torch-importing verification code.
+    tolerance: Callable[[], Tolerance]
+    label: Callable[[dict[str, Any]], str]
+
+
+FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", entry_point_group="mtk.quantizers.formats")
+
+
+def format_of(qc: dict[str, Any]) -> CheckpointFormat:
+    """The registered format a checkpoint's ``quantization_config`` is written in."""
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        if fmt.detect(qc):
+            return fmt
+    raise UnsupportedError(
+        f"quantization_config with quant_method {qc.get('quant_method')!r} is in no checkpoint format mtk knows "
+        f"({', '.join(FORMATS.names())})"
+    )
+
+
+def label_of(qc: dict[str, Any]) -> str:
+    """A human label for any ``quantization_config``: its format's, or (a format mtk does not write, e.g.
+    bitsandbytes) the method with whatever bits and group size keys it has."""
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        if fmt.detect(qc):
+            return fmt.label(qc)
+    weights = next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
+    bits = qc.get("bits") or qc.get("w_bit") or weights.get("num_bits")
+    group = qc.get("group_size") or qc.get("q_group_size") or weights.get("group_size")
+    return group_label(qc.get("quant_method", "quantized"), bits, group)
+
+
+def group_label(quant_method: str, bits: Any, group: Any) -> str:
+    """``gptq 4-bit g128``: the quantization of a folder, as bench tables name it."""
+    return f"{quant_method}" + (f" {bits}-bit" if bits else "") + (f" g{group}" if group else "")
+
+
+# The built-in formats register themselves on import (after FORMATS exists).
+from mtk.quantizers.formats import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.formats import compressed_tensors as _compressed_tensors  # noqa: E402, F401
+from mtk.quantizers.formats import gptq as _gptq  # noqa: E402, F401

@@ -1,0 +1,66 @@
+"""Quantization methods, one module each: its own frozen config and a registered ``QuantMethod`` row.
+
+A row says what the method needs and allows (calibration, bits, formats, the default format and grid) and holds
+its layer quantizer. Like the format rows, these modules import neither torch nor transformers at module level
+(the CLI builds its choices from them); the layer quantizers import their math when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.converters.family import LayerPlan
+    from mtk.quantizers.layerwise import LayerwiseModel
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One quantized layer: its Linears, and its changed float tensors (None: the checkpoint's, unchanged)."""
+
+    linears: dict[str, QuantizedLinear]
+    tensors: dict[str, torch.Tensor] | None = None
+
+
+# (model, layer index, plan, config, layer inputs (replaced in place by its outputs), layer kwargs) -> result
+LayerQuantizer = Callable[
+    ["LayerwiseModel", int, "LayerPlan", "QuantizeConfig", "list[torch.Tensor]", "dict[str, Any]"], LayerResult
+]
+
+
+def linear_names(plan: LayerPlan) -> list[str]:
+    """The Linears a layer plan quantizes, in its true-sequential order."""
+    return [name for subset in plan.sequential for name in subset]
+
+
+class MethodConfig:
+    """Serialisation shared by the methods' frozen configs (dataclasses of JSON values)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """One method. ``options`` is its config class, whose fields are the ``QuantizeConfig`` options it reads;
+    ``formats`` None means every registered format."""
+
+    name: str
+    summary: str
+    needs_calibration: bool
+    bits: tuple[int, ...]
+    default_format: str
+    default_sym: bool
+    options: type[MethodConfig]
+    quantize_layer: LayerQuantizer
+    formats: tuple[str, ...] | None = None

@@ -1,0 +1,54 @@
+"""RTN: round to nearest on GPTQ's min-max grid (``grid.rtn``); no calibration, no forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mtk.quantizers import QUANTIZERS
+from mtk.quantizers.methods import LayerResult, MethodConfig, QuantMethod, linear_names
+
+if TYPE_CHECKING:
+    import torch
+
+    from mtk.quantizers.config import QuantizeConfig
+    from mtk.converters.family import LayerPlan
+    from mtk.quantizers.layerwise import LayerwiseModel
+
+
+@dataclass(frozen=True)
+class RTNConfig(MethodConfig):
+    """RTN has no options of its own: bits, group size and grid are the shared settings."""
+
+
+def quantize_layer(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+) -> LayerResult:
+    """Weights straight from the checkpoint, rounded; the layer is never built."""
+    import torch
+
+    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.grid import rtn
+
+    result = {}
+    for name in linear_names(plan):
+        w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
+        codes, scale, zero = rtn(w, cfg.bits, cfg.group_size, bool(cfg.sym))
+        gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
+        result[name] = QuantizedLinear(codes, scale, zero, (torch.arange(w.shape[1]) // gs).to(torch.int32))
+    return LayerResult(result)
+
+
+RTN = QUANTIZERS.add(
+    "rtn",
+    QuantMethod(
+        name="rtn",
+        summary="round to nearest, no calibration",
+        needs_calibration=False,
+        bits=(2, 3, 4, 8),
+        default_format="gptq",
+        default_sym=True,
+        options=RTNConfig,
+        quantize_layer=quantize_layer,
+    ),
+)
