@@ -24,8 +24,8 @@ from mtk.quantizers.grid import fit_gptq, from_codes, to_codes
 from mtk.quantizers.layerwise import _Stop, forward_all
 
 if TYPE_CHECKING:
-    from mtk.quantizers.config import QuantizeConfig
     from mtk.converters.family import LayerPlan
+    from mtk.quantizers.config import QuantizeConfig
 
 
 @dataclass

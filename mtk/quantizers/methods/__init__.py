@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from mtk.converters.family import LayerPlan
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.gptq import QuantizedLinear
-    from mtk.converters.family import LayerPlan
     from mtk.quantizers.layerwise import LayerwiseModel
 
 

@@ -11,8 +11,8 @@ from mtk.quantizers.methods import LayerResult, MethodConfig, QuantMethod
 if TYPE_CHECKING:
     import torch
 
-    from mtk.quantizers.config import QuantizeConfig
     from mtk.converters.family import LayerPlan
+    from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.layerwise import LayerwiseModel
 
 
