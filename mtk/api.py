@@ -175,7 +175,7 @@ def quantize(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if verify is None:
-        verify = runtime_available(cfg.format.value)  # type: ignore[union-attr]
+        verify = runtime_available(str(cfg.format))
     check = (lambda tmp: verify_quantized(tmp, model)) if verify else None
     result = _quantize(
         model, output, cfg, calibration=calibration, device=device, overwrite=overwrite, progress=progress,

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from mtk.cli.common import Device, DeviceOpt, OutputDir, Overwrite, info, progress_bar, render
-from mtk.errors import UsageError
 from mtk.quantizers import FORMATS, QUANTIZERS
 from mtk.quantizers.config import allowed
 
@@ -96,25 +95,14 @@ def quantize_command(
     [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b]
     """
-    from mtk.quantizers.check import runtime_available, verify_quantized
-    from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.engine import quantize
+    from mtk.api import quantize
 
-    try:
-        cfg = QuantizeConfig(
-            method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-            static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
-            format=format_, samples=samples, seq_len=seq_len,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if verify is None:
-        verify = runtime_available(str(cfg.format))
-    check = (lambda tmp: verify_quantized(tmp, model)) if verify else None
-    with progress_bar(f"{cfg.method} {cfg.bits}-bit") as bar:
+    with progress_bar(f"{method} {bits}-bit") as bar:
         result = quantize(
-            model, output, cfg, calibration=calibration, device=device.value, overwrite=overwrite,
-            progress=bar.update, check=check,
+            model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+            static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
+            format=format_, calibration=calibration, samples=samples, seq_len=seq_len, device=device.value,
+            verify=verify, overwrite=overwrite, progress=bar.update,
         )  # fmt: skip
     v = result.get("verification")
     if v:
