@@ -44,6 +44,13 @@ def test_a_missing_kernel_fails_loudly() -> None:
         Kernel("mtk.kernels.dequant", "_q9_0").load()
 
 
+def test_a_type_without_a_kernel_says_so() -> None:
+    with pytest.raises(UnsupportedError, match="IQ2_XXS has no encoder"):
+        types.get("IQ2_XXS").encoder(reference=True)
+    with pytest.raises(UnsupportedError, match="Q8_0 has no separate importance encoder"):
+        types.get("Q8_0").importance_encoder()
+
+
 def test_a_type_registered_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="Q4_0"):
         types._registry((*ROWS, replace(types.get("Q4_0"), type_size=19)))

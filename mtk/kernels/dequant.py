@@ -42,7 +42,7 @@ def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType | int, shape: Seq
     except ValueError:
         raise UnsupportedError(f"unknown GGML tensor type {qtype!r}") from None
     entry = types.readable(qtype)
-    kernel: BlockFn = entry.decode.load()  # type: ignore[union-attr]
+    kernel: BlockFn = entry.decoder()
     if data.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 bytes, got {data.dtype}")
     shape = tuple(int(s) for s in shape)

@@ -63,9 +63,9 @@ def quantize_kquant(
     if reference:
         from mtk.kernels import kquants_ref
 
-        encode: KEncodeFn = kquants_ref.encoder(entry.reference.load())  # type: ignore[union-attr]
+        encode: KEncodeFn = kquants_ref.encoder(entry.encoder(reference=True))
     else:
-        encode = entry.encode.load()  # type: ignore[union-attr]
+        encode = entry.encoder()
     for part, imp, part_out in _chunks(rows, importance, out, block_size):
         x = part.float().reshape(part.shape[0], -1, block_size)
         imp_blocks = None if imp is None else imp.float().reshape(1, -1, block_size)

@@ -63,8 +63,7 @@ def quantize_legacy_importance(
     if not bool(torch.isfinite(rows).all()):
         raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
     out = torch.empty((rows.shape[0], cols // QK * type_size), dtype=torch.uint8, device=weights.device)
-    kernel = entry.importance_reference if reference else entry.importance_encode
-    encode = kernel.load()  # type: ignore[union-attr]  # the reference module loads only here
+    encode = entry.importance_encoder(reference=reference)  # the reference's module loads only then
     step = max(1, CHUNK_VALUES // max(cols, 1))
     for start in range(0, rows.shape[0], step):
         out[start : start + step] = encode(rows[start : start + step].float(), importance, qtype)

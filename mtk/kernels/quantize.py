@@ -101,7 +101,7 @@ def quantize(
     out_shape = (*shape[:-1], row // block_size * type_size)
     if qtype == QT.F32 and not reference:
         return weights.float().contiguous().reshape(-1).view(torch.uint8).reshape(out_shape)
-    encode: EncodeFn = (entry.reference if reference else entry.encode).load()  # type: ignore[union-attr]
+    encode: EncodeFn = entry.encoder(reference=reference)
     n_rows = weights.numel() // row if row else 0
     out = torch.empty((n_rows, out_shape[-1]), dtype=torch.uint8, device=weights.device)
     if out.numel():

@@ -118,10 +118,28 @@ class GGUFType:
     def uses_importance(self) -> bool:
         return self.importance is not Importance.IGNORED
 
+    def encoder(self, *, reference: bool = False) -> Callable[..., Any]:
+        """The fast encoder, or its reference twin."""
+        return _load(self.reference if reference else self.encode, f"{self.name} has no encoder")
+
+    def importance_encoder(self, *, reference: bool = False) -> Callable[..., Any]:
+        """The importance encoder of an ``Importance.SEPARATE`` type, or its reference twin."""
+        kernel = self.importance_reference if reference else self.importance_encode
+        return _load(kernel, f"{self.name} has no separate importance encoder")
+
+    def decoder(self) -> Callable[..., Any]:
+        return _load(self.decode, f"{self.name} has no decoder")
+
     @property
     def bare_file_type(self) -> str | None:
         """The file type that this type's bare name (and ``TypeRules(qtype)``) stands for."""
         return self.file_type or (self.file_types[0] if self.file_types else None)
+
+
+def _load(kernel: Kernel | None, missing: str) -> Callable[..., Any]:
+    if kernel is None:
+        raise UnsupportedError(missing)
+    return kernel.load()
 
 
 def _dq(name: str) -> Kernel:
