@@ -16,11 +16,11 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import InvalidFileError, UnsupportedError
-from mtk.kernels import dequant
-from mtk.kernels.dequant import SUPPORTED_TYPES, dequantize
+from mtk.kernels import types
+from mtk.kernels.dequant import dequantize
 
 QT = GGMLQuantizationType
-TYPES = sorted(SUPPORTED_TYPES, key=lambda t: t.value)
+TYPES = [row.qtype for row in types.rows(reads=True)]  # every type mtk.kernels.types says mtk reads
 
 # Byte offsets of the f16 fields in one block, from gguf-py's block layouts (gguf/quants.py). F32 and BF16
 # have none to fix (their raw bits are compared as they are); IQ1_M spreads its f16 over four nibbles.
@@ -119,7 +119,7 @@ def assert_bit_equal(actual: torch.Tensor, expected: np.ndarray) -> None:
 
 def test_supported_types_and_layout_table_agree() -> None:
     # A newly registered type must get its f16 layout here, so the tests below cover it.
-    assert {t.name for t in SUPPORTED_TYPES} == set(F16_FIELDS)
+    assert {t.name for t in TYPES} == set(F16_FIELDS)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -149,7 +149,7 @@ def test_3d_shape_from_flat_misaligned_bytes(qtype: GGMLQuantizationType, source
     assert_bit_equal(out, expected)
 
 
-UNSUPPORTED = [t for t in GGMLQuantizationType if t not in SUPPORTED_TYPES]
+UNSUPPORTED = [t for t in GGMLQuantizationType if t not in TYPES]
 
 
 @pytest.mark.parametrize("qtype", UNSUPPORTED, ids=lambda t: t.name)
@@ -177,11 +177,6 @@ def test_empty_tensors(shape: tuple[int, ...]) -> None:
     for qtype in TYPES:
         out = dequantize(torch.zeros(0, dtype=torch.uint8), qtype, shape)
         assert out.shape == shape and out.dtype == torch.float32
-
-
-def test_registering_a_type_twice_is_refused() -> None:
-    with pytest.raises(ValueError, match="Q4_0"):
-        dequant._register(QT.Q4_0)(lambda blocks: blocks)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

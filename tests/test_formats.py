@@ -23,6 +23,8 @@ from mtk.formats.gguf_writer import (
     write_gguf,
 )
 from mtk.formats.safetensors_io import SafetensorsFile, SafetensorsWriter
+from mtk.kernels import types
+from mtk.kernels.quantize import quantize
 
 Q = gguf.GGMLQuantizationType
 
@@ -65,6 +67,22 @@ def test_writer_round_trip_through_gguf_py(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ref.tensors[0].data, w32)
     np.testing.assert_array_equal(np.asarray(ref.tensors[1].data), q8)
     assert ref.tensors[1].tensor_type == Q.Q8_0 and list(ref.tensors[1].shape) == [64, 3]
+
+
+@pytest.mark.parametrize("row", list(types.rows(writes=True)), ids=lambda row: row.name)
+def test_every_written_type_round_trips_through_gguf_py(row: types.GGUFType, tmp_path: Path) -> None:
+    """mtk's bytes of each type it writes, in a GGUF: gguf-py reads the same shape, type and bytes, and
+    mtk's reader gives them back."""
+    weights = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 512)).astype(np.float32))
+    encoded = quantize(weights, row.qtype).numpy()
+    assert encoded.shape == (3, 512 // row.block_size * row.type_size)
+    path = tmp_path / f"{row.key}.gguf"
+    write_gguf(path, {"general.architecture": "llama"}, {"w.weight": (row.qtype, encoded)})
+    ref = gguf.GGUFReader(path).tensors[0]
+    assert ref.tensor_type == row.qtype and list(ref.shape) == [512, 3]
+    assert np.array_equal(np.asarray(ref.data).reshape(-1).view(np.uint8), encoded.reshape(-1))
+    ours = open_gguf(path)
+    assert np.array_equal(ours.tensor_bytes(ours.by_name["w.weight"]).numpy(), encoded.reshape(-1))
 
 
 def test_writer_rejects_wrong_size_and_order(tmp_path: Path) -> None:

@@ -21,12 +21,13 @@ from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_ty
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import VerificationError
 from mtk.formats.gguf_reader import open_gguf
+from mtk.kernels import types
 from mtk.verify import LlamaCppModel, hf_logits
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 Q = gguf.GGMLQuantizationType
 # The plain types (one tensor type for every matrix); K-quant mixes are tested in test_kquant_export.py.
-TYPES = ["bf16", "f16", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+TYPES = [row.key for row in types.rows(writes=True) if row.importance is not types.Importance.BUILT_IN]
 # Mean KL of each type's llama.cpp logits against the float source on the tiny random models.
 QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0.15}
 

@@ -23,12 +23,16 @@ from transformers import AutoModelForCausalLM
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules, parse_file_type
 from mtk.converters.hf_to_gguf import gguf_export, plan_export
 from mtk.formats.gguf_reader import open_gguf
+from mtk.kernels import types
 from mtk.verify import LlamaCppModel, compare_on_prompts, hf_logits
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 llama_logger = pytest.importorskip("llama_cpp._logger")
 Q = gguf.GGMLQuantizationType
-MIXES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"]
+# The file types of the K-quant and IQ4 rows (q2_k, q3_k_s, q3_k_m, ... iq4_xs).
+MIXES = [
+    name for row in types.rows(writes=True) if row.importance is types.Importance.BUILT_IN for name in row.file_types
+]
 # Width 256 (whole super-blocks, no fallbacks), 8 query / 2 KV heads (n_gqa 4: the Q2_K and IQ4 attn_v
 # rules), a spread of 0.05 (at 0.1 llama.cpp's 8-bit activations alone flip a fifth of the top-1 tokens).
 WIDE = {"hidden_size": 256, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2}

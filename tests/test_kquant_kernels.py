@@ -14,21 +14,21 @@ import torch
 from fixtures_models import build_tiny_model
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from mtk.converters.gguf_types import TypeRules
+from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
-from mtk.kernels import kquants
+from mtk.kernels import kquants, types
 from mtk.kernels import kquants_search as ks
 from mtk.kernels.dequant import dequantize
-from mtk.kernels.quantize import KQUANT_TYPES, quantize
+from mtk.kernels.quantize import quantize
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 
 QT = GGMLQuantizationType
-TYPES = sorted(KQUANT_TYPES, key=lambda t: t.value)
-# llama.cpp file types that give each tensor type when ``pure`` (llama.h).
-FTYPES = {QT.Q2_K: 10, QT.Q3_K: 11, QT.Q4_K: 14, QT.Q5_K: 16, QT.Q6_K: 18, QT.IQ4_NL: 25, QT.IQ4_XS: 30}
+TYPES = [row.qtype for row in types.rows(writes=True) if row.importance is types.Importance.BUILT_IN]
+# llama.cpp file types that give each tensor type when ``pure``: any of those whose default type it is.
+FTYPES = {row.qtype: int(FILE_TYPE_NAMES[row.file_types[0]]) for row in map(types.get, TYPES)}
 
 
 def mixed_rows(seed: int, cols: int = 512) -> np.ndarray:

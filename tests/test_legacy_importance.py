@@ -18,11 +18,11 @@ from mtk.converters.hf_to_gguf import gguf_export, plan_export
 from mtk.converters.imatrix import Imatrix
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
-from mtk.kernels import legacy_importance
+from mtk.kernels import legacy_importance, types
 from mtk.kernels.quantize import quantize
 
 QT = GGMLQuantizationType
-TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1]
+TYPES = [row.qtype for row in types.rows() if row.importance is types.Importance.SEPARATE]
 
 
 def rows(seed: int, n_rows: int, cols: int) -> np.ndarray:
@@ -133,4 +133,4 @@ def test_export_passes_importance_to_legacy_fallbacks(tiny_models: dict[str, Pat
             assert torch.equal(g.tensor_bytes(info), expected), name
             assert not torch.equal(expected, quantize(w.detach(), info.qtype).reshape(-1)), name
             checked.add(info.qtype)
-    assert checked & {QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1}, checked
+    assert checked & set(TYPES), checked

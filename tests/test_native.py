@@ -13,15 +13,17 @@ import torch
 from gguf import GGMLQuantizationType
 from test_kquant_kernels import _ggml_quantize_chunk, block_view, importance_for, mixed_rows
 
-from mtk.kernels import native
+from mtk.kernels import native, types
 from mtk.kernels.quantize import quantize
 
 QT = GGMLQuantizationType
+NATIVE = [row for row in types.rows() if row.native]
+# Without importance, the types whose C encoder is their importance encoder do not go through C.
 CASES = [
-    (qtype, use_importance)
-    for qtype in native.SYMBOLS
+    (row.qtype, use_importance)
+    for row in NATIVE
     for use_importance in (False, True)
-    if use_importance or qtype not in native.IMPORTANCE_ONLY
+    if use_importance or row.importance is not types.Importance.SEPARATE
 ]
 
 
@@ -79,7 +81,7 @@ def test_bytes_equal_llama_cpp(qtype: GGMLQuantizationType, use_importance: bool
     assert bad.size == 0, f"{qtype.name}: {bad.size} of {block_view(ours, qtype).shape[0]} blocks differ: {bad[:8]}"
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q6_K, QT.IQ4_XS, QT.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [row.qtype for row in NATIVE], ids=lambda t: t.name)
 def test_threads_and_task_size_do_not_change_bytes(
     qtype: GGMLQuantizationType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,11 +20,13 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels import quantize as kernels
+from mtk.kernels import types
 from mtk.kernels.dequant import dequantize
-from mtk.kernels.quantize import KQUANT_TYPES, QUANTIZE_TYPES, quantize
+from mtk.kernels.quantize import quantize
 
 QT = GGMLQuantizationType
-TYPES = sorted(QUANTIZE_TYPES, key=lambda t: t.value)
+# The types gguf-py encodes as mtk does: those whose importance (if any) is not built into the encoder.
+TYPES = [row.qtype for row in types.rows(writes=True) if row.importance is not types.Importance.BUILT_IN]
 # Types whose bytes keep a NaN's payload in a well-defined way (elementwise, or picked by argmax).
 PAYLOAD_TYPES = [QT.F16, QT.BF16, QT.Q4_0, QT.Q5_0]
 # What gguf-py divides a block's peak (or max - min) by to get its scale; a power-of-two scale makes ties.
@@ -221,7 +223,7 @@ def test_empty_tensors(shape: tuple[int, ...]) -> None:
 
 
 # The K-quant and IQ4 encoders have no gguf-py counterpart: tests/test_kquant_kernels.py covers them.
-UNSUPPORTED = [t for t in GGMLQuantizationType if t not in QUANTIZE_TYPES | KQUANT_TYPES]
+UNSUPPORTED = [t for t in GGMLQuantizationType if t.name not in types.TYPES or not types.get(t).writes]
 
 
 @pytest.mark.parametrize("qtype", UNSUPPORTED, ids=lambda t: t.name)
@@ -237,11 +239,6 @@ def test_bad_inputs_raise() -> None:
         quantize(torch.zeros(2, 48), QT.Q4_0)
     with pytest.raises(TypeError):
         quantize(torch.zeros(1, 32, dtype=torch.int32), QT.Q8_0)
-
-
-def test_registering_a_type_twice_is_refused() -> None:
-    with pytest.raises(ValueError, match="Q4_0"):
-        kernels._register(QT.Q4_0, kernels._FAST)(lambda blocks, out: None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -9,14 +9,16 @@ import typer
 
 from mtk.cli.common import SETTINGS, Device, DeviceOpt, Overwrite, info, progress_bar, render, report_verification
 from mtk.errors import UsageError
+from mtk.kernels.types import rows
 
 # The names are checked (case-insensitively) by mtk.converters.gguf_types, which the CLI imports only when
-# a command runs; these lists are the help text.
+# a command runs; the help lists them from the table of types, which imports neither torch nor gguf.
+_WRITTEN = list(rows(writes=True))
 FILE_TYPE_HELP = (
-    "File type, llama-quantize's names: auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, "
-    "q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs (q3_k/q4_k/q5_k mean the _m mixes)."
+    f"File type, llama-quantize's names: auto, {', '.join(name for row in _WRITTEN for name in row.file_types)} "
+    f"({', '.join(f'{row.key} = {row.file_type}' for row in _WRITTEN if row.file_type)})."
 )
-TENSOR_TYPES = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs"
+TENSOR_TYPES = ", ".join(row.key for row in _WRITTEN)
 
 
 def gguf_export_command(

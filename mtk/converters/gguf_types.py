@@ -27,54 +27,32 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from mtk.kernels import types
 
 Q = GGMLQuantizationType
 F = LlamaFileType
 
 # Tensor types mtk writes (names of --output-type, --embedding-type, --tensor-type), llama.cpp's names.
-TYPE_NAMES: dict[str, GGMLQuantizationType] = {
-    t.name.lower(): t
-    for t in (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1)
-    + (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS)
-}
-FLOAT_TYPES = frozenset({Q.F32, Q.F16, Q.BF16})
+TYPE_NAMES: dict[str, GGMLQuantizationType] = {row.key: row.qtype for row in types.rows(writes=True)}
+FLOAT_TYPES = frozenset(row.qtype for row in types.rows(writes=True) if row.is_float)
 
-# llama.cpp's llama_ftype_get_default_type for the file types mtk writes.
+# LlamaFileType by llama-quantize's name: MOSTLY_Q4_K_M is "q4_k_m", ALL_F32 "f32".
+_FILE_TYPE_BY_NAME = {ft.name.removeprefix("MOSTLY_").removeprefix("ALL_").lower(): ft for ft in F}
+
+# llama.cpp's llama_ftype_get_default_type for the file types mtk writes (each row's file types).
 DEFAULT_TYPE: dict[LlamaFileType, GGMLQuantizationType] = {
-    F.ALL_F32: Q.F32,
-    F.MOSTLY_F16: Q.F16,
-    F.MOSTLY_BF16: Q.BF16,
-    F.MOSTLY_Q8_0: Q.Q8_0,
-    F.MOSTLY_Q4_0: Q.Q4_0,
-    F.MOSTLY_Q4_1: Q.Q4_1,
-    F.MOSTLY_Q5_0: Q.Q5_0,
-    F.MOSTLY_Q5_1: Q.Q5_1,
-    F.MOSTLY_Q2_K: Q.Q2_K,
-    F.MOSTLY_Q3_K_S: Q.Q3_K,
-    F.MOSTLY_Q3_K_M: Q.Q3_K,
-    F.MOSTLY_Q3_K_L: Q.Q3_K,
-    F.MOSTLY_Q4_K_S: Q.Q4_K,
-    F.MOSTLY_Q4_K_M: Q.Q4_K,
-    F.MOSTLY_Q5_K_S: Q.Q5_K,
-    F.MOSTLY_Q5_K_M: Q.Q5_K,
-    F.MOSTLY_Q6_K: Q.Q6_K,
-    F.MOSTLY_IQ4_NL: Q.IQ4_NL,
-    F.MOSTLY_IQ4_XS: Q.IQ4_XS,
+    _FILE_TYPE_BY_NAME[name]: row.qtype for row in types.rows(writes=True) for name in row.file_types
 }
 # Names of --type: llama-quantize's (case-insensitive), with its aliases Q3_K/Q4_K/Q5_K for the _M mixes.
 FILE_TYPE_NAMES: dict[str, LlamaFileType] = {
-    **{ft.name.removeprefix("MOSTLY_").removeprefix("ALL_").lower(): ft for ft in DEFAULT_TYPE},
-    "q3_k": F.MOSTLY_Q3_K_M,
-    "q4_k": F.MOSTLY_Q4_K_M,
-    "q5_k": F.MOSTLY_Q5_K_M,
+    **{name: _FILE_TYPE_BY_NAME[name] for row in types.rows(writes=True) for name in row.file_types},
+    **{row.key: _FILE_TYPE_BY_NAME[row.file_type] for row in types.rows(writes=True) if row.file_type},
 }
 # The file type a bare tensor type stands for (``TypeRules(Q.Q4_0)``); K types as llama-quantize's aliases.
 FILE_TYPE_OF: dict[GGMLQuantizationType, LlamaFileType] = {
-    **{q: ft for ft, q in DEFAULT_TYPE.items() if q not in (Q.Q3_K, Q.Q4_K, Q.Q5_K)},
-    Q.Q3_K: F.MOSTLY_Q3_K_M,
-    Q.Q4_K: F.MOSTLY_Q4_K_M,
-    Q.Q5_K: F.MOSTLY_Q5_K_M,
+    row.qtype: _FILE_TYPE_BY_NAME[row.bare_file_type] for row in types.rows(writes=True) if row.bare_file_type
 }
 # llama.cpp's tensor_type_fallback, for a row that is not whole blocks of the chosen type.
 FALLBACK: dict[GGMLQuantizationType, GGMLQuantizationType] = {
@@ -208,7 +186,7 @@ def quantizable(name: str, shape: Sequence[int]) -> bool:
 
 
 def fits(qtype: GGMLQuantizationType, cols: int) -> bool:
-    return cols % GGML_QUANT_SIZES[qtype][0] == 0
+    return cols % types.get(qtype).block_size == 0
 
 
 def fallback(qtype: GGMLQuantizationType, cols: int) -> GGMLQuantizationType:

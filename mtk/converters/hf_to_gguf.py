@@ -36,6 +36,7 @@ from mtk.formats.gguf_writer import (
 )
 from mtk.kernels.dequant import dequantize
 from mtk.kernels.quantize import quantize
+from mtk.kernels.types import ROWS
 from mtk.runtime import resolve_device
 
 Progress = Callable[[int, int, str], None]
@@ -43,9 +44,7 @@ Q = GGMLQuantizationType
 # Types whose encoders take importance weights (llama.cpp's imatrix).
 # llama-imatrix collects block matrices only (the embedding is a lookup; output.weight needs --process-output).
 NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
-IMPORTANCE_TYPES = frozenset(
-    {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
-)
+IMPORTANCE_TYPES = frozenset(row.qtype for row in ROWS if row.writes and row.uses_importance)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """GGUF tensor dequantization in torch, bit-exact with gguf-py's numpy reference (``gguf.quants.dequantize``).
 
-Each supported GGML type has one block function, registered by decorator, that maps every block of a tensor
-at once: ``(n_blocks, type_size)`` uint8 -> ``(n_blocks, block_size)`` float32. Bit fields are unpacked with
-integer ops, four (or two) bytes per op on int32 (int16) words, into one uint8 code per value; one float32
-pass then converts and scales them. The float operations are gguf-py's, in its order (f16 -> f32 first, then
-``(d * sc) * q - (dmin * m)`` and so on) and never fused, so the results are identical, NaN positions
-included.
+Each supported GGML type has one block function, named by its row in :mod:`mtk.kernels.types`, that maps
+every block of a tensor at once: ``(n_blocks, type_size)`` uint8 -> ``(n_blocks, block_size)`` float32. Bit
+fields are unpacked with integer ops, four (or two) bytes per op on int32 (int16) words, into one uint8 code
+per value; one float32 pass then converts and scales them. The float operations are gguf-py's, in its order
+(f16 -> f32 first, then ``(d * sc) * q - (dmin * m)`` and so on) and never fused, so the results are
+identical, NaN positions included.
 
 Byte layouts are given per type. Multi-byte fields are little-endian, as GGUF is, and are read through
 dtype views, which assumes a little-endian host (as torch and gguf-py both do).
@@ -18,20 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from mtk.errors import InvalidFileError, UnsupportedError
-from mtk.kernels import iq_grids
-from mtk.registry import Registry
+from mtk.kernels import iq_grids, types
 
 QT = GGMLQuantizationType
 BlockFn = Callable[[torch.Tensor], torch.Tensor]
-
-_KERNELS: Registry[BlockFn] = Registry("tensor type")
-
-
-def _register(qtype: GGMLQuantizationType) -> Callable[[BlockFn], BlockFn]:
-    return _KERNELS.register(qtype.name)
 
 
 def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType | int, shape: Sequence[int]) -> torch.Tensor:
@@ -48,13 +41,12 @@ def dequantize(data: torch.Tensor, qtype: GGMLQuantizationType | int, shape: Seq
         qtype = GGMLQuantizationType(qtype)
     except ValueError:
         raise UnsupportedError(f"unknown GGML tensor type {qtype!r}") from None
-    if qtype.name not in _KERNELS:
-        raise UnsupportedError(f"cannot dequantize {qtype.name} tensors; supported: {', '.join(_KERNELS)}")
-    kernel = _KERNELS.get(qtype.name)
+    entry = types.readable(qtype)
+    kernel: BlockFn = entry.decoder()
     if data.dtype != torch.uint8:
         raise TypeError(f"dequantize expects uint8 bytes, got {data.dtype}")
     shape = tuple(int(s) for s in shape)
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    block_size, type_size = entry.block_size, entry.type_size
     row = shape[-1] if shape else 1
     if row % block_size:
         raise InvalidFileError(f"{qtype.name} rows of {row} values are not whole blocks of {block_size}")
@@ -156,19 +148,16 @@ def _scaled(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = 
 # --- plain floats --------------------------------------------------------------------------------------
 
 
-@_register(QT.F32)
 def _f32_blocks(blocks: torch.Tensor) -> torch.Tensor:
     """4 bytes: one float32."""
     return blocks.view(torch.float32)
 
 
-@_register(QT.F16)
 def _f16_blocks(blocks: torch.Tensor) -> torch.Tensor:
     """2 bytes: one IEEE half."""
     return blocks.view(torch.float16).float()
 
 
-@_register(QT.BF16)
 def _bf16_blocks(blocks: torch.Tensor) -> torch.Tensor:
     """2 bytes: the top half of a float32. torch widens bfloat16 by a 16-bit shift, as gguf-py does, so NaN
     payloads survive too."""
@@ -189,31 +178,26 @@ def _q5_codes(blocks: torch.Tensor, start: int) -> torch.Tensor:
     return _or_shifted(_q4_codes(blocks, start + 4), high, 4)
 
 
-@_register(QT.Q4_0)
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
     """18 bytes: f16 d | 16 bytes of 4-bit codes. x = d * (q - 8)."""
     return _scaled(_q4_codes(blocks, 2).view(torch.int8).sub_(8), _f16(blocks, 0))
 
 
-@_register(QT.Q4_1)
 def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     """20 bytes: f16 d | f16 m | 16 bytes of 4-bit codes. x = d*q + m."""
     return _scaled(_q4_codes(blocks, 4), _f16(blocks, 0), _f16(blocks, 2))
 
 
-@_register(QT.Q5_0)
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     """22 bytes: f16 d | uint32 qh (bit 4 of each value) | 16 bytes of low nibbles. x = d * (q - 16)."""
     return _scaled(_q5_codes(blocks, 2).view(torch.int8).sub_(16), _f16(blocks, 0))
 
 
-@_register(QT.Q5_1)
 def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
     """24 bytes: f16 d | f16 m | uint32 qh | 16 bytes of low nibbles. x = d*q + m."""
     return _scaled(_q5_codes(blocks, 4), _f16(blocks, 0), _f16(blocks, 2))
 
 
-@_register(QT.Q8_0)
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     """34 bytes: f16 d | 32 int8 q. x = q * d."""
     return _scaled(blocks[:, 2:34].view(torch.int8).unsqueeze(1), _f16(blocks, 0))
@@ -227,7 +211,6 @@ def _q2_runs(words: torch.Tensor) -> torch.Tensor:
     return _unpack(words.reshape(words.shape[0], 2, -1), 2, 4).reshape(-1, 16, 16)
 
 
-@_register(QT.Q2_K)
 def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
     """84 bytes: 16 scale bytes (low nibble sc, high nibble m; per 16 values) | 64 bytes of 2-bit codes |
     f16 d | f16 dmin. x = (d*sc)*q - (dmin*m)."""
@@ -236,7 +219,6 @@ def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(_q2_runs(_words(blocks, 16, 80)), d * (sc & 0x0F).float(), -(dmin * (sc >> 4).float()))
 
 
-@_register(QT.Q3_K)
 def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     """110 bytes: 32 bytes hmask | 64 bytes of 2-bit low codes (as Q2_K) | 12 bytes of 6-bit scales | f16 d.
 
@@ -270,7 +252,6 @@ def _q4_runs(words: torch.Tensor) -> torch.Tensor:
     return _unpack(words.reshape(words.shape[0], 4, -1), 4, 2).reshape(-1, 8, 32)
 
 
-@_register(QT.Q4_K)
 def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     """144 bytes: f16 d | f16 dmin | 12 scale bytes | 128 bytes of 4-bit codes.
 
@@ -281,7 +262,6 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(q, _f16(blocks, 0) * sc.float(), -(_f16(blocks, 2) * m.float()))
 
 
-@_register(QT.Q5_K)
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     """176 bytes: f16 d | f16 dmin | 12 scale bytes | 32 bytes qh | 128 bytes of low nibbles (as Q4_K).
 
@@ -292,7 +272,6 @@ def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(q, _f16(blocks, 0) * sc.float(), -(_f16(blocks, 2) * m.float()))
 
 
-@_register(QT.Q6_K)
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     """210 bytes: 128 bytes ql | 64 bytes qh | 16 int8 scales (per 16 values) | f16 d.
 
@@ -320,13 +299,11 @@ def _iq4_values(codes: torch.Tensor) -> torch.Tensor:
     return _gather_rows(iq_grids.iq4_pairs(codes.device), index).reshape(codes.shape)
 
 
-@_register(QT.IQ4_NL)
 def _iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
     """18 bytes: f16 d | 16 bytes of 4-bit codes, nibbles as Q4_0. x = d * kvalues[code]."""
     return _scaled(_iq4_values(_q4_codes(blocks, 2)), _f16(blocks, 0))
 
 
-@_register(QT.IQ4_XS)
 def _iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
     """136 bytes: f16 d | uint16 scales_h | 4 bytes scales_l | 128 bytes of 4-bit codes.
 
@@ -390,7 +367,6 @@ def _ksign_fields(halves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _ksigns(_split(word, (0, 7, 14, 21), 0x7F, dim=-1)), halves[..., 1] >> 12
 
 
-@_register(QT.IQ2_XXS)
 def _iq2_xxs(blocks: torch.Tensor) -> torch.Tensor:
     """66 bytes: f16 d | 8 x (4 grid-row bytes | uint32 aux) per 32 values. x = d*(0.5+s)*0.25 * grid."""
     n = blocks.shape[0]
@@ -400,7 +376,6 @@ def _iq2_xxs(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 8, 32), _grid_scale(_f16(blocks, 0), s, 0.25))
 
 
-@_register(QT.IQ2_XS)
 def _iq2_xs(blocks: torch.Tensor) -> torch.Tensor:
     """74 bytes: f16 d | 32 uint16 (9-bit grid row, 7-bit ksigns index) | 8 bytes of 4-bit scales.
 
@@ -413,7 +388,6 @@ def _iq2_xs(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 16, 16), _grid_scale(_f16(blocks, 0), s, 0.25))
 
 
-@_register(QT.IQ2_S)
 def _iq2_s(blocks: torch.Tensor) -> torch.Tensor:
     """82 bytes: f16 d | 32 grid-row low bytes | 32 sign bytes | 8 bytes qh | 8 bytes of 4-bit scales.
 
@@ -427,7 +401,6 @@ def _iq2_s(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 16, 16), _grid_scale(_f16(blocks, 0), s, 0.25))
 
 
-@_register(QT.IQ3_XXS)
 def _iq3_xxs(blocks: torch.Tensor) -> torch.Tensor:
     """98 bytes: f16 d | 64 grid-row bytes (4 values each) | 8 uint32 aux (as IQ2_XXS), one per 32 values.
 
@@ -440,7 +413,6 @@ def _iq3_xxs(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 8, 32), _grid_scale(_f16(blocks, 0), s, 0.5))
 
 
-@_register(QT.IQ3_S)
 def _iq3_s(blocks: torch.Tensor) -> torch.Tensor:
     """110 bytes: f16 d | 64 grid-row low bytes | 8 bytes qh | 32 sign bytes | 4 bytes of 4-bit scales.
 
@@ -462,7 +434,6 @@ def _iq1_grid(rows: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return grid.reshape(*rows.shape, 8)
 
 
-@_register(QT.IQ1_S)
 def _iq1_s(blocks: torch.Tensor) -> torch.Tensor:
     """50 bytes: f16 d | 32 grid-row low bytes | 8 uint16 qh, one per 32 values (4 grid rows of 8).
 
@@ -476,7 +447,6 @@ def _iq1_s(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 8, 32), _f16(blocks, 0) * (2 * ((qh >> 12) & 7) + 1).float())
 
 
-@_register(QT.IQ1_M)
 def _iq1_m(blocks: torch.Tensor) -> torch.Tensor:
     """56 bytes: 32 grid-row low bytes | 16 bytes qh | 4 uint16 scales.
 
@@ -496,4 +466,4 @@ def _iq1_m(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(grid.reshape(n, 16, 16), d * (2 * s + 1).float())
 
 
-SUPPORTED_TYPES: frozenset[GGMLQuantizationType] = frozenset(QT[name] for name in _KERNELS.names())
+SUPPORTED_TYPES: frozenset[GGMLQuantizationType] = frozenset(row.qtype for row in types.rows(reads=True))

@@ -18,24 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels import kquants_search as ks
-from mtk.kernels import native
-from mtk.registry import Registry
+from mtk.kernels import native, types
 
 QT = GGMLQuantizationType
 # (float32 x (..., super_block), float32 importance (..., super_block) or None) -> uint8 (..., type_size)
 KEncodeFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
-_FAST: Registry[KEncodeFn] = Registry("K-quant type")
-
 CHUNK_VALUES = ks.CHUNK_VALUES  # values encoded per step of the loop below (see kquants_search)
-
-
-def _register(qtype: GGMLQuantizationType) -> Callable[[KEncodeFn], KEncodeFn]:
-    return _FAST.register(qtype.name)
 
 
 def quantize_kquant(
@@ -52,7 +45,8 @@ def quantize_kquant(
     Raises ``UnsupportedError`` for rows that are not whole super-blocks, non-finite weights, or importance
     of the wrong shape or with negative or non-finite values.
     """
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    entry = types.get(qtype)
+    block_size, type_size = entry.block_size, entry.type_size
     shape = tuple(weights.shape)
     cols = shape[-1] if shape else 1
     if cols % block_size:
@@ -69,9 +63,9 @@ def quantize_kquant(
     if reference:
         from mtk.kernels import kquants_ref
 
-        encode: KEncodeFn = kquants_ref.encoder(qtype)
+        encode: KEncodeFn = kquants_ref.encoder(entry.encoder(reference=True))
     else:
-        encode = _FAST.get(qtype.name)
+        encode = entry.encoder()
     for part, imp, part_out in _chunks(rows, importance, out, block_size):
         x = part.float().reshape(part.shape[0], -1, block_size)
         imp_blocks = None if imp is None else imp.float().reshape(1, -1, block_size)
@@ -224,14 +218,12 @@ def _k4_decode(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc.float(), m.float()
 
 
-@_register(QT.Q4_K)
 def _q4_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """144 bytes: f16 d | f16 dmin | 12 scale bytes | 128 bytes of nibbles (per 64 values: 32 low, 32 high)."""
     head, codes = _k4_common(x, importance, 15, (-1.0, 20))
     return torch.cat((head, _pack_nibbles(codes.reshape(*codes.shape[:-1], 8, 32))), -1)
 
 
-@_register(QT.Q5_K)
 def _q5_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """176 bytes: f16 d | f16 dmin | 12 scale bytes | 32 bytes qh (bit k of byte l: value 32k + l >= 16) |
     128 bytes of low nibbles (as Q4_K)."""
@@ -245,7 +237,6 @@ def _q5_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
 # --- Q6_K -------------------------------------------------------------------------------------------------
 
 
-@_register(QT.Q6_K)
 def _q6_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """210 bytes: 128 bytes ql | 64 bytes qh | 16 int8 scales (per 16 values) | f16 d.
 
@@ -272,7 +263,6 @@ def _q6_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
 # --- Q2_K / Q3_K ------------------------------------------------------------------------------------------
 
 
-@_register(QT.Q2_K)
 def _q2_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """84 bytes: 16 scale bytes (sc | m << 4, per 16 values) | 64 bytes of 2-bit codes | f16 d | f16 dmin."""
     xs = x.reshape(*x.shape[:-1], 16, 16)
@@ -306,7 +296,6 @@ def _q2_levels(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return levels, ks.div(peak, 15.0)
 
 
-@_register(QT.Q3_K)
 def _q3_k(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """110 bytes: 32 bytes hmask (bit k of byte l: value 32k + l has code >= 4) | 64 bytes of 2-bit low codes
     (as Q2_K) | 12 bytes of 6-bit scales + 32 (low nibbles in bytes 0-7, top 2 bits in bytes 8-11) | f16 d."""
@@ -362,7 +351,6 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d != 0, ks.div(1.0, d), 0.0)
 
 
-@_register(QT.IQ4_NL)
 def _iq4_nl(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """18 bytes: f16 d | 16 bytes of codes into IQ4_VALUES (byte j: value j | value 16 + j << 4).
 
@@ -372,7 +360,6 @@ def _iq4_nl(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     return torch.cat((_f16_bytes(d.squeeze(-1)), _iq4_codes(xs, _inverse(d))), -1)
 
 
-@_register(QT.IQ4_XS)
 def _iq4_xs(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     """136 bytes: f16 d | uint16 scales_h (bits 2k, 2k+1: top of scale k) | 4 bytes scales_l (nibble k:
     low 4 bits of scale k) | 128 bytes of codes (16 per sub-block of 32, as IQ4_NL). Scales are 6-bit + 32.
@@ -393,4 +380,6 @@ def _iq4_xs(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
     return torch.cat((head, _bytes(scales_l), _iq4_codes(xs, _inverse(dl))), -1)
 
 
-KQUANT_TYPES: frozenset[GGMLQuantizationType] = frozenset(QT[name] for name in _FAST.names())
+KQUANT_TYPES: frozenset[GGMLQuantizationType] = frozenset(
+    row.qtype for row in types.rows() if row.importance is types.Importance.BUILT_IN
+)

@@ -13,13 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 
 from mtk.kernels.kquants_search import GROUP_MAX_EPS, IQ4_VALUES
 
 f32 = np.float32
 QK_K = 256
-QT = GGMLQuantizationType
 BlockFn = Callable[[np.ndarray, np.ndarray | None], bytes]
 
 
@@ -497,21 +495,18 @@ def iq4_impl(x: np.ndarray, qw: np.ndarray | None, super_block: int) -> bytes:
     return bytes(head) + bytes(q4)
 
 
-_BLOCKS: dict[GGMLQuantizationType, BlockFn] = {
-    QT.Q2_K: q2_k,
-    QT.Q3_K: q3_k,
-    QT.Q4_K: q4_k,
-    QT.Q5_K: q5_k,
-    QT.Q6_K: q6_k,
-    QT.IQ4_NL: lambda x, qw: iq4_impl(x, qw, 32),
-    QT.IQ4_XS: lambda x, qw: iq4_impl(x, qw, QK_K),
-}
+def iq4_nl(x: np.ndarray, qw: np.ndarray | None) -> bytes:
+    return iq4_impl(x, qw, 32)
 
 
-def encoder(qtype: GGMLQuantizationType) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    """A KEncodeFn that runs the per-block mirror on every block: x (..., super_block) float32, importance
-    broadcastable to it or None -> uint8 (..., type_size) on x's device."""
-    block = _BLOCKS[qtype]
+def iq4_xs(x: np.ndarray, qw: np.ndarray | None) -> bytes:
+    return iq4_impl(x, qw, QK_K)
+
+
+def encoder(block: BlockFn) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """A KEncodeFn that runs the per-block mirror ``block`` (a type's ``reference`` in mtk.kernels.types)
+    on every block: x (..., super_block) float32, importance broadcastable to it or None -> uint8
+    (..., type_size) on x's device."""
 
     def encode(x: torch.Tensor, importance: torch.Tensor | None) -> torch.Tensor:
         xs = x.detach().cpu().numpy().astype(f32)

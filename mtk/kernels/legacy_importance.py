@@ -19,14 +19,14 @@ few blocks may differ from llama.cpp's where two choices were within rounding. T
 from __future__ import annotations
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
 from mtk.kernels import kquants_search as ks
-from mtk.kernels import native
+from mtk.kernels import native, types
 
 QT = GGMLQuantizationType
-LEGACY_IMPORTANCE_TYPES = frozenset({QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1})
+LEGACY_IMPORTANCE_TYPES = frozenset(row.qtype for row in types.rows() if row.importance is types.Importance.SEPARATE)
 # nmax of each type's search: the symmetric ones code -nmax..nmax-1, the asymmetric ones 0..nmax.
 NMAX = {QT.Q4_0: 8, QT.Q5_0: 16, QT.Q4_1: 15, QT.Q5_1: 31}
 QK = 32
@@ -45,7 +45,8 @@ def quantize_legacy_importance(
     layout. ``reference=True`` runs the slow numpy twin (small inputs only). Raises ``UnsupportedError`` for
     rows that are not whole blocks, non-finite weights, or bad importance.
     """
-    _, type_size = GGML_QUANT_SIZES[qtype]
+    entry = types.get(qtype)
+    type_size = entry.type_size
     shape = tuple(weights.shape)
     cols = shape[-1] if shape else 1
     if cols % QK:
@@ -62,10 +63,7 @@ def quantize_legacy_importance(
     if not bool(torch.isfinite(rows).all()):
         raise UnsupportedError(f"cannot quantize non-finite values (inf or NaN) to {qtype.name}")
     out = torch.empty((rows.shape[0], cols // QK * type_size), dtype=torch.uint8, device=weights.device)
-    if reference:
-        from mtk.kernels.legacy_importance_ref import encode_rows as encode
-    else:
-        encode = encode_rows
+    encode = entry.importance_encoder(reference=reference)  # the reference's module loads only then
     step = max(1, CHUNK_VALUES // max(cols, 1))
     for start in range(0, rows.shape[0], step):
         out[start : start + step] = encode(rows[start : start + step].float(), importance, qtype)

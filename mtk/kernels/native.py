@@ -32,29 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
+from mtk.kernels import types
 
 QT = GGMLQuantizationType
 SOURCE_DIR = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fvisibility=hidden", "-ffp-contract=off", "-fno-math-errno")
 # The types the C library encodes, each by one exported function (see csrc/mtk_common.h for the signature).
-SYMBOLS: dict[GGMLQuantizationType, str] = {
-    QT.Q2_K: "mtk_encode_q2_k",
-    QT.Q3_K: "mtk_encode_q3_k",
-    QT.Q4_K: "mtk_encode_q4_k",
-    QT.Q5_K: "mtk_encode_q5_k",
-    QT.Q6_K: "mtk_encode_q6_k",
-    QT.IQ4_NL: "mtk_encode_iq4_nl",
-    QT.IQ4_XS: "mtk_encode_iq4_xs",
-    QT.Q4_0: "mtk_encode_q4_0_importance",
-    QT.Q4_1: "mtk_encode_q4_1_importance",
-    QT.Q5_0: "mtk_encode_q5_0_importance",
-    QT.Q5_1: "mtk_encode_q5_1_importance",
-}
-# The legacy types go through C only with importance (without it their torch encoders are fast and exact).
-IMPORTANCE_ONLY = frozenset({QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1})
+SYMBOLS: dict[GGMLQuantizationType, str] = {row.qtype: row.native for row in types.rows() if row.native}
+# Types whose C encoder is their importance encoder: without importance their torch encoders are fast and exact.
+IMPORTANCE_ONLY = frozenset(q for q in SYMBOLS if types.get(q).importance is types.Importance.SEPARATE)
 ROWS_PER_TASK_VALUES = 1 << 18  # values per task handed to a thread: enough to hide the call overhead
 
 
@@ -84,7 +73,8 @@ def encode(
     if lib is None:
         raise RuntimeError("mtk's C encoders are not available (no C compiler?)")
     fn = getattr(lib, SYMBOLS[qtype])
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    entry = types.get(qtype)
+    block_size, type_size = entry.block_size, entry.type_size
     n, cols = rows.shape
     out = np.empty((n, cols // block_size * type_size), dtype=np.uint8)
     imp = None if importance is None else np.ascontiguousarray(importance.float().numpy(), dtype=np.float32)

@@ -34,12 +34,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from mtk.errors import UnsupportedError
-from mtk.kernels.kquants import KQUANT_TYPES, quantize_kquant
-from mtk.kernels.legacy_importance import LEGACY_IMPORTANCE_TYPES, quantize_legacy_importance
-from mtk.registry import Registry
+from mtk.kernels import types
+from mtk.kernels.kquants import quantize_kquant
+from mtk.kernels.legacy_importance import quantize_legacy_importance
 
 QT = GGMLQuantizationType
 # (float32 blocks (n, block_size), uint8 out (n, type_size)) -> None. Blocks may be the caller's tensor:
@@ -51,18 +51,9 @@ EncodeFn = Callable[[torch.Tensor, torch.Tensor], None]
 # Larger chunks were no faster; smaller ones pay torch's per-op dispatch cost more often.
 CHUNK_VALUES = 1 << 20
 
-_FAST: Registry[EncodeFn] = Registry("quantization type")
-# Types whose llama.cpp encoders take no importance either.
-_IGNORES_IMPORTANCE = frozenset({QT.F32, QT.F16, QT.BF16, QT.Q8_0})
-_REFERENCE: Registry[EncodeFn] = Registry("quantization type")
-
 _CANONICAL_NAN = 0x7FC00000  # numpy's reductions
 _X86_DEFAULT_NAN = -0x00400000  # 0xFFC00000: x86's result for inf - inf, 0 * inf, ...
 _QUIET_BIT = 0x00400000
-
-
-def _register(qtype: GGMLQuantizationType, registry: Registry[EncodeFn]) -> Callable[[EncodeFn], EncodeFn]:
-    return registry.register(qtype.name)
 
 
 def quantize(
@@ -74,11 +65,12 @@ def quantize(
 ) -> torch.Tensor:
     """Encode a float tensor as the bytes of GGUF type ``qtype``.
 
-    The K-quants and IQ4 types (``KQUANT_TYPES``: Q2_K ... Q6_K, IQ4_NL, IQ4_XS) are encoded as llama.cpp
-    does by :mod:`mtk.kernels.kquants`, optionally with ``importance``: float (cols,) per-column weights
-    (llama.cpp's imatrix values). F32/F16/BF16/Q8_0 ignore importance, as llama.cpp does; Q4_0/Q4_1/Q5_0/Q5_1
-    with importance are encoded as llama.cpp's ``_impl`` paths by :mod:`mtk.kernels.legacy_importance`
-    (without it, as gguf-py, which is llama.cpp's ``_ref`` path).
+    The row of ``qtype`` in :mod:`mtk.kernels.types` gives its encoders and what it does with ``importance``
+    (float (cols,) per-column weights, llama.cpp's imatrix values). The K-quants and IQ4 types
+    (``KQUANT_TYPES``: Q2_K ... Q6_K, IQ4_NL, IQ4_XS) are encoded as llama.cpp does by
+    :mod:`mtk.kernels.kquants`, optionally with importance. F32/F16/BF16/Q8_0 ignore importance, as llama.cpp
+    does; Q4_0/Q4_1/Q5_0/Q5_1 with importance are encoded as llama.cpp's ``_impl`` paths by
+    :mod:`mtk.kernels.legacy_importance` (without it, as gguf-py, which is llama.cpp's ``_ref`` path).
 
     ``weights`` is a floating-point tensor on any device (float16 and bfloat16 widen to float32 exactly);
     its last dimension must be whole blocks. Returns uint8 ``(*weights.shape[:-1], row_bytes)`` on the
@@ -93,18 +85,15 @@ def quantize(
         qtype = GGMLQuantizationType(qtype)
     except ValueError:
         raise UnsupportedError(f"unknown GGML tensor type {qtype!r}") from None
-    if qtype.name not in _FAST and qtype not in KQUANT_TYPES:
-        names = ", ".join([*_FAST, *sorted(t.name for t in KQUANT_TYPES)])
-        raise UnsupportedError(f"cannot quantize to {qtype.name}; supported: {names}")
+    entry = types.writable(qtype)
     if not weights.is_floating_point():
         raise TypeError(f"quantize expects a float tensor, got {weights.dtype}")
-    if qtype in KQUANT_TYPES:
+    if entry.importance is types.Importance.BUILT_IN:
         return quantize_kquant(weights, qtype, importance, reference=reference)
-    if importance is not None and qtype in LEGACY_IMPORTANCE_TYPES:
+    if importance is not None and entry.importance is types.Importance.SEPARATE:
         return quantize_legacy_importance(weights, qtype, importance, reference=reference)
-    if importance is not None and qtype not in _IGNORES_IMPORTANCE:
-        raise UnsupportedError(f"{qtype.name} cannot use importance weights")
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    # (Importance.IGNORED: dropped, as llama.cpp's encoders for these types take none)
+    block_size, type_size = entry.block_size, entry.type_size
     shape = tuple(weights.shape)
     row = shape[-1] if shape else 1
     if row % block_size:
@@ -112,7 +101,7 @@ def quantize(
     out_shape = (*shape[:-1], row // block_size * type_size)
     if qtype == QT.F32 and not reference:
         return weights.float().contiguous().reshape(-1).view(torch.uint8).reshape(out_shape)
-    encode = (_REFERENCE if reference else _FAST).get(qtype.name)
+    encode: EncodeFn = entry.encoder(reference=reference)
     n_rows = weights.numel() // row if row else 0
     out = torch.empty((n_rows, out_shape[-1]), dtype=torch.uint8, device=weights.device)
     if out.numel():
@@ -254,25 +243,20 @@ def _write_f16_ref(x: torch.Tensor, out: torch.Tensor) -> None:
 # --- plain floats ----------------------------------------------------------------------------------------
 
 
-@_register(QT.F32, _FAST)
-@_register(QT.F32, _REFERENCE)
 def _f32(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """4 bytes: the float32 itself (:func:`quantize` views F32 weights instead of calling this)."""
     out.view(torch.float32).copy_(blocks)
 
 
-@_register(QT.F16, _FAST)
 def _f16(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """2 bytes: one IEEE half, as numpy's ``astype(float16)``."""
     _write_f16(blocks, out)
 
 
-@_register(QT.F16, _REFERENCE)
 def _f16_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _write_f16_ref(blocks, out)
 
 
-@_register(QT.BF16, _REFERENCE)
 def _bf16_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """2 bytes: the top half of the float32, rounded to nearest even on its bits (ggml's
     ``ggml_compute_fp32_to_bf16``); a NaN keeps its sign and top payload bits and is quieted (0x0040)."""
@@ -283,7 +267,6 @@ def _bf16_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.view(torch.int16).copy_((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
 
 
-@_register(QT.BF16, _FAST)
 def _bf16(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """torch's bfloat16 cast rounds the same way (on CPU checked for all 2**32 inputs); it makes NaNs
     canonical, so those are redone."""
@@ -345,31 +328,26 @@ def _asymmetric_ref(blocks: torch.Tensor, out: torch.Tensor, levels: int) -> tor
     return _numpy_u8(q.trunc_()).clamp_(max=levels).to(torch.uint8)
 
 
-@_register(QT.Q4_0, _REFERENCE)
 def _q4_0_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _nibbles(_symmetric_ref(blocks, out, 8), out[:, 2:18])
 
 
-@_register(QT.Q5_0, _REFERENCE)
 def _q5_0_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     codes = _symmetric_ref(blocks, out, 16)
     _high_bits(codes, out[:, 2:6])
     _nibbles(codes, out[:, 6:22])
 
 
-@_register(QT.Q4_1, _REFERENCE)
 def _q4_1_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _nibbles(_asymmetric_ref(blocks, out, 15), out[:, 4:20])
 
 
-@_register(QT.Q5_1, _REFERENCE)
 def _q5_1_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     codes = _asymmetric_ref(blocks, out, 31)
     _high_bits(codes, out[:, 4:8])
     _nibbles(codes, out[:, 8:24])
 
 
-@_register(QT.Q8_0, _REFERENCE)
 def _q8_0_ref(blocks: torch.Tensor, out: torch.Tensor) -> None:
     peak = blocks.abs().amax(-1, keepdim=True)
     d = _with_nan(_div(peak, 127), peak.isnan(), _CANONICAL_NAN)
@@ -424,7 +402,6 @@ def _asymmetric(blocks: torch.Tensor, out: torch.Tensor, levels: int) -> tuple[t
     return q.to(torch.int8).view(torch.uint8), _unsure(low, high, inv)  # int8: a faster cast
 
 
-@_register(QT.Q4_0, _FAST)
 def _q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """18 bytes: f16 d | 16 bytes of 4-bit codes (byte i: value i low, value 16+i high).
 
@@ -436,7 +413,6 @@ def _q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _redo(blocks, out, unsure, _q4_0_ref)
 
 
-@_register(QT.Q5_0, _FAST)
 def _q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """22 bytes: f16 d | uint32 qh (bit i = bit 4 of value i) | 16 bytes of low nibbles (as Q4_0).
 
@@ -448,7 +424,6 @@ def _q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _redo(blocks, out, unsure, _q5_0_ref)
 
 
-@_register(QT.Q4_1, _FAST)
 def _q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """20 bytes: f16 d | f16 m | 16 bytes of 4-bit codes (as Q4_0).
 
@@ -459,7 +434,6 @@ def _q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _redo(blocks, out, unsure, _q4_1_ref)
 
 
-@_register(QT.Q5_1, _FAST)
 def _q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """24 bytes: f16 d | f16 m | uint32 qh | 16 bytes of low nibbles (as Q5_0).
 
@@ -476,7 +450,6 @@ def _q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
 _JUST_UNDER_HALF = 0.5 - 2.0**-25
 
 
-@_register(QT.Q8_0, _FAST)
 def _q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     """34 bytes: f16 d | 32 int8 q.
 
@@ -493,4 +466,7 @@ def _q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     _redo(blocks, out, _unsure(peak, inv), _q8_0_ref)
 
 
-QUANTIZE_TYPES: frozenset[GGMLQuantizationType] = frozenset(QT[name] for name in _FAST.names())
+# The types encoded here, block by block (the others: kquants).
+QUANTIZE_TYPES: frozenset[GGMLQuantizationType] = frozenset(
+    row.qtype for row in types.rows(writes=True) if row.importance is not types.Importance.BUILT_IN
+)
