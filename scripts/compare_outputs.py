@@ -98,15 +98,28 @@ def _cli(main, argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
+def _digest(path: Path) -> str:
+    """sha256 of a file; of an ONNX model without torch.onnx's per-node stack traces, which hold the absolute
+    paths of the checkout that made it (mtk drops them since this script was written, so that the bytes do not
+    depend on where mtk is installed; this keeps older checkouts comparable)."""
+    if path.suffix != ".onnx":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
 def _hash_tree(path: Path) -> dict[str, str]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {
-        (p.name if path.is_file() else str(p.relative_to(path))): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in files
-    }
+    return {(p.name if path.is_file() else str(p.relative_to(path))): _digest(p) for p in files}
 
 
-def run(work: Path, out_json: Path, only: list[str] | None, skip_onnx: bool) -> None:
+def run(work: Path, out_json: Path, only: list[str] | None, skip_onnx: bool, commands: list[str] | None) -> None:
     from mtk.cli.app import main
 
     models = sorted(p for p in (work / "models").iterdir() if p.is_dir())
@@ -114,6 +127,8 @@ def run(work: Path, out_json: Path, only: list[str] | None, skip_onnx: bool) -> 
     result: dict[str, dict[str, object]] = {}
 
     def record(key: str, argv: list[str], output: Path) -> None:
+        if commands and argv[0] not in commands:
+            return
         start = time.perf_counter()
         code = _cli(main, argv)
         entry: dict[str, object] = {"exit": code}
@@ -191,6 +206,7 @@ def main() -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--only", default="", help="comma-separated model names (default: all)")
     r.add_argument("--skip-onnx", action="store_true")
+    r.add_argument("--commands", default="", help="comma-separated commands to run (default: all)")
     d = sub.add_parser("diff")
     d.add_argument("base", type=Path)
     d.add_argument("new", type=Path)
@@ -206,7 +222,8 @@ def main() -> int:
     import mtk
 
     print(f"mtk from {Path(mtk.__file__).parent}", file=sys.stderr)
-    run(args.work, args.out, [s for s in args.only.split(",") if s] or None, args.skip_onnx)
+    only = [s for s in args.only.split(",") if s] or None
+    run(args.work, args.out, only, args.skip_onnx, [s for s in args.commands.split(",") if s] or None)
     return 0
 
 
