@@ -45,3 +45,10 @@ class EnvironmentProblem(MtkError):
 
 class OutputError(MtkError):
     exit_code = 7
+
+
+def quoted(text: object, limit: int = 60) -> str:
+    """An untrusted string (a key or tensor name read from a file) fit for a one-line message: ``repr`` escapes
+    control characters, newlines and undecodable bytes, and a long one is cut to ``limit`` characters."""
+    shown = repr(text if isinstance(text, str) else str(text))
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"

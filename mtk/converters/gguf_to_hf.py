@@ -21,7 +21,7 @@ from gguf import GGMLQuantizationType
 
 from mtk.converters import rope
 from mtk.converters.family import Family, family_for_gguf
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.gguf_reader import GGUFModel, GGUFTensorInfo, open_gguf
 from mtk.formats.safetensors_io import SafetensorsWriter
@@ -44,9 +44,18 @@ class PlannedTensor:
     expert: int | None = None
 
 
+# Hyper-parameters every family needs, and the least each can be (the reader has checked their types).
+REQUIRED_HPARAMS = ("embedding_length", "block_count", "attention.head_count")
+
+
 def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
-    """transformers config fields from the GGUF metadata (the result feeds ``AutoConfig.for_model``)."""
+    """transformers config fields from the GGUF metadata (the result feeds ``AutoConfig.for_model``).
+
+    Raises InvalidFileError when a hyper-parameter the architecture needs is missing or impossible (no heads,
+    more layers than tensors, heads that do not divide into the KV heads).
+    """
     meta, arch = model.metadata, model.architecture
+    _check_hparams(model, arch)
     cfg: dict[str, Any] = {}
     for key, field in family.hparams.items():
         if f"{arch}.{key}" in meta:
@@ -58,14 +67,25 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
     cfg["head_dim"] = meta.get(f"{arch}.attention.key_length") or cfg["hidden_size"] // heads
+    if cfg["head_dim"] < 2 or cfg["head_dim"] % 2:
+        # RoPE turns pairs of dimensions: an odd or empty head is a corrupt width or head count.
+        raise InvalidFileError(
+            f"{model.path}: GGUF's heads of {cfg['head_dim']} dimensions ({heads} heads, width {cfg['hidden_size']}) "
+            "cannot be"
+        )
     tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens and "token_embd.weight" not in model.by_name:
+        raise InvalidFileError(f"{model.path}: GGUF lacks token_embd.weight")
     cfg["vocab_size"] = (
         len(tokens) if tokens else meta.get(f"{arch}.vocab_size", model.by_name["token_embd.weight"].shape[0])
     )
     cfg["tie_word_embeddings"] = "output.weight" not in model.by_name
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
     cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
-    cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
+    try:
+        cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
+    except InvalidFileError as exc:
+        raise InvalidFileError(f"{model.path}: {exc}") from None
     for key, field in (
         ("bos_token_id", "bos_token_id"),
         ("eos_token_id", "eos_token_id"),
@@ -76,6 +96,29 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     if family.extra_config:
         cfg.update(family.extra_config(meta, arch))
     return cfg
+
+
+def _check_hparams(model: GGUFModel, arch: str) -> None:
+    """The hyper-parameters hf_config and the families' extra_config index: present, and possible."""
+    meta = model.metadata
+
+    def count(key: str, default: int | None = None) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise InvalidFileError(f"{model.path}: GGUF lacks {quoted(f'{arch}.{key}')}, which {arch} needs")
+        if isinstance(value, list):
+            raise UnsupportedError(f"{model.path}: per-layer {quoted(f'{arch}.{key}')} is not supported")
+        if value < 1:
+            raise InvalidFileError(f"{model.path}: GGUF's {quoted(f'{arch}.{key}')} is {value}")
+        return value
+
+    width, layers, heads = (count(key) for key in REQUIRED_HPARAMS)
+    kv_heads = count("attention.head_count_kv", heads)
+    if heads % kv_heads:
+        raise InvalidFileError(f"{model.path}: GGUF's {heads} heads do not divide into {kv_heads} KV heads")
+    # Each layer holds tensors: more layers than tensors is a corrupt count (and would size lists by it).
+    if layers > len(model.tensors):
+        raise InvalidFileError(f"{model.path}: GGUF claims {layers} layers in {len(model.tensors)} tensors")
 
 
 def _values(model: GGUFModel, name: str) -> torch.Tensor:
@@ -97,13 +140,15 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
             continue  # read into rope_parameters by hf_config
         found = family.gguf_to_hf(info.name)
         if found is None:
-            raise UnsupportedError(f"{model.path}: tensor {info.name} has no {family.hf_architecture} counterpart")
+            raise UnsupportedError(
+                f"{model.path}: tensor {quoted(info.name)} has no {family.hf_architecture} counterpart"
+            )
         hf_t, idx = found
         gguf_t = family.hf_template_to_gguf[hf_t]
         if "bid" in idx:
             if not 0 <= idx["bid"] < cfg["num_hidden_layers"]:
                 raise InvalidFileError(
-                    f"{model.path}: tensor {info.name} is past the model's {cfg['num_hidden_layers']} layers"
+                    f"{model.path}: tensor {quoted(info.name)} is past the model's {cfg['num_hidden_layers']} layers"
                 )
             per_block.setdefault(idx["bid"], set()).add(gguf_t)
         _check_shape(model.path, info, gguf_t, cfg)
@@ -135,7 +180,8 @@ def _check_shape(path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, A
     }.get(gguf_t)
     if rows is not None and (len(info.shape) != 2 or info.shape[0] != rows or info.shape[1] != cfg["hidden_size"]):
         raise InvalidFileError(
-            f"{path}: tensor {info.name} has shape {info.shape}, the metadata implies ({rows}, {cfg['hidden_size']})"
+            f"{path}: tensor {quoted(info.name)} has shape {info.shape}, "
+            f"the metadata implies ({rows}, {cfg['hidden_size']})"
         )
 
 

@@ -23,7 +23,7 @@ from mtk.converters.family import Family, Synthesised, family_for_hf
 from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
 from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.atomic import atomic_files
 from mtk.formats.checkpoint import HFCheckpoint
 from mtk.formats.gguf_reader import GGUFModel, open_gguf
@@ -128,7 +128,7 @@ def plan_hf(
             continue
         found = family.hf_to_gguf(hf_name)
         if found is None:
-            raise UnsupportedError(f"{ckpt.path}: tensor {hf_name} has no {family.gguf_arch} GGUF counterpart")
+            raise UnsupportedError(f"{ckpt.path}: tensor {quoted(hf_name)} has no {family.gguf_arch} GGUF counterpart")
         template, idx = found
         xid = idx.pop("xid", 0)
         name = template.format(**idx)
@@ -206,10 +206,8 @@ class _Source:
             self.array_types = dict(self.gguf.array_types)
             self.architecture = self.gguf.architecture
             return
-        from transformers import AutoConfig
-
         self.ckpt = HFCheckpoint(path)
-        self.config = AutoConfig.from_pretrained(str(path))
+        self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.architecture)
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from gguf import GGMLQuantizationType
 
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 Q = GGMLQuantizationType
 Progress = Callable[[int, int, str], None]
@@ -108,7 +108,7 @@ def read_imatrix(path: Path | str) -> Imatrix:
         raw = {}
         for t in model.tensors:
             if t.qtype != Q.F32:
-                raise InvalidFileError(f"{path}: imatrix tensor {t.name} is {t.qtype.name}, not F32")
+                raise InvalidFileError(f"{path}: imatrix tensor {quoted(t.name)} is {t.qtype.name}, not F32")
             raw[t.name] = model.tensor_bytes(t).view(torch.float32).clone()
         for name in raw:
             if not name.endswith(SUM_SUFFIX):
@@ -116,7 +116,7 @@ def read_imatrix(path: Path | str) -> Imatrix:
             base = name.removesuffix(SUM_SUFFIX)
             counts = raw.get(base + COUNT_SUFFIX)
             if counts is None or raw[name].numel() % counts.numel():
-                raise InvalidFileError(f"{path}: {base} has in_sum2 but no matching counts")
+                raise InvalidFileError(f"{path}: {quoted(base)} has in_sum2 but no matching counts")
             out.sums[base] = raw[name].reshape(counts.numel(), -1)
             out.counts[base] = counts.reshape(-1)
         if not out.sums:

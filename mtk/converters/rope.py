@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 if TYPE_CHECKING:
     import torch
@@ -60,12 +60,19 @@ class RopeType:
     missing: str = ""  # why a direction is refused
 
 
+def need(meta: Metadata, key: str) -> Any:
+    """A metadata value the RoPE type cannot do without (the reader has checked its type)."""
+    if key not in meta:
+        raise InvalidFileError(f"GGUF lacks {quoted(key)}, which its RoPE scaling needs")
+    return meta[key]
+
+
 def _linear_write(p: Params) -> dict[str, Any]:
     return {"rope.scaling.type": "linear", "rope.scaling.factor": float(p["factor"])}
 
 
 def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
-    return {"factor": float(meta[f"{arch}.rope.scaling.factor"])}
+    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
 def _yarn_write(p: Params) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any
     key = f"{arch}.rope.scaling.original_context_length"
     if key not in meta:
         raise InvalidFileError(f"yarn RoPE scaling without {key}")
-    return {"factor": float(meta[f"{arch}.rope.scaling.factor"]), "original_max_position_embeddings": meta[key]}
+    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
 
 
 # Meta's Llama 3.x values, and llama.cpp's converter's defaults.
@@ -244,7 +251,7 @@ def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeT
         for row in ROPE_TYPES.values():
             if row.gguf_scaling == scaling:
                 return row
-        raise UnsupportedError(f"RoPE scaling {scaling!r} is not supported by gguf-import")
+        raise UnsupportedError(f"RoPE scaling {quoted(scaling)} is not supported by gguf-import")
     for row in ROPE_TYPES.values():
         if any(t in tensor_names for t in row.tensors):
             return row

@@ -27,7 +27,7 @@ from gguf import GGUFValueType, Keys, TokenType
 from tokenizers import AddedToken, Tokenizer, processors
 
 from mtk.converters import tokenizer_bpe, tokenizer_spm
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 K = Keys.Tokenizer
 
@@ -58,6 +58,8 @@ SPECIAL_TOKEN_KEYS: dict[str, str] = {
     "unk_token": K.UNK_ID,
     "pad_token": K.PAD_ID,
 }
+# Unused ids past a tokenizer's tokens that export pads with "[PADn]" (beyond doubling the vocabulary).
+MAX_PADDING = 1 << 16
 # llama.cpp's ids for an SPM vocabulary whose GGUF names none (its "gpt2" defaults, 11, are not carried over).
 _SPM_DEFAULT_IDS = {"bos_token": 1, "eos_token": 2, "unk_token": 0}
 
@@ -76,6 +78,7 @@ def write_hf_tokenizer(metadata: Mapping[str, Any], out_dir: Path) -> None:
     Raises UnsupportedError for a tokenizer model or pre-tokenizer type mtk cannot represent.
     """
     tokens = list(_required(metadata, K.LIST))
+    _check_utf8(K.LIST, tokens)
     types = [int(t) for t in metadata.get(K.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens)]
     if len(types) != len(tokens):
         raise InvalidFileError(f"{K.TOKEN_TYPE} has {len(types)} entries for {len(tokens)} tokens")
@@ -100,6 +103,8 @@ def write_hf_tokenizer(metadata: Mapping[str, Any], out_dir: Path) -> None:
         config["model_max_length"] = int(context_length)
     chat_template = _chat_template_from_gguf(metadata)
     if chat_template is not None:
+        texts = [chat_template] if isinstance(chat_template, str) else [v for t in chat_template for v in t.values()]
+        _check_utf8(K.CHAT_TEMPLATE, texts)
         config["chat_template"] = chat_template
 
     out_dir = Path(out_dir)
@@ -129,16 +134,27 @@ def _build_tokenizer(
             add_space_prefix=bool(metadata.get(K.ADD_PREFIX, True)),
         )
         return tokenizer, _SPM_DEFAULT_IDS, True, False
-    raise UnsupportedError(f"GGUF tokenizer model {model!r} is not supported; supported: gpt2, llama")
+    raise UnsupportedError(f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, llama")
 
 
 def gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     """GGUF tokenizer metadata for the Hugging Face tokenizer in `hf_dir` (tokenizer.json is required).
 
     The vocabulary is padded with unused "[PADn]" tokens up to config.json's vocab_size when that is larger,
-    as llama.cpp wants one token per embedding row. Raises UnsupportedError for a tokenizer GGUF cannot hold.
+    as llama.cpp wants one token per embedding row. Raises UnsupportedError for a tokenizer GGUF cannot hold,
+    InvalidFileError for malformed tokenizer files.
     """
     hf_dir = Path(hf_dir)
+    try:
+        return _gguf_tokenizer_metadata(hf_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # tokenizer.json's schema is tokenizers' own and large; mtk reads parts of it, and an entry of the wrong
+        # kind anywhere in them (a number for a token, a string for a list) is a malformed file, not a bug.
+        why = f"{type(exc).__name__}: {exc}"
+        raise InvalidFileError(f"{hf_dir}: malformed tokenizer files ({quoted(why, 100)})") from None
+
+
+def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     tokenizer_json = _read_json(hf_dir / "tokenizer.json")
     if tokenizer_json is None and (hf_dir / "tokenizer.model").is_file():
         raise UnsupportedError(
@@ -147,6 +163,8 @@ def gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     if tokenizer_json is None:
         raise InvalidFileError(f"{hf_dir} has no tokenizer.json")
     config = _read_json(hf_dir / "tokenizer_config.json") or {}
+    if not isinstance(tokenizer_json, dict) or not isinstance(config, dict):
+        raise InvalidFileError(f"{hf_dir}: tokenizer.json and tokenizer_config.json must be JSON objects")
     model = tokenizer_json.get("model") or {}
     if model.get("type") != "BPE":
         raise UnsupportedError(
@@ -198,6 +216,24 @@ def _special_token_metadata(
         else:
             metadata[key] = _template_adds(post, metadata.get(SPECIAL_TOKEN_KEYS[role]), first=role == "bos_token")
     return metadata
+
+
+def _check_utf8(key: str, texts: Sequence[str]) -> None:
+    """The GGUF reader keeps undecodable bytes as surrogate escapes (lossless for GGUF copies); HF's JSON files
+    and `tokenizers` take only real text."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        i = next(i for i, t in enumerate(texts) if not _encodes(t))
+        raise InvalidFileError(f"{key} entry {i} ({quoted(texts[i])}) is not valid UTF-8") from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _required(metadata: Mapping[str, Any], key: str) -> Any:
@@ -283,6 +319,10 @@ def _id_to_token(tokenizer_json: Mapping[str, Any], vocab_size: int) -> tuple[li
         by_id[int(entry["id"])] = entry["content"]
         added[entry["content"]] = bool(entry.get("special"))
     size = max(max(by_id, default=-1) + 1, vocab_size)
+    # Real checkpoints pad a few hundred ids at most; an id or vocab_size far past the tokens is corrupt, and
+    # would be padded token by token.
+    if min(by_id, default=0) < 0 or size > 2 * len(by_id) + MAX_PADDING:
+        raise InvalidFileError(f"token ids up to {size} for {len(by_id)} tokens (a corrupt id or vocab_size)")
     gaps = set(range(size)) - set(by_id)
     return [by_id.get(i, f"[PAD{i}]") for i in range(size)], added, gaps
 
@@ -329,6 +369,10 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidFileError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError:
+        raise InvalidFileError(f"{path} is not valid JSON: not UTF-8") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise InvalidFileError(f"{path} is not valid JSON: nested too deeply") from None
 
 
 def _write_json(path: Path, value: Any) -> None:

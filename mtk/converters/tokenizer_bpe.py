@@ -20,7 +20,7 @@ from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 # GPT-2's split regex (`ByteLevel(use_regex=True)` in tokenizers, which adds a final `|\s+`: the same splits,
 # since llama.cpp keeps unmatched text as pieces).
@@ -161,7 +161,7 @@ def pre_tokenizer_type(name: str) -> PreTokenizerType:
         return PRE_TOKENIZERS_BY_NAME[name]
     except KeyError:
         known = ", ".join(sorted(PRE_TOKENIZERS_BY_NAME))
-        raise UnsupportedError(f"GGUF pre-tokenizer {name!r} is not supported; supported: {known}") from None
+        raise UnsupportedError(f"GGUF pre-tokenizer {quoted(name)} is not supported; supported: {known}") from None
 
 
 def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType) -> Tokenizer:
@@ -174,12 +174,19 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
         # llama.cpp splits at the first space after the first character ("  " merges into a space token).
         cut = merge.find(" ", 1)
         if cut < 0:
-            raise InvalidFileError(f"tokenizer.ggml.merges entry {merge!r} is not two tokens")
-        pairs.append((merge[:cut], merge[cut + 1 :]))
+            raise InvalidFileError(f"tokenizer.ggml.merges entry {quoted(merge)} is not two tokens")
+        pair = merge[:cut], merge[cut + 1 :]
+        # tokenizers panics (a BaseException, past any handler) on a merge whose parts or result it lacks.
+        missing = next((t for t in (*pair, pair[0] + pair[1]) if t not in vocab), None)
+        if missing is not None:
+            raise InvalidFileError(
+                f"tokenizer.ggml.merges entry {quoted(merge)} needs {quoted(missing)}, which is not in the vocabulary"
+            )
+        pairs.append(pair)
     try:
         model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
     except Exception as exc:  # tokenizers raises a bare Exception for a merge of unknown tokens
-        raise InvalidFileError(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens: {exc}") from exc
+        raise InvalidFileError(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens: {quoted(exc, 120)}") from exc
     tokenizer = Tokenizer(model)
     splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in pre.regexes]
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(

@@ -9,15 +9,17 @@ they are refused unless the caller passes ``allow_pickle=True``, and then loaded
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.safetensors_io import SafetensorsFile
 
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -41,6 +43,8 @@ class HFCheckpoint:
         if not self.path.is_dir():
             raise InvalidFileError(f"{self.path}: not a folder")
         self.config = _read_json(self.path / "config.json") if (self.path / "config.json").exists() else {}
+        if not isinstance(self.config, dict):
+            raise InvalidFileError(f"{self.path / 'config.json'}: not a JSON object")
         self._files: dict[Path, SafetensorsFile] = {}
         self._where: dict[str, Path] = {}
         self._pickled: dict[str, torch.Tensor] = {}
@@ -74,7 +78,7 @@ class HFCheckpoint:
             return
         for name, shard in _read_json(index)["weight_map"].items():
             if self._where.get(name) != self.path / shard:
-                raise InvalidFileError(f"{index}: tensor {name} is not in {shard}")
+                raise InvalidFileError(f"{index}: tensor {quoted(name)} is not in {shard}")
 
     def _load_pickles(self, allow_pickle: bool) -> None:
         pickles = sorted(p for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -97,7 +101,51 @@ class HFCheckpoint:
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise InvalidFileError(f"{self.path / 'config.json'}: architectures is not a list of names")
         return archs[0] if archs else str(self.config.get("model_type", "unknown"))
+
+    def transformers_config(self) -> Any:
+        """The folder's transformers config, checked against the tensors it describes.
+
+        transformers validates the values (types, hidden_size divisible by the heads); the rest is what a
+        config can lie about that every family shares: the embedding's shape and the number of layers.
+        Raises InvalidFileError for a config that does not load or does not fit the checkpoint.
+        """
+        from transformers import AutoConfig
+
+        where = self.path / "config.json"
+        try:
+            config = AutoConfig.from_pretrained(str(self.path))
+        except ImportError:
+            raise
+        except Exception as exc:  # transformers raises ValueError, TypeError and its own validation errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidFileError(f"{where}: transformers cannot load it ({quoted(first, 120)})") from None
+        layers, vocab, width = (getattr(config, k, None) for k in ("num_hidden_layers", "vocab_size", "hidden_size"))
+        embed = next((n for n in self.names() if n.endswith("embed_tokens.weight")), None)
+        if embed is not None and None not in (vocab, width) and self.shape(embed) != (vocab, width):
+            raise InvalidFileError(
+                f"{where}: vocab_size {vocab} and hidden_size {width} do not fit {embed} {tuple(self.shape(embed))}"
+            )
+        rope = getattr(config, "rope_parameters", None) or {}
+        per_type = [rope, *(v for v in rope.values() if isinstance(v, dict))] if isinstance(rope, dict) else [None]
+        if any(not isinstance(r, dict) or not isinstance(r.get("rope_type", ""), str) for r in per_type):
+            raise InvalidFileError(f"{where}: rope_parameters is not a dict with a rope_type name")
+        found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
+        # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
+        if layers is not None and found and (len(found) != layers or max(found) != layers - 1):
+            raise InvalidFileError(f"{where}: num_hidden_layers is {layers}, the checkpoint holds {len(found)} layers")
+        return config
+
+    def check_shapes(self, expected: dict[str, tuple[int, ...]]) -> None:
+        """Raise InvalidFileError for a tensor whose shape is not the one the model built from the config has."""
+        for name, shape in expected.items():
+            if name in self and tuple(self.shape(name)) != tuple(shape):
+                raise InvalidFileError(
+                    f"{self.path}: tensor {quoted(name)} has shape {tuple(self.shape(name))}, config.json implies "
+                    f"{tuple(shape)}"
+                )
 
     @property
     def files(self) -> list[SafetensorsFile]:
@@ -115,7 +163,7 @@ class HFCheckpoint:
         try:
             return self._files[self._where[name]].get(name)
         except KeyError:
-            raise InvalidFileError(f"{self.path}: checkpoint has no tensor {name}") from None
+            raise InvalidFileError(f"{self.path}: checkpoint has no tensor {quoted(name)}") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self._pickled:
@@ -144,3 +192,5 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidFileError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise InvalidFileError(f"{path}: not valid JSON (nested too deeply)") from None

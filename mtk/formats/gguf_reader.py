@@ -21,6 +21,7 @@ import math
 import mmap
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,15 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from mtk.errors import InvalidFileError
+from mtk.errors import InvalidFileError, quoted
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Sanity bounds: a header claiming more than this is corrupt, not large.
 MAX_COUNT = 1 << 24
 MAX_DIMS = 4
+# Arrays of arrays are legal GGUF but nothing writes more than one level; a deeper nest is an attack on the stack.
+MAX_ARRAY_DEPTH = 4
 
 # Scalar value types: struct format of one item.
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
@@ -65,6 +68,127 @@ _NUMPY_DTYPES: dict[GGUFValueType, str] = {
     GGUFValueType.INT64: "<i8",
     GGUFValueType.FLOAT64: "<f8",
 }
+
+
+@dataclass(frozen=True)
+class ValueKind:
+    """What a metadata key must hold: one of ``scalars``, or an array of ``items`` (not empty where a scalar
+    would also do: a per-layer count)."""
+
+    what: str  # for the message: "an unsigned integer", ...
+    scalars: frozenset[GGUFValueType]
+    items: frozenset[GGUFValueType] = frozenset()
+    non_negative: bool = False
+
+
+_INT_TYPES = frozenset(t for t in _SCALAR_FORMATS if t.name.startswith(("UINT", "INT")))
+_FLOAT_TYPES = frozenset({GGUFValueType.FLOAT32, GGUFValueType.FLOAT64})
+_STR = frozenset({GGUFValueType.STRING})
+UINT = ValueKind("an unsigned integer", _INT_TYPES, non_negative=True)
+UINTS = ValueKind("an unsigned integer or an array of them", _INT_TYPES, _INT_TYPES, non_negative=True)
+INT = ValueKind("an integer", _INT_TYPES)
+# Floats written as integers (a base of 10000) are taken as they are; transformers reads them as floats too.
+FLOAT = ValueKind("a number", _INT_TYPES | _FLOAT_TYPES)
+BOOL = ValueKind("a boolean", _INT_TYPES | {GGUFValueType.BOOL})
+STR = ValueKind("a string", _STR)
+STRS = ValueKind("an array of strings", frozenset(), _STR)
+INTS = ValueKind("an array of integers", frozenset(), _INT_TYPES)
+FLOATS = ValueKind("an array of numbers", frozenset(), _INT_TYPES | _FLOAT_TYPES)
+
+# Every key mtk reads, and the kind of its value: checked once, when the file is read, so that the converters
+# index values without a type check each (a corrupt file is an InvalidFileError, not a TypeError inside them).
+# Other keys are kept as they are (gguf-export copies them). Keys of the architecture are in ARCH_KEYS.
+KEYS: dict[str, ValueKind] = {
+    "general.architecture": STR,
+    "general.alignment": UINT,
+    "general.file_type": UINT,
+    "general.quantization_version": UINT,
+    "general.type": STR,
+    "general.name": STR,
+    "split.count": UINT,
+    "split.no": UINT,
+    "split.tensors.count": UINT,
+    "tokenizer.ggml.model": STR,
+    "tokenizer.ggml.pre": STR,
+    "tokenizer.ggml.tokens": STRS,
+    "tokenizer.ggml.merges": STRS,
+    "tokenizer.ggml.scores": FLOATS,
+    "tokenizer.ggml.token_type": INTS,
+    "tokenizer.ggml.bos_token_id": INT,
+    "tokenizer.ggml.eos_token_id": INT,
+    "tokenizer.ggml.unknown_token_id": INT,
+    "tokenizer.ggml.padding_token_id": INT,
+    "tokenizer.ggml.add_bos_token": BOOL,
+    "tokenizer.ggml.add_eos_token": BOOL,
+    "tokenizer.ggml.add_space_prefix": BOOL,
+    "tokenizer.chat_template": STR,
+    "tokenizer.chat_templates": STRS,
+    "imatrix.chunk_count": UINT,
+    "imatrix.chunk_size": UINT,
+    "imatrix.datasets": STRS,
+}
+# Keys "{arch}.<suffix>" of the file's own architecture.
+ARCH_KEYS: dict[str, ValueKind] = {
+    "context_length": UINT,
+    "embedding_length": UINT,
+    "block_count": UINT,
+    "feed_forward_length": UINTS,
+    "attention.head_count": UINTS,
+    "attention.head_count_kv": UINTS,
+    "attention.key_length": UINT,
+    "attention.value_length": UINT,
+    "attention.layer_norm_rms_epsilon": FLOAT,
+    "attention.sliding_window": UINT,
+    "attn_logit_softcapping": FLOAT,
+    "final_logit_softcapping": FLOAT,
+    "rope.freq_base": FLOAT,
+    "rope.dimension_count": UINT,
+    "rope.scaling.type": STR,
+    "rope.scaling.factor": FLOAT,
+    "rope.scaling.original_context_length": UINT,
+    "vocab_size": UINT,
+    "expert_count": UINT,
+    "expert_used_count": UINT,
+    "expert_feed_forward_length": UINT,
+    "expert_shared_feed_forward_length": UINT,
+}
+
+
+def check_metadata(
+    path: Path,
+    metadata: dict[str, Any],
+    value_types: dict[str, GGUFValueType],
+    array_types: dict[str, GGUFValueType],
+) -> None:
+    """Raise InvalidFileError for a key of :data:`KEYS` or :data:`ARCH_KEYS` that holds the wrong kind of value
+    (a string where a count belongs, a negative count, a NaN, an empty array)."""
+    arch = metadata.get("general.architecture")
+    prefix = f"{arch}." if isinstance(arch, str) else None
+    for key, value in metadata.items():
+        kind = KEYS.get(key)
+        if kind is None and prefix and key.startswith(prefix):
+            kind = ARCH_KEYS.get(key.removeprefix(prefix))
+        if kind is None and key.startswith("tokenizer.chat_template."):
+            kind = STR
+        if kind is not None and not _fits(kind, value, value_types[key], array_types.get(key)):
+            shown = f"{type(value).__name__} {quoted(value, 30)}" if not isinstance(value, list) else "that array"
+            raise InvalidFileError(f"{path}: corrupt GGUF ({quoted(key)} must be {kind.what}, not {shown})")
+
+
+def _fits(kind: ValueKind, value: Any, vtype: GGUFValueType, item_type: GGUFValueType | None) -> bool:
+    if vtype == GGUFValueType.ARRAY:
+        if item_type not in kind.items or (not value and kind.scalars):
+            return False
+        values = value
+    elif vtype in kind.scalars:
+        values = [value]
+    else:
+        return False
+    if kind.non_negative and any(v < 0 for v in values):
+        return False
+    # NaN and infinities are no size, epsilon or base.
+    return not (kind is FLOAT or kind is FLOATS) or all(math.isfinite(v) for v in values)
+
 
 SPLIT_PATTERN = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -123,10 +247,14 @@ class _Cursor:
         except ValueError:
             raise InvalidFileError(f"{self.path}: corrupt GGUF (unknown value type {raw} in {what})") from None
 
-    def value(self, vtype: GGUFValueType, what: str) -> Any:
+    def value(self, vtype: GGUFValueType, what: str, depth: int = 0) -> Any:
         if vtype == GGUFValueType.STRING:
             return self.string(what)
         if vtype == GGUFValueType.ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise InvalidFileError(
+                    f"{self.path}: corrupt GGUF (arrays in {what} nested past {MAX_ARRAY_DEPTH} levels)"
+                )
             item_type = self.value_type(what)
             count = self.unpack("<Q", what)
             if count > self.size:
@@ -137,7 +265,7 @@ class _Cursor:
                 arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
                 self.pos += count * dtype.itemsize
                 return arr.tolist()
-            return [self.value(item_type, what) for _ in range(count)]
+            return [self.value(item_type, what, depth + 1) for _ in range(count)]
         return self.unpack(_SCALAR_FORMATS[vtype], what)
 
 
@@ -177,13 +305,15 @@ class GGUFFile:
             raise InvalidFileError(f"{self.path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys)")
         for _ in range(n_kv):
             key = cur.string("metadata key")
-            vtype = cur.value_type(key)
+            shown = quoted(key)
+            vtype = cur.value_type(shown)
             start = cur.pos
-            self.metadata[key] = cur.value(vtype, key)
+            self.metadata[key] = cur.value(vtype, shown)
             if vtype == GGUFValueType.ARRAY:
                 # Keep the item type (validated by value()), so that a copy of this file keeps it too.
                 self.array_types[key] = GGUFValueType(struct.unpack_from("<I", self._map, start)[0])
             self.value_types[key] = vtype
+        check_metadata(self.path, self.metadata, self.value_types, self.array_types)
         infos = [self._tensor_info(cur) for _ in range(n_tensors)]
         self.alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
         if self.alignment <= 0 or self.alignment & (self.alignment - 1):
@@ -194,31 +324,35 @@ class GGUFFile:
             start = self.data_offset + rel
             if start + nbytes > size:
                 raise InvalidFileError(
-                    f"{self.path}: truncated or corrupt GGUF (tensor {name} ends at byte {start + nbytes}, "
+                    f"{self.path}: truncated or corrupt GGUF (tensor {quoted(name)} ends at byte {start + nbytes}, "
                     f"the file has {size})"
                 )
             self.tensors.append(GGUFTensorInfo(name, qtype, shape, start, nbytes, file_index))
 
     def _tensor_info(self, cur: _Cursor) -> tuple[str, GGMLQuantizationType, tuple[int, ...], int, int]:
         name = cur.string("tensor name")
-        n_dims = cur.unpack("<I", name)
+        shown = quoted(name)
+        n_dims = cur.unpack("<I", shown)
         if not 1 <= n_dims <= MAX_DIMS:
-            raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {name} has {n_dims} dimensions)")
-        ne = [cur.unpack("<Q", name) for _ in range(n_dims)]
-        raw_type = cur.unpack("<I", name)
-        rel = cur.unpack("<Q", name)
+            raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {shown} has {n_dims} dimensions)")
+        ne = [cur.unpack("<Q", shown) for _ in range(n_dims)]
+        raw_type = cur.unpack("<I", shown)
+        rel = cur.unpack("<Q", shown)
         try:
             qtype = GGMLQuantizationType(raw_type)
         except ValueError:
-            raise InvalidFileError(f"{self.path}: tensor {name} has unknown ggml type {raw_type}") from None
+            raise InvalidFileError(f"{self.path}: tensor {shown} has unknown ggml type {raw_type}") from None
         block, type_size = GGML_QUANT_SIZES[qtype]
         if ne[0] % block:
             raise InvalidFileError(
-                f"{self.path}: corrupt GGUF (tensor {name} row of {ne[0]} is not a multiple of {block})"
+                f"{self.path}: corrupt GGUF (tensor {shown} row of {ne[0]} is not a multiple of {block})"
             )
         n = math.prod(ne)
         if n > 1 << 48:
-            raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {name} claims {n} elements)")
+            raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {shown} claims {n} elements)")
+        if n == 0:
+            # llama.cpp writes no empty tensors, and a view of zero bytes cannot be taken of the map.
+            raise InvalidFileError(f"{self.path}: corrupt GGUF (tensor {shown} has a zero dimension: {ne})")
         return name, qtype, tuple(reversed(ne)), rel, n // block * type_size
 
     def tensor_bytes(self, info: GGUFTensorInfo) -> torch.Tensor:
@@ -253,7 +387,8 @@ class GGUFModel:
         self.tensors = [t for f in files for t in f.tensors]
         self.by_name = {t.name: t for t in self.tensors}
         if len(self.by_name) != len(self.tensors):
-            raise InvalidFileError(f"{files[0].path}: corrupt GGUF (duplicate tensor names)")
+            twice = next(name for name, n in Counter(t.name for t in self.tensors).items() if n > 1)
+            raise InvalidFileError(f"{files[0].path}: corrupt GGUF (duplicate tensor names: {quoted(twice)})")
 
     @property
     def path(self) -> Path:

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from mtk.errors import InvalidFileError, UsageError
+from mtk.errors import InvalidFileError, UsageError, quoted
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -93,33 +93,40 @@ class SafetensorsFile:
             header = json.loads(bytes(self._map[8 : 8 + n]))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise self._bad("header is not valid JSON") from None
+        except RecursionError:  # json recurses once per level: "[[[[..." deeper than the stack
+            raise self._bad("header nests too deeply") from None
         if not isinstance(header, dict):
             raise self._bad("header is not a JSON object")
-        self.metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise self._bad("__metadata__ is not a JSON object")
+        self.metadata = metadata
         base = 8 + n
         spans = []
         for name, entry in header.items():
-            try:
-                dtype = DTYPES[entry["dtype"]]
-                shape = tuple(int(d) for d in entry["shape"])
-                begin, end = (int(x) for x in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise self._bad(f"bad entry for tensor {name!r}") from None
-            count = 1
-            for d in shape:
-                count *= d
-            if min(shape, default=1) < 0 or end - begin != count * dtype_size(dtype) or begin < 0:
-                raise self._bad(
-                    f"tensor {name!r} is {end - begin} bytes, its dtype and shape need {count * dtype_size(dtype)}"
-                )
+            dtype, shape, (begin, end) = self._entry(name, entry)
+            count = math.prod(shape)
+            need = count * dtype_size(dtype)
+            if end - begin != need:
+                raise self._bad(f"tensor {quoted(name)} is {end - begin} bytes, its dtype and shape need {need}")
             if base + end > self.size:
-                raise self._bad(f"tensor {name!r} ends at byte {base + end}, the file has {self.size}")
+                raise self._bad(f"tensor {quoted(name)} ends at byte {base + end}, the file has {self.size}")
             spans.append((begin, end))
             self.tensors[name] = TensorRef(name, self.path, dtype, shape, base + begin, end - begin)
         spans.sort()
         for (_, end_a), (begin_b, _) in zip(spans, spans[1:], strict=False):
             if begin_b < end_a:
                 raise self._bad("tensor data ranges overlap")
+
+    def _entry(self, name: str, entry: Any) -> tuple[torch.dtype, tuple[int, ...], tuple[int, int]]:
+        """dtype, shape and offsets of a header entry: a known dtype, and only non-negative JSON integers (a
+        float such as 1e400, a string or a bool is a lie, not a size)."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+            raise self._bad(f"bad entry for tensor {quoted(name)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (_sizes(shape) and _sizes(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+            raise self._bad(f"bad entry for tensor {quoted(name)}")
+        return DTYPES[entry["dtype"]], tuple(shape), (offsets[0], offsets[1])
 
     def get(self, name: str) -> torch.Tensor:
         ref = self.tensors[name]
@@ -132,6 +139,11 @@ class SafetensorsFile:
         """Let the pages of a tensor that has been used go (streaming keeps RSS at one tensor)."""
         ref = self.tensors[name]
         release_pages(self._map, ref.offset, ref.nbytes)
+
+
+def _sizes(value: Any) -> bool:
+    """Whether a header value is a list of non-negative integers."""
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
 def release_pages(buf: mmap.mmap, offset: int, nbytes: int) -> None:

@@ -45,6 +45,8 @@ def _jsonl_texts(path: Path, text: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidFileError(f"{path}:{no}: not JSON ({exc.msg})") from None
+        except RecursionError:  # json recurses once per level of nesting
+            raise InvalidFileError(f"{path}:{no}: not JSON (nested too deeply)") from None
         if not isinstance(record, dict) or not isinstance(record.get(TEXT_FIELD), str):
             raise InvalidFileError(f'{path}:{no}: each line must be an object with a string "{TEXT_FIELD}" field')
         docs.append(record[TEXT_FIELD])

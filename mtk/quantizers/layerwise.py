@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtk.errors import InvalidFileError, UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.checkpoint import HFCheckpoint
 
 
@@ -77,13 +77,20 @@ class LayerwiseModel:
     """``model_dir``'s causal LM with decoder layers loaded on demand; see the module notes."""
 
     def __init__(self, model_dir: Path | str, device: torch.device, ckpt: HFCheckpoint | None = None) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         self.ckpt = ckpt or HFCheckpoint(model_dir)
         self.device = device
-        self.config = AutoConfig.from_pretrained(str(model_dir))
-        with torch.device("meta"):
-            self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
+        self.config = self.ckpt.transformers_config()
+        try:
+            with torch.device("meta"):
+                self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
+        except (RuntimeError, ValueError) as exc:  # a size transformers validated no further (negative widths)
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidFileError(
+                f"{self.ckpt.path}/config.json: no model can be built from it ({quoted(why, 120)})"
+            ) from None
+        self.ckpt.check_shapes({name: tuple(p.shape) for name, p in self.model.named_parameters()})
         self.decoder = self.model.get_decoder()
         self.layers: nn.ModuleList = self.decoder.layers
         self.prefix = self._find_prefix()
