@@ -129,6 +129,8 @@ def test_missing_required_hyper_parameter_is_named(fuzz, tmp_path: Path) -> None
         ("llama.block_count", struct.pack("<IQ", 8, 3) + b"abc", "must be an unsigned integer, not str 'abc'"),
         ("llama.attention.head_count", struct.pack("<Ii", 5, -1), "must be an unsigned integer"),
         ("llama.rope.freq_base", struct.pack("<If", 6, float("nan")), "must be a number"),
+        # A float64 past float32's range: the config's float32 would overflow (a RuntimeWarning line before).
+        ("llama.attention.layer_norm_rms_epsilon", struct.pack("<Id", 12, 1e300), "must be a number"),
         ("tokenizer.ggml.tokens", struct.pack("<IIQ", 9, 4, 0), "must be an array of strings"),
         ("general.file_type", struct.pack("<IQ", 8, 2) + b"32", "must be an unsigned integer"),
     ],

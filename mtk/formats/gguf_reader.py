@@ -84,6 +84,7 @@ class ValueKind:
 _INT_TYPES = frozenset(t for t in _SCALAR_FORMATS if t.name.startswith(("UINT", "INT")))
 _FLOAT_TYPES = frozenset({GGUFValueType.FLOAT32, GGUFValueType.FLOAT64})
 _STR = frozenset({GGUFValueType.STRING})
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 UINT = ValueKind("an unsigned integer", _INT_TYPES, non_negative=True)
 UINTS = ValueKind("an unsigned integer or an array of them", _INT_TYPES, _INT_TYPES, non_negative=True)
 INT = ValueKind("an integer", _INT_TYPES)
@@ -186,8 +187,9 @@ def _fits(kind: ValueKind, value: Any, vtype: GGUFValueType, item_type: GGUFValu
         return False
     if kind.non_negative and any(v < 0 for v in values):
         return False
-    # NaN and infinities are no size, epsilon or base.
-    return not (kind is FLOAT or kind is FLOATS) or all(math.isfinite(v) for v in values)
+    # NaN, infinities and float64s past float32's range are no epsilon or base (configs hold float32s). Token
+    # scores are left alone: an infinite score marks a piece never merged, not a corrupt file.
+    return kind is not FLOAT or all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in values)
 
 
 SPLIT_PATTERN = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
