@@ -9,6 +9,7 @@ they are refused unless the caller passes ``allow_pickle=True``, and then loaded
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,10 +129,7 @@ class HFCheckpoint:
             raise InvalidFileError(
                 f"{where}: vocab_size {vocab} and hidden_size {width} do not fit {embed} {tuple(self.shape(embed))}"
             )
-        rope = getattr(config, "rope_parameters", None) or {}
-        per_type = [rope, *(v for v in rope.values() if isinstance(v, dict))] if isinstance(rope, dict) else [None]
-        if any(not isinstance(r, dict) or not isinstance(r.get("rope_type", ""), str) for r in per_type):
-            raise InvalidFileError(f"{where}: rope_parameters is not a dict with a rope_type name")
+        _check_config_values(where, config)
         found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
         # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
         if layers is not None and found and (len(found) != layers or max(found) != layers - 1):
@@ -185,6 +183,56 @@ class HFCheckpoint:
     def release(self, name: str) -> None:
         if name in self._where:
             self._files[self._where[name]].release(name)
+
+
+# Config fields the converters read, and what each must be when set: transformers checks few of them (a string
+# epsilon or a zero head count loads), and GGUF stores them as uint32 and float32.
+POSITIVE_INTS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "vocab_size", "max_position_embeddings", "head_dim", "sliding_window", "num_experts", "num_local_experts",
+    "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+)  # fmt: skip
+NUMBERS = (
+    "rms_norm_eps", "rope_theta", "partial_rotary_factor", "attn_logit_softcapping", "final_logit_softcapping",
+    "query_pre_attn_scalar",
+)  # fmt: skip
+ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor")
+_UINT32_MAX = (1 << 32) - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_config_values(where: Path, config: Any) -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    def bad(key: str, value: Any, what: str) -> InvalidFileError:
+        return InvalidFileError(f"{where}: {key} must be {what}, not {quoted(value, 30)}")
+
+    for key in POSITIVE_INTS:
+        value = getattr(config, key, None)
+        if value is not None and not (type(value) is int and 1 <= value <= _UINT32_MAX):
+            raise bad(key, value, "a positive integer")
+    for key in NUMBERS:
+        value = getattr(config, key, None)
+        if value is not None and not _finite(value):
+            raise bad(key, value, "a number")
+    rope = getattr(config, "rope_parameters", None) or {}
+    per_type = [rope, *(v for v in rope.values() if isinstance(v, dict))] if isinstance(rope, dict) else [rope]
+    for params in per_type:
+        if not isinstance(params, dict):
+            raise bad("rope_parameters", params, "a dict")
+        kind = params.get("rope_type", "default")
+        if not isinstance(kind, str) or (kind != "default" and kind not in ROPE_INIT_FUNCTIONS):
+            raise bad("rope_type", kind, "a RoPE type transformers knows")
+        for key in ROPE_NUMBERS:
+            if key in params and not (_finite(params[key]) and params[key] > 0):
+                raise bad(f"rope_parameters.{key}", params[key], "a positive number")
+        old = params.get("original_max_position_embeddings")
+        if old is not None and not (type(old) is int and 1 <= old <= _UINT32_MAX):
+            raise bad("original_max_position_embeddings", old, "a positive integer")
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and abs(value) <= _FLOAT32_MAX
 
 
 def _read_json(path: Path) -> Any:

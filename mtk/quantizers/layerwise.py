@@ -85,7 +85,9 @@ class LayerwiseModel:
         try:
             with torch.device("meta"):
                 self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
-        except (RuntimeError, ValueError) as exc:  # a size transformers validated no further (negative widths)
+        # Values transformers loads but cannot build with: a negative width, an unknown activation, a padding id
+        # past the vocabulary (torch asserts).
+        except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidFileError(
                 f"{self.ckpt.path}/config.json: no model can be built from it ({quoted(why, 120)})"
