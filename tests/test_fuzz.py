@@ -314,6 +314,10 @@ def test_zero_size_tensor_lying_to_the_config_is_refused(fuzz, tmp_path: Path) -
         ("config.json", lambda c: c.update(num_hidden_layers=3), "num_hidden_layers is 3"),
         ("config.json", lambda c: c.update(hidden_size="64"), "transformers cannot load it"),
         ("config.json", lambda c: c.update(architectures="LlamaForCausalLM"), "architectures is not a list"),
+        ("config.json", lambda c: c["rope_parameters"].update(rope_theta=""), "rope_theta must be a positive"),
+        ("config.json", lambda c: c.update(head_dim=0), "head_dim must be a positive integer, not '0'"),
+        ("config.json", lambda c: c["rope_parameters"].update(rope_type="abc"), "a RoPE type transformers knows"),
+        ("config.json", lambda c: c["rope_parameters"].update(rope_theta=0), "rope_theta must be a positive"),
         ("tokenizer.json", lambda t: t["model"].update(vocab={"a": "x"}), "malformed tokenizer files"),
         ("tokenizer.json", lambda t: t.update(added_tokens=[{"id": 1 << 62, "content": "x"}]), "token ids up to"),
         ("tokenizer_config.json", lambda t: t.update(bos_token=["x"]), "malformed tokenizer files"),
@@ -345,3 +349,16 @@ def test_deeply_nested_json_is_refused(fuzz, tmp_path: Path) -> None:
     calib.write_bytes(b"[" * 100_000 + b"\n")
     with pytest.raises(InvalidFileError, match="nested too deeply"):
         mtk.imatrix(fuzz.hf, calib, tmp_path / "i.gguf", samples=1, seq_len=8, device="cpu")
+
+
+def test_config_no_model_can_be_built_from_is_refused_by_quantize(fuzz, tmp_path: Path) -> None:
+    doc = json.loads((fuzz.hf / "config.json").read_text())
+    doc["hidden_act"] = "abc"  # loads in transformers; building the MLP raises KeyError
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for f in fuzz.hf.iterdir():
+        if f.name != "config.json":
+            (folder / f.name).symlink_to(f)
+    (folder / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(InvalidFileError, match="no model can be built from it"):
+        mtk.quantize(folder, tmp_path / "q", method="rtn", group_size=32, verify=False, device="cpu")
