@@ -312,6 +312,12 @@ def test_zero_size_tensor_lying_to_the_config_is_refused(fuzz, tmp_path: Path) -
     [
         ("config.json", lambda c: c.update(vocab_size=1 << 62), "do not fit"),
         ("config.json", lambda c: c.update(num_hidden_layers=3), "num_hidden_layers is 3"),
+        # Q rows of 4 x 32 for a q_proj of 64: the export's per-head reshape raised RuntimeError before.
+        (
+            "config.json",
+            lambda c: c.update(head_dim=32),
+            "of 32 and hidden_size 64 do not fit 'model.layers.0.self_attn",
+        ),
         ("config.json", lambda c: c.update(hidden_size="64"), "transformers cannot load it"),
         ("config.json", lambda c: c.update(architectures="LlamaForCausalLM"), "architectures is not a list"),
         ("config.json", lambda c: c["rope_parameters"].update(rope_theta=""), "rope_theta must be a positive"),
@@ -320,6 +326,11 @@ def test_zero_size_tensor_lying_to_the_config_is_refused(fuzz, tmp_path: Path) -
         ("config.json", lambda c: c["rope_parameters"].update(rope_theta=0), "rope_theta must be a positive"),
         ("tokenizer.json", lambda t: t["model"].update(vocab={"a": "x"}), "malformed tokenizer files"),
         ("tokenizer.json", lambda t: t.update(added_tokens=[{"id": 1 << 62, "content": "x"}]), "token ids up to"),
+        (
+            "tokenizer.json",
+            lambda t: t.update(added_tokens=[{"id": 3, "content": 0}]),
+            "added token '0' is not a string",
+        ),
         ("tokenizer_config.json", lambda t: t.update(bos_token=["x"]), "malformed tokenizer files"),
     ],
 )

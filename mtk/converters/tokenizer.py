@@ -316,6 +316,8 @@ def _id_to_token(tokenizer_json: Mapping[str, Any], vocab_size: int) -> tuple[li
     by_id: dict[int, str] = {int(i): token for token, i in tokenizer_json["model"]["vocab"].items()}
     added = {}
     for entry in tokenizer_json.get("added_tokens", []):
+        if not isinstance(entry["content"], str):
+            raise InvalidFileError(f"added token {quoted(entry['content'])} is not a string")
         by_id[int(entry["id"])] = entry["content"]
         added[entry["content"]] = bool(entry.get("special"))
     size = max(max(by_id, default=-1) + 1, vocab_size)

@@ -130,11 +130,28 @@ class HFCheckpoint:
                 f"{where}: vocab_size {vocab} and hidden_size {width} do not fit {embed} {tuple(self.shape(embed))}"
             )
         _check_config_values(where, config)
+        self._check_attention(where, config)
         found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
         # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
         if layers is not None and found and (len(found) != layers or max(found) != layers - 1):
             raise InvalidFileError(f"{where}: num_hidden_layers is {layers}, the checkpoint holds {len(found)} layers")
         return config
+
+    def _check_attention(self, where: Path, config: Any) -> None:
+        """Q/K/V projections of the config's heads and width (the converters reshape them per head)."""
+        heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+        if heads is None or width is None:
+            return
+        head_dim = getattr(config, "head_dim", None) or width // heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+        for name in self.names():
+            proj = name.rsplit(".", 2)[-2] if name.endswith(".weight") and ".self_attn." in name else None
+            if proj in rows and tuple(self.shape(name)) != (rows[proj], width):
+                raise InvalidFileError(
+                    f"{where}: {heads} heads ({kv} KV) of {head_dim} and hidden_size {width} do not fit "
+                    f"{quoted(name)} {tuple(self.shape(name))}"
+                )
 
     def check_shapes(self, expected: dict[str, tuple[int, ...]]) -> None:
         """Raise InvalidFileError for a tensor whose shape is not the one the model built from the config has."""
@@ -189,8 +206,12 @@ class HFCheckpoint:
 # epsilon or a zero head count loads), and GGUF stores them as uint32 and float32.
 POSITIVE_INTS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-    "vocab_size", "max_position_embeddings", "head_dim", "sliding_window", "num_experts", "num_local_experts",
-    "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+    "vocab_size", "max_position_embeddings", "head_dim",
+)  # fmt: skip
+# 0 means "none" here (Qwen2-MoE's sliding_window is 0).
+COUNTS = (
+    "sliding_window", "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+    "shared_expert_intermediate_size",
 )  # fmt: skip
 NUMBERS = (
     "rms_norm_eps", "rope_theta", "partial_rotary_factor", "attn_logit_softcapping", "final_logit_softcapping",
@@ -207,10 +228,11 @@ def _check_config_values(where: Path, config: Any) -> None:
     def bad(key: str, value: Any, what: str) -> InvalidFileError:
         return InvalidFileError(f"{where}: {key} must be {what}, not {quoted(value, 30)}")
 
-    for key in POSITIVE_INTS:
-        value = getattr(config, key, None)
-        if value is not None and not (type(value) is int and 1 <= value <= _UINT32_MAX):
-            raise bad(key, value, "a positive integer")
+    for keys, least in ((POSITIVE_INTS, 1), (COUNTS, 0)):
+        for key in keys:
+            value = getattr(config, key, None)
+            if value is not None and not (type(value) is int and least <= value <= _UINT32_MAX):
+                raise bad(key, value, "a positive integer" if least else "a count")
     for key in NUMBERS:
         value = getattr(config, key, None)
         if value is not None and not _finite(value):
