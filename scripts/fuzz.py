@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--readers", nargs="*", help="reader prefixes (gguf-f32, gguf-q4_k_m, gguf-spm, ...)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mtk-fuzz"))
     parser.add_argument("--max-rss-mb", type=int, default=4096, help="stop with an error past this peak RSS")
+    parser.add_argument("--max-seconds", type=float, help="stop after this long and print what was tried")
     args = parser.parse_args()
 
     hf, spm = args.work / "llama", args.work / "mistral"
@@ -53,6 +54,9 @@ def main() -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     readers = tuple(args.readers) if args.readers else None
     for case in iter_cases(fx, seeds, readers):
+        if args.max_seconds and time.perf_counter() - start > args.max_seconds:
+            print(f"stopped after {args.max_seconds:.0f} s (--max-seconds)")
+            break
         outcome = run_case(case.call)
         tried[case.reader, case.kind] += 1
         results[case.reader, case.kind, outcome.status] += 1
