@@ -44,7 +44,7 @@ class PlannedTensor:
     expert: int | None = None
 
 
-# Hyper-parameters every family needs, and the least each can be (the reader has checked their types).
+# Hyper-parameters every family needs, each at least 1 (the reader has checked their types).
 REQUIRED_HPARAMS = ("embedding_length", "block_count", "attention.head_count")
 
 
@@ -71,7 +71,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         # RoPE turns pairs of dimensions: an odd or empty head is a corrupt width or head count.
         raise InvalidFileError(
             f"{model.path}: GGUF's heads of {cfg['head_dim']} dimensions ({heads} heads, width {cfg['hidden_size']}) "
-            "cannot be"
+            "are impossible: RoPE needs an even head size"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens and "token_embd.weight" not in model.by_name:
