@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from mtk.artifacts.compare import PROMPTS, Tolerance, logit_metrics
 from mtk.errors import EnvironmentProblem, VerificationError
 from mtk.formats.checkpoint import HFCheckpoint
 from mtk.quantizers.compressed import unpack_compressed
 from mtk.quantizers.pack import unpack_awq, unpack_gptq
-from mtk.verify import PROMPTS, Tolerance, logit_metrics
 
 # GPTQModel's default int4 CPU kernel (TorchAtenLinear, ATen's int4 matmul) computes in its own reduced precision:
 # against the float weights it holds, measured mean KL ~1e-7 at 8 bits, 8e-5 on tiny 4-bit models and 3e-3 to
