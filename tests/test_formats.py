@@ -108,7 +108,7 @@ def test_split_files_read_as_one_model(smollm2_gguf: Path, tmp_path: Path) -> No
     assert split.metadata["llama.block_count"] == 30 and len(split.files) == 3
     for name in ("token_embd.weight", "blk.29.ffn_down.weight", "output_norm.weight"):
         assert torch.equal(split.tensor_bytes(split.by_name[name]), whole.tensor_bytes(whole.by_name[name]))
-    from mtk.inspect import inspect
+    from mtk.inspection import inspect
 
     report = inspect(paths[0])
     assert report["tensor_count"] == 272 and report["metadata"]["split.count"] == 3

@@ -11,6 +11,7 @@ import typer
 
 from mtk.cli import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize
 from mtk.cli.common import SETTINGS
+from mtk.cli.quiet import quiet_third_party
 from mtk.errors import EXIT_INTERRUPTED, MtkError, UsageError
 
 app = typer.Typer(
@@ -37,6 +38,8 @@ def _global_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
 ) -> None:
     SETTINGS.json, SETTINGS.quiet, SETTINGS.verbose = json_output, quiet, verbose
+    if not verbose:
+        quiet_third_party()
 
 
 def _fail(message: str, code: int) -> int:

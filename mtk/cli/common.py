@@ -80,7 +80,8 @@ class progress_bar:  # noqa: N801 - used like a function in a with-statement
             TimeElapsedColumn(),
             TextColumn("{task.fields[label]}"),
             console=stderr,
-            disable=SETTINGS.quiet,
+            # Off the terminal (a CI log) a transient bar draws nothing but leaves an empty line behind.
+            disable=SETTINGS.quiet or not stderr.is_terminal,
             transient=True,
         )
         self._task = self._progress.add_task(description, total=None, label="")

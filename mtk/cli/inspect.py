@@ -21,7 +21,7 @@ def inspect_command(
 
     Examples: [b]mtk inspect model.gguf[/b] · [b]mtk --json inspect ./llama-hf --tensors[/b]
     """
-    from mtk.inspect import inspect  # imports torch: only when the command runs
+    from mtk.inspection import inspect  # imports torch: only when the command runs
 
     report = inspect(path, tensors=tensors)
     if SETTINGS.json or SETTINGS.quiet:
