@@ -61,9 +61,16 @@ def describe(path: Path) -> Description:
     return Description(parts, parts, label, label not in FLOAT_TYPES)
 
 
+def first_part(path: Path | str) -> Path:
+    """What llama.cpp opens: the GGUF itself, or the first part of a split model given any part."""
+    from mtk.formats.gguf_reader import split_paths
+
+    return split_paths(Path(path))[0]
+
+
 def tokenize(path: Path, text: str) -> Tokenization:
     """llama.cpp's tokenizer, with BOS when the vocabulary adds it (like llama-perplexity)."""
-    with LlamaCpp(path, vocab_only=True) as llm:
+    with LlamaCpp(first_part(path), vocab_only=True) as llm:
         return Tokenization(llm.tokenize(text, add_bos=True), llm.bos_id)
 
 
@@ -97,7 +104,7 @@ def compare_tokenizers(gguf_path: Path | str, hf_dir: Path | str, text: str = PR
     """Token ids of llama.cpp's tokenizer on the GGUF and of the HF tokenizer in ``hf_dir`` for ``text``."""
     from transformers import AutoTokenizer
 
-    with LlamaCpp(gguf_path, vocab_only=True) as llm:
+    with LlamaCpp(first_part(gguf_path), vocab_only=True) as llm:
         ids_llama = llm.tokenize(text)
     ids_hf = AutoTokenizer.from_pretrained(str(hf_dir))(text, add_special_tokens=False)["input_ids"]
     return token_report(ids_llama, ids_hf)
@@ -143,7 +150,7 @@ def verify_import(gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[s
     model = hf.load(hf_dir)
     stored = model.config.dtype
     lossless = stored == torch.float32 or types <= {"F16" if stored == torch.float16 else "BF16"}
-    with LlamaCpp(gguf_path) as llm:
+    with LlamaCpp(first_part(gguf_path)) as llm:
         metrics = compare_on_prompts(llm, llm.logits, lambda ids: hf.logits(model, ids), prompts)
     return _check("imported model", tok, metrics, tolerance_for(types, lossless))
 
@@ -163,7 +170,7 @@ def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[s
     types = matrix_types(gguf_path)
     float_only = types <= FLOAT_TYPES
     from_hf = Path(source).is_dir()
-    with LlamaCpp(gguf_path) as llm:
+    with LlamaCpp(first_part(gguf_path)) as llm:
         src: LlamaCpp | None = None
         try:
             if from_hf:
@@ -171,7 +178,7 @@ def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[s
                 src_model = hf.load(source)
                 src_logits: Callable[[list[int]], Any] = lambda ids: hf.logits(src_model, ids)  # noqa: E731
             else:
-                src = LlamaCpp(source)
+                src = LlamaCpp(first_part(source))
                 tok = token_report(src.tokenize(PROBE_TEXT), llm.tokenize(PROBE_TEXT))
                 src_logits = src.logits
             if float_only and from_hf:

@@ -39,7 +39,8 @@ def quiet_fd2() -> Iterator[None]:
 
 
 class LlamaCpp:
-    """A GGUF (any part of a split one) loaded in llama.cpp, for tokenization, logits and greedy decoding.
+    """A GGUF loaded in llama.cpp, for tokenization, logits and greedy decoding. A split model is opened from its
+    first part (mtk.artifacts.gguf.first_part finds it; the reader it needs imports torch, this module does not).
 
     ``vocab_only`` loads the tokenizer alone; ``offload`` puts every layer on the GPU when the build can.
     A file llama.cpp refuses raises InvalidFileError (exit code 4).
@@ -58,9 +59,7 @@ class LlamaCpp:
             import llama_cpp
         except ImportError as exc:
             raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'") from exc
-        from mtk.formats.gguf_reader import split_paths
-
-        path = split_paths(Path(path))[0]  # llama.cpp opens a split model from its first part
+        path = Path(path)
         threads = threads or max(1, os.cpu_count() or 1)
         self.offloaded = offload and bool(llama_cpp.llama_supports_gpu_offload())
         with quiet_fd2():
