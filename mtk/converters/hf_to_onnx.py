@@ -41,9 +41,6 @@ OnnxDType = Literal["fp32", "fp16"]
 Quantize = Literal["int8", "int4"]
 # What an artifact's numbers are judged as (its tolerance): the quantization if any, else the dtype.
 Kind = Literal["fp32", "fp16", "int8", "int4"]
-# The check (``mtk.artifacts.onnx.validate``): the folder, the PyTorch fp32 model it was traced from (already
-# loaded: the reference), the kind, and the graph file to run in it (None: the manifest's).
-OnnxCheck = Callable[[Path, Any, Kind, str | None], dict[str, Any]]
 BLOCK_SIZES = (32, 128)
 MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and newer
 # Copied verbatim beside model.onnx, when present in the source folder.
@@ -278,6 +275,12 @@ def _post_process(src: Path, dst: Path, config: OnnxExportConfig, external: bool
         apply(current, target)
         current = target
     return [name for name, _ in passes]
+
+
+# The check (``mtk.artifacts.onnx.validate``): the folder, the PyTorch fp32 model it was traced from (already
+# loaded: the reference), the kind, and the graph file to run in it (None: the manifest's). Defined down here:
+# the exported graph records the source lines of the wrappers above, so they keep their line numbers.
+OnnxCheck = Callable[[Path, Any, Kind, str | None], dict[str, Any]]
 
 
 def export_onnx(
