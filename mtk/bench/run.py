@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from mtk.artifacts.compare import first_difference
 from mtk.bench import refcache
-from mtk.bench.artifacts import Artifact, count_params, describe, detect, first_difference, tokenize
+from mtk.bench.artifacts import Artifact, count_params, describe, detect, tokenize
 from mtk.bench.gates import Gate, MissingMetric
 from mtk.bench.scoring import make_windows, scored_count
 from mtk.errors import InvalidFileError, MtkError, UsageError

@@ -76,6 +76,8 @@ def gguf_export_command(
         return
     if output is None:
         raise UsageError("--output/-o is required (or pass --dry-run)")
+    from mtk.artifacts.gguf import export_check
+
     matrix = _read_imatrix(imatrix)
     with progress_bar("encoding") as bar:
         result = gguf_export(
@@ -84,7 +86,7 @@ def gguf_export_command(
             rules=rules,
             split_max_bytes=max_bytes,
             device=device.value,
-            verify=verify,
+            check=export_check(source, verify),
             overwrite=overwrite,
             imatrix=matrix,
             progress=bar.update,

@@ -32,6 +32,7 @@ def gguf_import_command(
     Examples: [b]mtk gguf-import SmolLM2.Q4_1.gguf -o smollm2-hf[/b] ·
     [b]mtk --json gguf-import model-00001-of-00003.gguf -o model-hf --dtype bf16 --no-verify[/b]
     """
+    from mtk.artifacts.gguf import import_check
     from mtk.converters.gguf_to_hf import gguf_import
 
     with progress_bar("dequantizing") as bar:
@@ -40,7 +41,7 @@ def gguf_import_command(
             output,
             dtype=dtype.value,
             device=device.value,
-            verify=verify,
+            check=import_check(model, verify),
             overwrite=overwrite,
             progress=bar.update,
         )

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from mtk.artifacts.compare import PROMPTS, logit_metrics
 from mtk.errors import VerificationError
 from mtk.formats.checkpoint import HFCheckpoint
 from mtk.quantizers import FORMATS, format_of
-from mtk.verify import PROMPTS, logit_metrics
 
 
 def runtime_available(fmt: str) -> bool:
