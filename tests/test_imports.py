@@ -1,6 +1,8 @@
-"""mtk's modules import each other without a cycle: every ``import`` and ``from ... import`` in every module
-(at module level, inside functions and under ``if TYPE_CHECKING``), read with ``ast``, is an edge; a cycle is a
-strongly connected component of more than one module (or a module importing itself).
+"""mtk's modules import each other without a cycle: every ``import`` and ``from ... import`` that runs (at module
+level or inside functions), read with ``ast``, is an edge; a cycle is a strongly connected component of more than
+one module (or a module importing itself). Imports under ``if TYPE_CHECKING:`` never run: they name types for
+annotations (a format's functions take a ``QuantizeConfig``, which is validated against the format rows), so
+they are left out.
 
 The one allowed pattern is registration: a package's ``__init__`` imports its built-in entries so that they
 register themselves with a registry they import back. ``REGISTRATION`` lists the places that do it today;
@@ -16,9 +18,19 @@ from pathlib import Path
 import mtk
 
 ROOT = Path(mtk.__file__).resolve().parent
+
+
+def _package(folder: str) -> frozenset[str]:
+    """A registry package and its entry modules: ``mtk.a.b`` and every ``mtk.a.b.x``."""
+    name = "mtk." + folder.replace("/", ".")
+    return frozenset({name} | {f"{name}.{p.stem}" for p in (ROOT / folder).glob("*.py") if p.stem != "__init__"})
+
+
 REGISTRATION = (
-    # QUANTIZERS lives in the package's __init__, which imports the engine, which registers the methods in it.
-    frozenset({"mtk.quantizers", "mtk.quantizers.engine"}),
+    # The registries of quantization methods and checkpoint formats live in their packages' __init__, which
+    # imports the built-in entries at its end; each entry module registers itself there.
+    _package("quantizers/methods"),
+    _package("quantizers/formats"),
     # family_for_gguf() imports the families package on first use; each family module registers with family.py.
     frozenset({"mtk.converters.family", "mtk.converters.families"})
     | {f"mtk.converters.families.{p.stem}" for p in (ROOT / "converters" / "families").glob("*.py")},
@@ -47,7 +59,7 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     """The package's modules ``module`` imports: ``from a import b`` names ``a.b`` when that is a module."""
     out = set()
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _running_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names if alias.name in known)
         elif isinstance(node, ast.ImportFrom):
@@ -58,6 +70,28 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
                 elif target in known:
                     out.add(target)
     out.discard(module)  # `from pkg import name` inside pkg's own __init__: no edge
+    return out
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _running_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks (their ``else`` runs)."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if _is_type_checking(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        todo.extend(ast.iter_child_nodes(node))
     return out
 
 
