@@ -22,7 +22,7 @@ from typing import Literal
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mtk.artifacts.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
+from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
 TokenizerKind = Literal["bpe", "spm", "gemma"]
 KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma")

@@ -15,11 +15,11 @@ from conftest import run_mtk
 from fixtures_models import FAMILY_NAMES, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mtk.artifacts.compare import PROMPTS, logit_metrics
 from mtk.artifacts.gguf import import_check
 from mtk.artifacts.hf import logits as hf_logits
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
+from mtk.compare import PROMPTS, logit_metrics
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TypeRules
 from mtk.converters.hf_to_gguf import gguf_export

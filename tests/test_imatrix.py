@@ -57,7 +57,7 @@ def test_values_equal_a_direct_computation_and_round_trip(
     assert (im.chunk_count, im.chunk_size, im.datasets) == (3, 40, ["calib.txt"])
     assert all(float(c) == 120.0 for c in im.counts.values())
     # Direct: the attention projections read input_layernorm(hidden state entering the layer).
-    from mtk.quantizers.calibration import load_calibration
+    from mtk.converters.calibration import load_calibration
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     windows = load_calibration(calibration, AutoTokenizer.from_pretrained(src), 3, 40)

@@ -165,3 +165,44 @@ def test_converters_do_not_import_verification() -> None:
     graph = import_graph(ROOT)
     converters = [m for m in graph if m.startswith("mtk.converters")]
     assert converters and not [(m, t) for m in converters for t in graph[m] if t.startswith("mtk.artifacts")]
+
+
+# The floors of the house, lowest first (docs/ARCHITECTURE.md): a module imports from its own floor or below.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("mtk.errors", "mtk.results", "mtk.registry", "mtk.compare"),
+    ("mtk.formats", "mtk.runtime"),
+    ("mtk.kernels",),
+    ("mtk.converters", "mtk.inspection"),
+    ("mtk.quantizers",),
+    ("mtk.artifacts",),
+    ("mtk.bench",),
+    ("mtk", "mtk.api"),
+    ("mtk.cli", "mtk.__main__"),
+)
+
+
+def floor_of(module: str) -> int:
+    """The floor of ``module``: that of the longest prefix named in LAYERS (a new module must be placed)."""
+    best, length = -1, -1
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > length:
+                best, length = i, len(name)
+    assert best >= 0, f"{module} is on no floor of LAYERS"
+    return best
+
+
+def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((m, t) for m, targets in graph.items() for t in targets if floor_of(t) > floor_of(m))
+
+
+def test_nothing_imports_a_floor_above_its_own() -> None:
+    assert upward(import_graph(ROOT)) == []
+    assert floor_of("mtk.kernels.types") == 2 and floor_of("mtk") == 7  # the prefixes resolve as meant
+
+
+def test_the_floor_check_finds_an_upward_import() -> None:
+    assert upward({"mtk.formats.gguf_reader": {"mtk.errors"}}) == []
+    assert upward({"mtk.formats.gguf_reader": {"mtk.artifacts.gguf"}}) == [
+        ("mtk.formats.gguf_reader", "mtk.artifacts.gguf")
+    ]

@@ -16,8 +16,8 @@ from typing import Any
 
 from mtk.artifacts import hf, llama_cpp
 from mtk.artifacts.base import ArtifactKind, Description, Tokenization
-from mtk.artifacts.compare import PROBE_TEXT, PROMPTS, Tolerance, logit_metrics, token_report
 from mtk.artifacts.llama_cpp import LlamaCpp
+from mtk.compare import PROBE_TEXT, PROMPTS, Tolerance, logit_metrics, token_report
 from mtk.errors import VerificationError
 
 Check = Callable[[Path], dict[str, Any]]

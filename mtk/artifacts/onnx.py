@@ -3,7 +3,7 @@
 ``validate`` checks a folder against the PyTorch fp32 model it came from, on the same inputs. Decoders: a
 prefill of the probe prompt, then two decode steps through the KV cache (the tokens PyTorch picks greedily,
 fed to both sides); every position's next-token logits are compared with
-``mtk.artifacts.compare.logit_metrics``. Encoders: ``last_hidden_state`` (and ``pooler_output``) on a padded
+``mtk.compare.logit_metrics``. Encoders: ``last_hidden_state`` (and ``pooler_output``) on a padded
 batch. The exporter takes it as its ``check``, called on the complete temporary folder before it is published.
 
 Weights counted: ``model.onnx`` and its external data file.
@@ -19,7 +19,7 @@ import numpy as np
 
 from mtk.artifacts import hf
 from mtk.artifacts.base import ArtifactKind, Description
-from mtk.artifacts.compare import Tolerance, logit_metrics
+from mtk.compare import Tolerance, logit_metrics
 from mtk.errors import VerificationError
 
 if TYPE_CHECKING:

@@ -1,17 +1,21 @@
 """Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors: ``quantization_config`` in config.json), run in
 transformers through their checkpoint format's integration.
 
-Loading and verification are the checkpoint format's (mtk.quantizers.check); this module recognises and
-labels the folders. Packed weights hold several parameters per stored element, so no parameter count.
+Loading is the checkpoint format's (``CheckpointFormat.load``: transformers with GPTQModel's kernels for GPTQ and
+AWQ, with compressed-tensors for compressed-tensors); this module recognises and labels the folders and verifies
+them. Packed weights hold several parameters per stored element, so no parameter count.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from mtk.artifacts import hf
 from mtk.artifacts.base import ArtifactKind, Description
+from mtk.compare import PROMPTS, logit_metrics
+from mtk.errors import VerificationError
 
 
 def matches(path: Path) -> bool:
@@ -36,24 +40,81 @@ def no_count(path: Path) -> None:
 
 
 def runtime_available(fmt: str) -> bool:
-    """Whether the loader of checkpoint format ``fmt`` is installed."""
-    from mtk.quantizers.check import runtime_available as available
+    """Whether the loader of checkpoint format ``fmt`` (a ``FORMATS`` name) is installed."""
+    from mtk.quantizers.formats import FORMATS
 
-    return available(fmt)
+    return FORMATS.get(fmt).runtime_available()
+
+
+def _quantization_config(path: Path | str) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())["quantization_config"]
 
 
 def load(path: Path | str) -> Any:
-    """The checkpoint through transformers on the CPU, computing in float32."""
-    from mtk.quantizers.check import load_quantized
+    """The checkpoint through its format's runtime, on the CPU (``AutoModelForCausalLM.from_pretrained``)."""
+    from mtk.quantizers.formats import format_of
 
-    return load_quantized(path)
+    return format_of(_quantization_config(path)).load(Path(path))
+
+
+def hold_file_weights(model: Any, path: Path | str) -> Any:
+    """Overwrite the float ``model`` (the source architecture) with exactly the weights stored in ``path``."""
+    import torch
+
+    from mtk.formats.checkpoint import HFCheckpoint
+    from mtk.quantizers.formats import format_of
+
+    qc = _quantization_config(path)
+    fmt = format_of(qc)
+    ckpt = HFCheckpoint(path)
+    names = set(ckpt.names())
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            base = name.removesuffix(".weight")
+            if f"{base}.{fmt.packed_keys[0]}" in names:
+                packed = {k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}
+                tensor.copy_(fmt.unpack(packed, qc))
+            elif name in names:
+                tensor.copy_(ckpt.get(name).to(tensor.dtype))
+    return model
+
+
+def _logits(model: Any, prompts: list[list[int]]) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return torch.cat([model(torch.tensor([ids])).logits[0].float() for ids in prompts])
 
 
 def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
-    """The checkpoint in its runtime against its own weights (checked) and the source (reported as quality)."""
-    from mtk.quantizers.check import verify_quantized
+    """The checkpoint in its runtime against its own weights (checked) and the source (reported as ``quality``).
 
-    return verify_quantized(path, source)
+    - Conversion: the checkpoint as its runtime loads it (packed weights, GPTQModel kernels or compressed-tensors'
+      decompression) against a float model holding exactly the weights the files define (unpacked in torch by
+      mtk). This isolates packing, layout and config errors from quantization error, and fails
+      (VerificationError) beyond the format's tolerance (``CheckpointFormat.tolerance``).
+    - Quality: against the unquantized source model, for the caller (or a test) to bound.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtk.quantizers.formats import format_of
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    runtime = _logits(load(path), prompts)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    src = _logits(model, prompts)
+    held = _logits(hold_file_weights(model, path), prompts)  # the source model, now with the files' weights
+    metrics = logit_metrics(held, runtime)
+    tolerance = format_of(_quantization_config(path)).tolerance()
+    failures = tolerance.failures(metrics)
+    if failures:
+        raise VerificationError(
+            "quantized checkpoint in transformers disagrees with its own weights: " + "; ".join(failures)
+        )
+    return {"logits": metrics, "tolerance": tolerance.__dict__, "quality": logit_metrics(src, runtime)}
 
 
 KIND = ArtifactKind(

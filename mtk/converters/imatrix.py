@@ -277,7 +277,7 @@ def imatrix_from_checkpoint(
 
     from mtk.converters.family import family_for_hf
     from mtk.formats.checkpoint import HFCheckpoint
-    from mtk.quantizers.calibration import load_calibration
+    from mtk.converters.calibration import load_calibration
     from mtk.runtime import resolve_device
 
     model_dir = Path(model_dir)

@@ -24,7 +24,7 @@ from mtk.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-    from mtk.artifacts.compare import Tolerance
+    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.gptq import QuantizedLinear
 
