@@ -314,6 +314,8 @@ def export_onnx(
         scratch.mkdir()
         try:
             graph = _export_graph(model, task, config.opset, scratch / "model.onnx")
+        except OSError:
+            raise  # a full disk or no access while saving: the output's fault (exit 7), not the model's
         except Exception as exc:  # the exporter raises many kinds; name the model in one line
             raise UnsupportedError(f"torch.onnx could not export {model.config.model_type}: {exc}") from exc
         external = (scratch / "model.onnx.data").exists()

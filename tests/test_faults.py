@@ -1,0 +1,201 @@
+"""Faults while writing: signals, a killed process, a full disk, a read-only folder, two runs on one output;
+names from files that try to leave the output folder; chat templates and pickles that try to run code.
+
+The signal tests run the real console script (``python -m mtk``) on a checkpoint wide enough that its
+temporary output lives for a second or more, and send the signal once that temporary exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_mtk
+from fixtures_models import build_tiny_model
+
+from mtk.errors import OutputError
+from mtk.formats.atomic import atomic_dir, atomic_file, sweep, temporary_names
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A llama of 17M parameters (65 MB in float32): every writing command keeps its temporary for > 1 s."""
+    return build_tiny_model(
+        "llama", tmp_path_factory.mktemp("wide") / "hf", hidden_size=512, intermediate_size=2048, num_hidden_layers=4
+    )
+
+
+@pytest.fixture(scope="module")
+def wide_gguf(wide: Path) -> Path:
+    path = wide.parent / "wide.f16.gguf"
+    proc = run_mtk("gguf-export", str(wide), "-o", str(path), "--type", "f16", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def _snapshot(path: Path) -> dict[str, str]:
+    """Relative name -> sha256 of every file under ``path`` (or of ``path`` itself)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _old_output(output: Path) -> dict[str, str]:
+    """Something already at ``output`` that an interrupted run must leave exactly as it was."""
+    if output.suffix == ".gguf":
+        output.write_bytes(b"the old artifact\n" * 1000)
+    else:
+        output.mkdir()
+        (output / "old.txt").write_text("the old artifact\n")
+    return _snapshot(output)
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    # Started with the default actions of SIGINT and SIGTERM, as from a shell or a CI runner.
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _signal_when_writing(proc: subprocess.Popen[str], output: Path, signum: int) -> tuple[int, str]:
+    """Send ``signum`` as soon as ``output``'s temporary exists; the exit status and stderr."""
+    deadline = time.monotonic() + 300
+    while not temporary_names(output):
+        if proc.poll() is not None:
+            pytest.fail(f"the command ended ({proc.returncode}) before writing: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no temporary output appeared in 300 s")
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+COMMANDS = {
+    "gguf-export": lambda src, gguf, out: ["gguf-export", str(src), "-o", str(out), "--type", "f32"],
+    "gguf-import": lambda src, gguf, out: ["gguf-import", str(gguf), "-o", str(out)],
+    "quantize": lambda src, gguf, out: ["quantize", str(src), "-o", str(out), "--method", "rtn"],
+    "export-onnx": lambda src, gguf, out: ["export-onnx", str(src), "-o", str(out)],
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_signal_keeps_old_output_and_exits_128_plus_signal(
+    command: str, signum: int, wide: Path, wide_gguf: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / ("out.gguf" if command == "gguf-export" else "out")
+    before = _old_output(output)
+    proc = _start([*COMMANDS[command](wide, wide_gguf, output), "--overwrite"])
+    code, err = _signal_when_writing(proc, output, signum)
+    assert code == 128 + signum, err[-2000:]
+    assert f"interrupted ({signal.Signals(signum).name})" in err
+    assert _snapshot(output) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary, nothing moved aside
+
+
+def test_sigkill_leaves_only_a_prefixed_temporary_which_the_next_run_removes(wide: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out.gguf"
+    before = _old_output(output)
+    args = ["gguf-export", str(wide), "-o", str(output), "--type", "f32", "--overwrite"]
+    code, _ = _signal_when_writing(_start(args), output, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert _snapshot(output) == before
+    left = sorted(p.name for p in tmp_path.iterdir() if p != output)
+    assert left and all(name.startswith(".mtk.out.gguf.") and name.endswith(".partial") for name in left), left
+    proc = run_mtk(*args[:-1], "--no-verify", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+    assert output.read_bytes()[:4] == b"GGUF"
+
+
+def test_sweep_spares_a_live_temporary_and_restores_a_folder_moved_aside(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    dead = tmp_path / ".mtk.out.bin.abc123.partial"
+    dead.write_bytes(b"left by a killed run")
+    with atomic_file(target) as live:
+        live.write_bytes(b"being written")
+        assert dead not in temporary_names(target)  # swept when this run started
+        dead.write_bytes(b"left by another killed run")
+        sweep(target)
+        assert temporary_names(target) == [live]  # held by this run: not touched
+    assert target.read_bytes() == b"being written"
+    # A swap killed between its two renames: the user's folder is under the aside name, the target missing.
+    folder = tmp_path / "model"
+    aside = tmp_path / ".mtk.model.old"
+    aside.mkdir()
+    (aside / "weights").write_text("the user's")
+    with atomic_dir(folder, overwrite=True) as tmp:
+        assert (folder / "weights").read_text() == "the user's"  # put back before anything else happens
+        (tmp / "weights").write_text("new")
+    assert (folder / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out.bin"]
+
+
+def test_interrupt_between_the_renames_of_a_folder_swap_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mtk.formats import atomic
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights").write_text("old")
+    real_replace = os.replace
+
+    def replace(src: Path, dst: Path) -> None:
+        real_replace(src, dst)
+        if Path(dst).name == ".mtk.model.old":
+            raise KeyboardInterrupt  # a signal right after the old folder was moved aside
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(folder, overwrite=True) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (folder / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (mounting needs root, as in the test container)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_full_disk_exits_7_and_removes_the_partial_output(
+    command: str, small_disk: Path, wide: Path, wide_gguf: Path
+) -> None:
+    output = small_disk / ("out.gguf" if command == "gguf-export" else "out")
+    before = _old_output(output)
+    proc = run_mtk(*COMMANDS[command](wide, wide_gguf, output), "--overwrite")
+    assert proc.returncode == OutputError.exit_code, proc.stderr
+    assert "no space left on the device" in proc.stderr
+    assert _snapshot(output) == before
+    assert sorted(p.name for p in small_disk.iterdir()) == [output.name]
+
+
+def test_read_only_folder_exits_7(small_disk: Path, tiny_models: dict[str, Path], wide_gguf: Path) -> None:
+    # Root ignores permission bits, so the folder is a read-only mount.
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for args in (
+        ["gguf-export", str(tiny_models["llama"]), "-o", str(small_disk / "out.gguf"), "--type", "f32"],
+        ["gguf-import", str(wide_gguf), "-o", str(small_disk / "out")],
+    ):
+        proc = run_mtk(*args)
+        assert proc.returncode == OutputError.exit_code, proc.stderr
+        assert "Read-only file system" in proc.stderr
+    assert list(small_disk.iterdir()) == []
