@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,70 @@ def test_read_only_folder_exits_7(small_disk: Path, tiny_models: dict[str, Path]
         assert proc.returncode == OutputError.exit_code, proc.stderr
         assert "Read-only file system" in proc.stderr
     assert list(small_disk.iterdir()) == []
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_two_runs_on_one_output_leave_one_whole_artifact(wide: Path, tmp_path: Path) -> None:
+    """Two gguf-exports of different types into the same split GGUF at once: the parts are all of one run."""
+    split = ["--split-max-size", "12M"]
+    refs = []
+    for type_ in ("f16", "bf16"):
+        out = tmp_path / type_ / "m.gguf"
+        proc = run_mtk("gguf-export", str(wide), "-o", str(out), "--type", type_, *split, "--no-verify")
+        assert proc.returncode == 0, proc.stderr
+        refs.append(_files(out.parent))
+    assert len(refs[0]) > 1 and refs[0].keys() == refs[1].keys() and refs[0] != refs[1]
+    output = tmp_path / "same" / "m.gguf"
+    procs = [
+        _start(["gguf-export", str(wide), "-o", str(output), "--type", type_, *split, "--overwrite"])
+        for type_ in ("f16", "bf16")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    assert _files(output.parent) in refs
+
+
+def test_publishing_is_serialised_between_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a publishes its three files slowly; run b finishes writing meanwhile. Without the folder lock b's
+    renames would land between a's, leaving a mixed set; with it b waits, and the set is all b's."""
+    from mtk.formats import atomic
+
+    targets = [tmp_path / f"m-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    real_replace = os.replace
+    a_publishing = threading.Event()
+
+    def replace(src: Path, dst: Path) -> None:
+        real_replace(src, dst)
+        if threading.current_thread().name == "a":
+            a_publishing.set()
+            time.sleep(0.2)
+
+    def write(tag: str) -> None:
+        with atomic.atomic_files(targets, overwrite=True) as paths:
+            for p in paths:
+                p.write_text(tag)
+            if tag == "b":
+                assert a_publishing.wait(10)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    threads = [threading.Thread(target=write, args=(tag,), name=tag) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [t.read_text() for t in targets] == ["b", "b", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [t.name for t in targets]
+
+
+def test_a_run_without_overwrite_does_not_replace_what_another_published_meanwhile(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(OutputError, match="already exists"), atomic_file(target) as first:
+        first.write_bytes(b"first")
+        with atomic_file(target) as second:  # started after the first, published before it
+            second.write_bytes(b"second")
+    assert target.read_bytes() == b"second"
+    assert list(tmp_path.iterdir()) == [target]
