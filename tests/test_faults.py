@@ -8,8 +8,11 @@ temporary output lives for a second or more, and send the signal once that tempo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +24,7 @@ import pytest
 from conftest import run_mtk
 from fixtures_models import build_tiny_model
 
-from mtk.errors import OutputError
+from mtk.errors import InvalidFileError, OutputError, UnsupportedError
 from mtk.formats.atomic import atomic_dir, atomic_file, sweep, temporary_names
 
 
@@ -267,3 +270,61 @@ def test_a_run_without_overwrite_does_not_replace_what_another_published_meanwhi
             second.write_bytes(b"second")
     assert target.read_bytes() == b"second"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def _safetensors_names(path: Path) -> list[str]:
+    (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+    return [k for k in json.loads(path.read_bytes()[8 : 8 + n]) if k != "__metadata__"]
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_index_shard_names_cannot_leave_the_checkpoint_folder(
+    where: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """An index naming ``../outside.safetensors`` (or an absolute path) to a file that exists and would convert."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_models["llama"], ckpt)
+    outside = tmp_path / "outside.safetensors"
+    (ckpt / "model.safetensors").rename(outside)
+    shard = "../outside.safetensors" if where == "relative" else str(outside)
+    index = {"metadata": {}, "weight_map": {name: shard for name in _safetensors_names(outside)}}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    for args in (["inspect", str(ckpt)], ["gguf-export", str(ckpt), "-o", str(tmp_path / "out.gguf"), "--no-verify"]):
+        proc = run_mtk(*args)
+        assert proc.returncode == InvalidFileError.exit_code, proc.stderr
+        assert "leaves the checkpoint folder" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "outside.safetensors"]
+
+
+def test_names_inside_files_are_never_paths(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """general.name and tensor names that look like paths: the outputs land where asked, nothing beside them."""
+    src = tmp_path / "src" / "namename1234"  # general.name is the folder's name; patched below, same length
+    shutil.copytree(tiny_models["llama"], src)
+    gguf = tmp_path / "src" / "m.gguf"
+    assert run_mtk("gguf-export", str(src), "-o", str(gguf), "--type", "f32", "--no-verify").returncode == 0
+    data = gguf.read_bytes()
+    assert data.count(b"namename1234") == 1
+    gguf.write_bytes(data.replace(b"namename1234", b"../../escape"))
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    proc = run_mtk("gguf-import", str(gguf), "-o", str(work / "hf"), "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_mtk("gguf-export", str(gguf), "-o", str(work / "re.gguf"), "--type", "f16", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    # A tensor named like a path (same length as the name it replaces, so the header stays valid).
+    weights = src / "model.safetensors"
+    assert len("model.norm.weight") == len("../../../../x/y.z")
+    weights.write_bytes(weights.read_bytes().replace(b'"model.norm.weight"', b'"../../../../x/y.z"', 1))
+    assert "../../../../x/y.z" in _safetensors_names(weights)
+    proc = run_mtk("gguf-export", str(src), "-o", str(work / "t.gguf"), "--no-verify")
+    assert proc.returncode in (UnsupportedError.exit_code, InvalidFileError.exit_code), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    # quantize passes tensors it does not quantize through by name: the name stays a key in the output's header.
+    proc = run_mtk("quantize", str(src), "-o", str(work / "q"), "--method", "rtn", "--group-size", "32", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert all(p.is_file() for p in (work / "q").iterdir())
+    assert "../../../../x/y.z" in _safetensors_names(work / "q" / "model.safetensors")
+    assert sorted(p.name for p in work.iterdir()) == ["hf", "q", "re.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "work"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["deeper"]
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["m.gguf", "namename1234"]

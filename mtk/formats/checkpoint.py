@@ -58,10 +58,11 @@ class HFCheckpoint:
     def _shard_paths(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
         if index.exists():
-            weight_map = _read_json(index).get("weight_map")
+            data = _read_json(index)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
             if not isinstance(weight_map, dict):
                 raise InvalidFileError(f"{index}: no weight_map")
-            names = sorted(set(weight_map.values()))
+            names = sorted({_shard_name(index, shard) for shard in weight_map.values()})
             missing = [n for n in names if not (self.path / n).exists()]
             if missing:
                 raise InvalidFileError(f"{index}: shard(s) missing: {', '.join(missing)}")
@@ -137,6 +138,18 @@ class HFCheckpoint:
     def release(self, name: str) -> None:
         if name in self._where:
             self._files[self._where[name]].release(name)
+
+
+def _shard_name(index: Path, shard: object) -> str:
+    """A shard named by the index, refused unless it is a relative path inside the checkpoint folder: an index
+    is data, and ``../`` or an absolute path in it would make mtk read (and convert) a file from elsewhere.
+    Symbolic links are followed as usual (the Hugging Face cache links every file to its blob store)."""
+    if not isinstance(shard, str) or not shard:
+        raise InvalidFileError(f"{index}: a shard name is not a file name: {shard!r:.80}")
+    path = Path(shard)
+    if path.is_absolute() or ".." in path.parts:
+        raise InvalidFileError(f"{index}: shard name {shard!r:.200} leaves the checkpoint folder")
+    return shard
 
 
 def _read_json(path: Path) -> Any:
