@@ -328,3 +328,40 @@ def test_names_inside_files_are_never_paths(tiny_models: dict[str, Path], tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "work"]
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["deeper"]
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["m.gguf", "namename1234"]
+
+
+def test_chat_templates_are_stored_never_rendered_outside_a_sandbox(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A template that reaches ``os`` through a global's __globals__ (the classic Jinja escape) and would create
+    a marker file: it travels HF -> GGUF -> HF verbatim through both commands with verification in llama.cpp and
+    transformers, and is never run; where the runtimes render it, their sandbox refuses."""
+    import jinja2
+    from jinja2.exceptions import SecurityError
+    from transformers import AutoTokenizer
+
+    from mtk.formats.gguf_reader import open_gguf
+
+    marker = tmp_path / "pwned"
+    template = "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}{{ messages[0]['content'] }}"
+    src = tmp_path / "src"
+    shutil.copytree(tiny_models["llama"], src)
+    (src / "chat_template.jinja").write_text(template)
+    gguf, back = tmp_path / "m.gguf", tmp_path / "back"
+    proc = run_mtk("gguf-export", str(src), "-o", str(gguf), "--type", "f32", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    model = open_gguf(gguf)
+    assert model.metadata["tokenizer.chat_template"] == template
+    model.close()
+    proc = run_mtk("gguf-import", str(gguf), "-o", str(back), "--verify")
+    assert proc.returncode == 0, proc.stderr
+    tok = AutoTokenizer.from_pretrained(str(back))
+    assert tok.chat_template == template
+    assert not marker.exists()
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(SecurityError):
+        tok.apply_chat_template(messages, tokenize=False)
+    assert not marker.exists()
+    # The template is a real escape: Jinja without the sandbox runs it (which is why nothing in mtk may).
+    jinja2.Environment().from_string(template).render(messages=messages)
+    assert marker.exists()
