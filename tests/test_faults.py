@@ -365,3 +365,49 @@ def test_chat_templates_are_stored_never_rendered_outside_a_sandbox(
     # The template is a real escape: Jinja without the sandbox runs it (which is why nothing in mtk may).
     jinja2.Environment().from_string(template).render(messages=messages)
     assert marker.exists()
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what a crafted checkpoint would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_pickle_is_refused_and_never_run(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from mtk.formats.checkpoint import HFCheckpoint
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_models["llama"] / name, ckpt / name)
+    state = {**load_file(tiny_models["llama"] / "model.safetensors"), "extra": _Payload(marker)}
+    torch.save(state, ckpt / "pytorch_model.bin")
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("some text to calibrate on\n")
+    for args in (
+        ["inspect", str(ckpt)],
+        ["gguf-export", str(ckpt), "-o", str(tmp_path / "o.gguf")],
+        ["quantize", str(ckpt), "-o", str(tmp_path / "q"), "--method", "rtn", "--group-size", "32"],
+        ["export-onnx", str(ckpt), "-o", str(tmp_path / "onnx")],
+        ["imatrix", str(ckpt), "--calibration", str(calibration), "-o", str(tmp_path / "i.gguf"), "--samples", "1"],
+    ):
+        proc = run_mtk(*args)
+        assert proc.returncode == UnsupportedError.exit_code, (args[0], proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("mtk: error:")]
+        assert len(errors) == 1 and "pickle files" in errors[0], proc.stderr
+    # Allowed through the API: loaded with weights_only=True, which refuses the payload instead of running it.
+    with pytest.raises(InvalidFileError, match=r"weights_only=True.*(getattr|touch|Path)"):
+        HFCheckpoint(ckpt, allow_pickle=True)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "ckpt"]
+    # The payload is real: a plain unpickler runs it.
+    torch.load(ckpt / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()

@@ -35,7 +35,7 @@ from mtk.converters.onnx_validate import Kind, validate
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
-from mtk.formats.checkpoint import TOKENIZER_FILES
+from mtk.formats.checkpoint import TOKENIZER_FILES, refuse_pickles
 
 Task = Literal["auto", "text-generation", "text-generation-with-past", "feature-extraction"]
 OnnxDType = Literal["fp32", "fp16"]
@@ -306,6 +306,7 @@ def export_onnx(
     model_dir, output = Path(model_dir), Path(output)
     if not (model_dir / "config.json").is_file():
         raise InvalidFileError(f"{model_dir} is not a Hugging Face checkpoint folder (no config.json)")
+    refuse_pickles(model_dir)  # transformers would unpickle them unasked
     start = time.perf_counter()
     task = resolve_task(AutoConfig.from_pretrained(str(model_dir)), config.task)
     model = _load(model_dir, task)

@@ -78,19 +78,14 @@ class HFCheckpoint:
                 raise InvalidFileError(f"{index}: tensor {name} is not in {shard}")
 
     def _load_pickles(self, allow_pickle: bool) -> None:
-        pickles = sorted(p for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickles = refuse_pickles(self.path, allow_pickle=allow_pickle)
         if not pickles:
             raise InvalidFileError(f"{self.path}: no weights found (no *.safetensors)")
-        if not allow_pickle:
-            raise UnsupportedError(
-                f"{self.path}: weights are pickle files ({pickles[0].name}), which can run code when loaded; "
-                "pass --allow-pickle to load them with torch.load(weights_only=True)"
-            )
         for p in pickles:
             try:
                 state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # torch raises many kinds for bad or unsafe pickles
-                raise InvalidFileError(f"{p}: cannot load as a weights-only checkpoint ({exc})") from None
+                raise InvalidFileError(f"{p}: refused by torch.load(weights_only=True): {_why(exc)}") from None
             if not isinstance(state, dict):
                 raise InvalidFileError(f"{p}: not a state dict")
             self._pickled.update(state)
@@ -138,6 +133,31 @@ class HFCheckpoint:
     def release(self, name: str) -> None:
         if name in self._where:
             self._files[self._where[name]].release(name)
+
+
+def refuse_pickles(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """The pickle weights of a checkpoint folder that has no safetensors; UnsupportedError when there are some
+    and ``allow_pickle`` is false. For every reader of HF folders, those that load through transformers too,
+    which would otherwise unpickle them unasked."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise UnsupportedError(
+            f"{folder}: weights are pickle files ({pickles[0].name}), which can run code when loaded; convert "
+            "them to safetensors first (the Python API reads them with HFCheckpoint(path, allow_pickle=True), "
+            "through torch.load(weights_only=True))"
+        )
+    return pickles
+
+
+def _why(exc: Exception) -> str:
+    """torch's refusal in one short line (its message is a page of advice; the reason is the last line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    reason = reason.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]  # not how to allow it
+    return reason[:300] or type(exc).__name__
 
 
 def _shard_name(index: Path, shard: object) -> str:
