@@ -411,3 +411,33 @@ def test_crafted_pickle_is_refused_and_never_run(tiny_models: dict[str, Path], t
     # The payload is real: a plain unpickler runs it.
     torch.load(ckpt / "pytorch_model.bin", weights_only=False)
     assert marker.exists()
+
+
+def test_signal_handlers_are_scoped_and_respect_an_ignored_signal() -> None:
+    from mtk.cli.app import _signals_raise
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup: the caller's choice
+        with _signals_raise():
+            assert signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, signal.SIG_DFL)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for main's caller
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+def test_a_keyboard_interrupt_from_inside_a_command_exits_130(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """typer turns a KeyboardInterrupt into a returned 130, which main used to drop (exit 0)."""
+    import mtk.converters.hf_to_gguf as h
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h, "gguf_export", interrupted)
+    proc = run_mtk("gguf-export", str(tiny_models["llama"]), "-o", str(tmp_path / "m.gguf"))
+    assert proc.returncode == 130 and "interrupted" in proc.stderr, proc.stderr
