@@ -68,20 +68,42 @@ def check_target(target: Path, *, overwrite: bool) -> None:
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` itself, for the short steps that must not interleave between runs."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    """An exclusive ``flock`` on ``folder`` itself, for the short steps that must not interleave between runs.
+
+    Best effort: where the folder cannot be opened for reading or its file system has no ``flock`` (some network
+    and FUSE mounts), the steps run unlocked, as before the lock existed; each rename is still atomic."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
 def _hold(path: Path) -> int:
-    """An open descriptor of ``path`` with an exclusive ``flock``: the mark of a temporary in use."""
+    """An open descriptor of ``path`` with an exclusive ``flock``: the mark of a temporary in use. Raises
+    BlockingIOError when another open descriptor holds it, OSError when it cannot be locked at all."""
     fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
+
+
+def _try_hold(path: Path) -> int | None:
+    """``_hold``, or None where ``flock`` is not supported: a sweep cannot lock the temporary either, so it
+    leaves it alone all the same."""
+    try:
+        return _hold(path)
+    except OSError:
+        return None
 
 
 def _remove(path: Path) -> None:
@@ -129,13 +151,14 @@ def _temporary(target: Path, *, folder: bool) -> Iterator[Path]:
                 fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{target.name}.", suffix=SUFFIX, dir=target.parent)
                 os.close(fd)
                 tmp = Path(name)
-            held = _hold(tmp)
+            held = _try_hold(tmp)  # before the folder is unlocked: no sweep may see it unheld
     except OSError as exc:
         raise _output_error(exc, target) from exc
     try:
         yield tmp
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
 
 
 @contextmanager
