@@ -153,7 +153,7 @@ def refuse_pickles(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
 
 
 def _why(exc: Exception) -> str:
-    """torch's refusal in one short line (its message is a page of advice; the reason is the last line)."""
+    """torch's refusal in one short line: its message is a page of advice around one WeightsUnpickler line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
     reason = reason.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]  # not how to allow it
