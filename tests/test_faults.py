@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,13 +69,17 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
 
 def _signal_when_writing(proc: subprocess.Popen[str], output: Path, signum: int) -> tuple[int, str]:
     """Send ``signum`` as soon as ``output``'s temporary exists; the exit status and stderr."""
+    return _signal_when(proc, lambda: bool(temporary_names(output)), signum)
+
+
+def _signal_when(proc: subprocess.Popen[str], ready: Callable[[], bool], signum: int) -> tuple[int, str]:
     deadline = time.monotonic() + 300
-    while not temporary_names(output):
+    while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the command ended ({proc.returncode}) before writing: {proc.stderr.read()[-2000:]}")
+            pytest.fail(f"the command ended ({proc.returncode}) too early: {proc.stderr.read()[-2000:]}")
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail("no temporary output appeared in 300 s")
+            pytest.fail("the command was not ready for the signal in 300 s")
         time.sleep(0.01)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
@@ -103,6 +107,23 @@ def test_signal_keeps_old_output_and_exits_128_plus_signal(
     assert f"interrupted ({signal.Signals(signum).name})" in err
     assert _snapshot(output) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary, nothing moved aside
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_imatrix_computes(signum: int, wide: Path, tmp_path: Path) -> None:
+    """imatrix writes its file only at the end: the signal comes while it runs the model (once it has mapped the
+    weights), and the old file stays."""
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text(" ".join(["the cat sat on a mat and the dog ran far"] * 2000))
+    output = tmp_path / "out.gguf"
+    before = _old_output(output)
+    args = ["imatrix", str(wide), "--calibration", str(calibration), "-o", str(output), "--samples", "8"]
+    proc = _start([*args, "--overwrite"])
+    maps = Path(f"/proc/{proc.pid}/maps")
+    code, err = _signal_when(proc, lambda: "model.safetensors" in maps.read_text(), signum)
+    assert code == 128 + signum, err[-2000:]
+    assert _snapshot(output) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "out.gguf"]
 
 
 def test_sigkill_leaves_only_a_prefixed_temporary_which_the_next_run_removes(wide: Path, tmp_path: Path) -> None:
