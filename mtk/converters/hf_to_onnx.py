@@ -34,7 +34,7 @@ import torch
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
-from mtk.formats.checkpoint import TOKENIZER_FILES
+from mtk.formats.checkpoint import TOKENIZER_FILES, refuse_pickles
 
 Task = Literal["auto", "text-generation", "text-generation-with-past", "feature-extraction"]
 OnnxDType = Literal["fp32", "fp16"]
@@ -315,6 +315,7 @@ def export_onnx(
     model_dir, output = Path(model_dir), Path(output)
     if not (model_dir / "config.json").is_file():
         raise InvalidFileError(f"{model_dir} is not a Hugging Face checkpoint folder (no config.json)")
+    refuse_pickles(model_dir)  # transformers would unpickle them unasked
     start = time.perf_counter()
     task = resolve_task(AutoConfig.from_pretrained(str(model_dir)), config.task)
     model = _load(model_dir, task)
@@ -323,6 +324,8 @@ def export_onnx(
         scratch.mkdir()
         try:
             graph = _export_graph(model, task, config.opset, scratch / "model.onnx")
+        except OSError:
+            raise  # a full disk or no access while saving: the output's fault (exit 7), not the model's
         except Exception as exc:  # the exporter raises many kinds; name the model in one line
             raise UnsupportedError(f"torch.onnx could not export {model.config.model_type}: {exc}") from exc
         external = (scratch / "model.onnx.data").exists()
