@@ -50,9 +50,11 @@ def gguf_import(
     """A GGUF (any part of a split one) to an HF checkpoint folder; ``verify`` (default: when llama-cpp-python is
     installed) compares it with llama.cpp before the folder is published, raising VerificationError beyond
     tolerance."""
+    from mtk.artifacts.gguf import import_check
     from mtk.converters.gguf_to_hf import gguf_import as _import
 
-    result = _import(gguf, output, dtype=dtype, device=device, verify=verify, overwrite=overwrite, progress=progress)
+    check = import_check(gguf, verify)
+    result = _import(gguf, output, dtype=dtype, device=device, check=check, overwrite=overwrite, progress=progress)
     return ImportResult(result)
 
 
@@ -76,6 +78,7 @@ def gguf_export(
     """An HF folder (or a GGUF, re-typed) to a GGUF. ``type`` is llama-quantize's file type name (``q4_k_m``);
     ``tensor_types`` are ``REGEX=TYPE`` overrides; ``split_max_size`` a size like ``"2G"`` or bytes. With
     ``dry_run`` nothing is written and the result holds the per-tensor plan."""
+    from mtk.artifacts.gguf import export_check
     from mtk.converters.hf_to_gguf import gguf_export as _export
     from mtk.converters.hf_to_gguf import parse_size, plan_export
 
@@ -90,8 +93,8 @@ def gguf_export(
     if output is None:
         raise UsageError("an output path is required (or a dry run)")
     result = _export(
-        source, output, rules=rules, split_max_bytes=max_bytes, device=device, verify=verify, overwrite=overwrite,
-        imatrix=_read_imatrix(imatrix), progress=progress,
+        source, output, rules=rules, split_max_bytes=max_bytes, device=device, check=export_check(source, verify),
+        overwrite=overwrite, imatrix=_read_imatrix(imatrix), progress=progress,
     )  # fmt: skip
     return ExportResult(result)
 
@@ -162,7 +165,7 @@ def quantize(
     """GPTQ, AWQ or RTN on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
     compressed-tensors); ``verify`` (default: when the format's loader is installed) loads it in transformers
     before it is published. Impossible combinations raise UsageError before any work."""
-    from mtk.quantizers.check import runtime_available, verify_quantized
+    from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.engine import quantize as _quantize
 
@@ -175,8 +178,8 @@ def quantize(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if verify is None:
-        verify = runtime_available(str(cfg.format))
-    check = (lambda tmp: verify_quantized(tmp, model)) if verify else None
+        verify = quantized.runtime_available(str(cfg.format))
+    check = (lambda tmp: quantized.verify(tmp, model)) if verify else None
     result = _quantize(
         model, output, cfg, calibration=calibration, device=device, overwrite=overwrite, progress=progress,
         check=check,
@@ -199,17 +202,19 @@ def export_onnx(
 ) -> OnnxExportResult:
     """An HF checkpoint to an ONNX folder (torch.onnx dynamo), validated in onnxruntime unless ``validate`` is
     False (VerificationError beyond tolerance, and nothing is written)."""
+    from mtk.artifacts.onnx import validate as validate_onnx
     from mtk.converters.hf_to_onnx import OnnxExportConfig
     from mtk.converters.hf_to_onnx import export_onnx as _export
 
     try:
         config = OnnxExportConfig(
             task=task, dtype=dtype, opset=opset, quantize=quantize, block_size=block_size,  # type: ignore[arg-type]
-            optimize=optimize, validate=validate,
+            optimize=optimize,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return OnnxExportResult(_export(Path(model), Path(output), config, overwrite=overwrite))
+    check = validate_onnx if validate else None
+    return OnnxExportResult(_export(Path(model), Path(output), config, check=check, overwrite=overwrite))
 
 
 def imatrix(

@@ -9,7 +9,8 @@
 | 5         | VerificationError   | an artifact disagrees with its source beyond tolerance       |
 | 6         | EnvironmentProblem  | a missing optional dependency or device                      |
 | 7         | OutputError         | the output cannot be written (exists, disk full, no access)  |
-| 130       | (Ctrl-C)            | interrupted; no partial output is left                       |
+| 130       | (SIGINT, Ctrl-C)    | interrupted; the old output kept, no temporary left          |
+| 143       | (SIGTERM)           | the same, for SIGTERM (128 + the signal's number)            |
 """
 
 from __future__ import annotations

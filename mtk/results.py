@@ -59,6 +59,15 @@ class Result(Mapping[str, Any]):
 
 
 @dataclass(frozen=True)
+class WrittenResult(Result):
+    """A command that wrote one output (a folder or a file)."""
+
+    @property
+    def output(self) -> Path:
+        return Path(self.data["output"])
+
+
+@dataclass(frozen=True)
 class InspectResult(Result):
     @property
     def format(self) -> str:
@@ -78,11 +87,7 @@ class InspectResult(Result):
 
 
 @dataclass(frozen=True)
-class ImportResult(Result):
-    @property
-    def output(self) -> Path:
-        return Path(self.data["output"])
-
+class ImportResult(WrittenResult):
     @property
     def architecture(self) -> str:
         return self.data["architecture"]
@@ -114,11 +119,7 @@ class ExportResult(Result):
 
 
 @dataclass(frozen=True)
-class QuantizeResult(Result):
-    @property
-    def output(self) -> Path:
-        return Path(self.data["output"])
-
+class QuantizeResult(WrittenResult):
     @property
     def method(self) -> str:
         return self.data["method"]
@@ -129,22 +130,14 @@ class QuantizeResult(Result):
 
 
 @dataclass(frozen=True)
-class OnnxExportResult(Result):
-    @property
-    def output(self) -> Path:
-        return Path(self.data["output"])
-
+class OnnxExportResult(WrittenResult):
     @property
     def validation(self) -> Mapping[str, Any] | None:
         return self.data.get("validation")
 
 
 @dataclass(frozen=True)
-class ImatrixResult(Result):
-    @property
-    def output(self) -> Path:
-        return Path(self.data["output"])
-
+class ImatrixResult(WrittenResult):
     @property
     def chunks(self) -> int:
         return self.data["chunks"]

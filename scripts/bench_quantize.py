@@ -75,7 +75,7 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
         from gptqmodel.utils.backend import BACKEND
         from transformers import AutoTokenizer
 
-        from mtk.quantizers.calibration import load_calibration
+        from mtk.converters.calibration import load_calibration
 
         ids = load_calibration(cal, AutoTokenizer.from_pretrained(str(src)), args.samples, args.seq_len)
         data = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in ids]
@@ -98,8 +98,8 @@ def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mtk.artifacts.quantized import load as load_quantized
     from mtk.bench.perplexity import perplexity, token_windows
-    from mtk.quantizers.check import load_quantized
 
     tok = AutoTokenizer.from_pretrained(str(path))
     ids = tok(text.read_text(encoding="utf-8")[:400_000], add_special_tokens=False)["input_ids"]

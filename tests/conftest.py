@@ -53,7 +53,7 @@ def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from mtk.converters.gguf_to_hf import gguf_import
 
     out = tmp_path_factory.mktemp("smollm2") / "hf"
-    gguf_import(smollm2_gguf, out, verify=False)
+    gguf_import(smollm2_gguf, out)
     return out
 
 

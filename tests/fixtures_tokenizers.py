@@ -22,12 +22,10 @@ from typing import Literal
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mtk import verify
+from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
 TokenizerKind = Literal["bpe", "spm", "gemma"]
 KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma")
-
-PROBE_TEXT = verify.PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
 # More texts the tests compare on: edge cases of the pre-tokenizers and of the space prefix.
 EXTRA_TEXTS = (

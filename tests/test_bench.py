@@ -20,6 +20,8 @@ import torch
 from conftest import run_mtk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mtk.artifacts.llama_cpp import LlamaCpp
+from mtk.artifacts.onnx import validate
 from mtk.bench.gates import MissingMetric, parse_gate
 from mtk.bench.run import ROW_FIELDS, evaluate_gates
 from mtk.bench.scoring import Totals, make_windows, score_window
@@ -27,7 +29,6 @@ from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.converters.hf_to_onnx import export_onnx
 from mtk.errors import UsageError
-from mtk.verify import LlamaCppModel
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 CTX, WINDOWS = 128, 4
@@ -38,8 +39,8 @@ def art(tiny_models: dict[str, Path], bible_text: str, tmp_path_factory: pytest.
     root = tmp_path_factory.mktemp("bench")
     hf = tiny_models["llama"]
     for t in ("f32", "q8_0"):
-        gguf_export(hf, root / f"llama.{t}.gguf", rules=TypeRules(TYPE_NAMES[t]), verify=False)
-    export_onnx(hf, root / "llama-onnx")
+        gguf_export(hf, root / f"llama.{t}.gguf", rules=TypeRules(TYPE_NAMES[t]))
+    export_onnx(hf, root / "llama-onnx", check=validate)
     text = root / "text.txt"
     text.write_text(bible_text[200_000:260_000], encoding="utf-8")
     return {"hf": hf, "f32": root / "llama.f32.gguf", "q8": root / "llama.q8_0.gguf", "onnx": root / "llama-onnx",
@@ -143,7 +144,7 @@ def test_figures_match_independent_computations(run: dict[str, Any], art: dict[s
         ppl_hf = _independent_ppl(lambda w: model(torch.tensor([w])).logits[0], windows)
     assert rows[art["hf"].name]["ppl"] == pytest.approx(ppl_hf, rel=1e-6)
     for name in ("llama.f32.gguf", "llama.q8_0.gguf"):
-        llm = LlamaCppModel(art["root"] / name, n_ctx=CTX)
+        llm = LlamaCpp(art["root"] / name, n_ctx=CTX)
         try:
             assert llm.tokenize(text, add_bos=True) == ids  # llama.cpp's own ids for the same text
             ppl = _independent_ppl(llm.logits, windows)
@@ -156,7 +157,7 @@ def test_bos_windows_follow_llama_perplexity(tiny_models: dict[str, Path], bible
     """A vocabulary that adds BOS (SentencePiece-style mistral): every window starts with BOS, like
     llama-perplexity; a GGUF alone has no reference, so KL is unknown and a KL gate fails closed (exit 5)."""
     gguf = tmp_path / "m.gguf"
-    gguf_export(tiny_models["mistral"], gguf, rules=TypeRules(TYPE_NAMES["f32"]), verify=False)
+    gguf_export(tiny_models["mistral"], gguf, rules=TypeRules(TYPE_NAMES["f32"]))
     text = tmp_path / "t.txt"
     text.write_text(bible_text[:40_000], encoding="utf-8")
     args = ["bench", str(gguf), "--text", str(text), "--ctx", str(CTX), "--windows", "2", "--gen-tokens", "0"]
@@ -165,7 +166,7 @@ def test_bos_windows_follow_llama_perplexity(tiny_models: dict[str, Path], bible
     result = json.loads(proc.stdout)
     row = result["artifacts"][0]
     assert result["reference"] is None and row["kl_mean"] is None and row["decode_tps"] is None
-    llm = LlamaCppModel(gguf, n_ctx=CTX)
+    llm = LlamaCpp(gguf, n_ctx=CTX)
     try:
         bos = llm.llm.token_bos()
         ids = llm.tokenize(bible_text[:40_000][: result["text"]["chars"]], add_bos=True)

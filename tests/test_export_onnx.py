@@ -18,17 +18,17 @@ import torch
 from fixtures_models import FAMILY_NAMES, build_tiny_model
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from mtk.bench.onnx_runtime import OnnxCausalLM, generate_text, make_session
+from mtk.artifacts.onnx import PROMPT, validate
+from mtk.artifacts.onnx_runtime import OnnxCausalLM, generate_text, make_session
 from mtk.converters import hf_to_onnx
 from mtk.converters.hf_to_onnx import OnnxExportConfig, export_onnx
-from mtk.converters.onnx_validate import PROMPT
 from mtk.errors import UnsupportedError, VerificationError
 
 
 @pytest.fixture(scope="module")
 def llama_onnx(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("onnx") / "llama"
-    return out, export_onnx(tiny_models["llama"], out)
+    return out, export_onnx(tiny_models["llama"], out, check=validate)
 
 
 def _reuse_graph(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
@@ -119,7 +119,7 @@ def test_left_padding_matches_unpadded(llama_onnx: tuple[Path, dict]) -> None:
 
 
 # Bounds for the tiny llama (its measured values: fp16 KL ~1e-6, int8 ~5e-4, int4 ~0.03); the library's
-# own bounds are looser because they must also hold for real models (see mtk/converters/onnx_validate.py).
+# own bounds are looser because they must also hold for real models (see mtk/artifacts/onnx.py).
 @pytest.mark.parametrize(
     ("options", "kl_bound", "top1_bound"),
     [
@@ -140,7 +140,7 @@ def test_variants_are_validated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _reuse_graph(monkeypatch, llama_onnx[0])
-    result = export_onnx(tiny_models["llama"], tmp_path / "out", OnnxExportConfig(**options))
+    result = export_onnx(tiny_models["llama"], tmp_path / "out", OnnxExportConfig(**options), check=validate)
     m = result["validation"]["logits"]
     assert m["kl_mean"] <= kl_bound and m["top1"] >= top1_bound, m
     assert result["validation"]["conversion"]["logits"]["max_abs"] <= 1e-4  # the fp32 graph, checked first
@@ -165,7 +165,7 @@ def test_mismatch_fails_and_publishes_nothing(
     other = build_tiny_model("llama", tmp_path / "other", seed=1)
     _reuse_graph(monkeypatch, llama_onnx[0])
     with pytest.raises(VerificationError, match="max abs logit diff") as err:
-        export_onnx(other, tmp_path / "out")
+        export_onnx(other, tmp_path / "out", check=validate)
     assert err.value.exit_code == 5
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -205,7 +205,7 @@ def test_task_must_fit_the_model() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f != "llama"])
 def test_every_family(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    result = export_onnx(tiny_models[family], tmp_path / family)
+    result = export_onnx(tiny_models[family], tmp_path / family, check=validate)
     m = result["validation"]["logits"]
     assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
 
@@ -216,13 +216,15 @@ def test_sliding_window_through_the_cache(family: str, tmp_path: Path) -> None:
     """A 4-token window over a ~57-token prompt: the exported graph keeps the whole past and masks by position,
     transformers' own sliding cache drops it; the logits must still agree."""
     src = build_tiny_model(family, tmp_path / "src", sliding_window=4)
-    m = export_onnx(src, tmp_path / "onnx")["validation"]["logits"]
+    m = export_onnx(src, tmp_path / "onnx", check=validate)["validation"]["logits"]
     assert m["positions"] > 20 and m["max_abs"] <= 1e-4 and m["top1"] == 1.0
 
 
 @pytest.mark.slow
 def test_text_generation_without_cache(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    result = export_onnx(tiny_models["qwen2"], tmp_path / "onnx", OnnxExportConfig(task="text-generation"))
+    result = export_onnx(
+        tiny_models["qwen2"], tmp_path / "onnx", OnnxExportConfig(task="text-generation"), check=validate
+    )
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "position_ids"]
     assert [o.name for o in graph.output] == ["logits"]
@@ -231,7 +233,7 @@ def test_text_generation_without_cache(tiny_models: dict[str, Path], tmp_path: P
 
 def test_bert_feature_extraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _tiny_bert(tmp_path / "bert")
-    result = export_onnx(src, tmp_path / "onnx")
+    result = export_onnx(src, tmp_path / "onnx", check=validate)
     assert result["task"] == "feature-extraction"
     manifest = json.loads((tmp_path / "onnx" / "mtk_onnx.json").read_text())
     assert manifest["outputs"] == ["last_hidden_state", "pooler_output"]
@@ -247,7 +249,7 @@ def test_bert_feature_extraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert hidden.shape == (2, enc["input_ids"].shape[1], 32)
     assert np.abs(hidden[1] - ref[1]).max() <= 1e-4
     _reuse_graph(monkeypatch, tmp_path / "onnx")
-    int8 = export_onnx(src, tmp_path / "int8", OnnxExportConfig(quantize="int8"))["validation"]
+    int8 = export_onnx(src, tmp_path / "int8", OnnxExportConfig(quantize="int8"), check=validate)["validation"]
     assert int8["cosine"]["last_hidden_state"] >= 0.999 and int8["conversion"]["max_abs"]["last_hidden_state"] <= 1e-4
 
 
@@ -276,7 +278,7 @@ def _tiny_bert(out: Path) -> Path:
 def test_smollm2_greedy_matches_transformers(smollm2_hf: Path, tmp_path: Path) -> None:
     """fp32 onnxruntime greedy decoding gives transformers' greedy tokens for 32 new tokens."""
     out = tmp_path / "smollm2-onnx"
-    result = export_onnx(smollm2_hf, out)
+    result = export_onnx(smollm2_hf, out, check=validate)
     assert result["validation"]["logits"]["top1"] == 1.0
     got = generate_text(out, "The capital of France is", max_new_tokens=32)
     tok = AutoTokenizer.from_pretrained(smollm2_hf)

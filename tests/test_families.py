@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mtk.converters.hf_to_gguf as hf_to_gguf
+from mtk.artifacts.gguf import export_check, import_check
 from mtk.converters import rope
 from mtk.converters.family import (
     TINY_SHAPE,
@@ -158,10 +159,10 @@ def test_synthesised_tensors_are_planned_written_and_refused_on_import(
     made = {"rope_freqs.weight": Synthesised((8,), lambda: values)}
     fam = dataclasses.replace(family_for_hf("LlamaForCausalLM"), synthesise=lambda config: made)
     rules = TypeRules(GGMLQuantizationType.Q8_0)
-    plain = hf_to_gguf.gguf_export(tiny_models["llama"], tmp_path / "plain.gguf", rules=rules, verify=False)
+    plain = hf_to_gguf.gguf_export(tiny_models["llama"], tmp_path / "plain.gguf", rules=rules)
     monkeypatch.setattr(hf_to_gguf, "family_for_hf", lambda arch: fam)
     out = tmp_path / "m.gguf"
-    result = hf_to_gguf.gguf_export(tiny_models["llama"], out, rules=rules, verify=False)
+    result = hf_to_gguf.gguf_export(tiny_models["llama"], out, rules=rules)
     assert result["tensors"] == plain["tensors"] + 1
     g = open_gguf(out)
     first = g.tensors[0]
@@ -190,14 +191,14 @@ def test_llama3_rope_exports_rope_freqs_that_llama_cpp_runs_and_imports_back(tmp
     }
     src = build_tiny_model("llama", tmp_path / "src", rope_parameters=params)
     out = tmp_path / "m.gguf"
-    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), verify=True)
+    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
     assert result["verification"]["logits"]["max_abs"] < 1e-4, result["verification"]
     g = open_gguf(out)
     freqs = g.tensor_bytes(g.by_name["rope_freqs.weight"]).view(torch.float32)
     # head_dim 16: wavelengths 6.3 (< 64/4: kept), 19.9 and 62.8 (the smooth band), then > 64 (divided by 8).
     assert freqs[0] == 1.0 and 1.0 < freqs[1] < freqs[2] < 8.0 and torch.all(freqs[3:] == 8.0), freqs
     assert "llama.rope.scaling.type" not in g.metadata  # llama.cpp's converter writes none for llama3
-    back = gguf_import(out, tmp_path / "hf", verify=True)
+    back = gguf_import(out, tmp_path / "hf", check=import_check(out, True))
     assert back["verification"]["logits"]["max_abs"] < 1e-4
     config = AutoConfig.from_pretrained(tmp_path / "hf")
     assert config.rope_parameters == params

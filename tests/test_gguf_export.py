@@ -15,6 +15,9 @@ from conftest import run_mtk
 from fixtures_models import FAMILY_NAMES, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mtk.artifacts.gguf import export_check, import_check
+from mtk.artifacts.hf import logits as hf_logits
+from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_types
@@ -22,7 +25,6 @@ from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import VerificationError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import types
-from mtk.verify import LlamaCppModel, hf_logits
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 Q = gguf.GGMLQuantizationType
@@ -38,7 +40,9 @@ def test_every_family_at_every_type_runs_in_llama_cpp(
     family: str, type_name: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "m.gguf"
-    result = gguf_export(tiny_models[family], out, rules=TypeRules(TYPE_NAMES[type_name]), verify=True)
+    result = gguf_export(
+        tiny_models[family], out, rules=TypeRules(TYPE_NAMES[type_name]), check=export_check(tiny_models[family], True)
+    )
     v = result["verification"]
     assert v["tokenizer"]["identical"] and v["tokenizer"]["tokens"] > 200
     m = v["logits"]
@@ -64,8 +68,8 @@ def test_export_then_import_gives_back_identical_float_tensors(dtype: torch.dtyp
     model.save_pretrained(tmp_path / "typed")
     AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "typed")
     type_name = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[dtype]
-    gguf_export(tmp_path / "typed", tmp_path / "m.gguf", rules=TypeRules(TYPE_NAMES[type_name]), verify=False)
-    result = gguf_import(tmp_path / "m.gguf", tmp_path / "back", verify=False)
+    gguf_export(tmp_path / "typed", tmp_path / "m.gguf", rules=TypeRules(TYPE_NAMES[type_name]))
+    result = gguf_import(tmp_path / "m.gguf", tmp_path / "back")
     assert result["dtype"] == str(dtype).removeprefix("torch.")
     a = model.state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=dtype).state_dict()
@@ -90,7 +94,7 @@ def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_te
     windows = token_windows(tok(text)["input_ids"], 512, 3)
 
     def llama_ppl(path: Path) -> float:
-        llm = LlamaCppModel(path, n_ctx=512)
+        llm = LlamaCpp(path, n_ctx=512)
         try:
             return perplexity(llm.logits, windows)
         finally:
@@ -99,10 +103,12 @@ def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_te
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32)
     ppl_hf = perplexity(lambda w: hf_logits(model, w), windows)
     f16 = tmp_path / "smol.f16.gguf"
-    assert gguf_export(smollm2_hf, f16, rules=TypeRules(Q.F16), verify=True)["verification"]["tokenizer"]["identical"]
+    assert gguf_export(smollm2_hf, f16, rules=TypeRules(Q.F16), check=export_check(smollm2_hf, True))["verification"][
+        "tokenizer"
+    ]["identical"]
     assert abs(llama_ppl(f16) / ppl_hf - 1) < 0.005
     q8 = tmp_path / "smol.q8_0.gguf"
-    gguf_export(smollm2_hf, q8, rules=TypeRules(Q.Q8_0), verify=True)
+    gguf_export(smollm2_hf, q8, rules=TypeRules(Q.Q8_0), check=export_check(smollm2_hf, True))
     held = load_in_memory(q8)
     ppl_hf_q8 = perplexity(lambda w: hf_logits(held, w), windows)
     ppl_q8 = llama_ppl(q8)
@@ -111,7 +117,7 @@ def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_te
     assert abs(ppl_q8 / ppl_hf - 1) < 0.015, (ppl_q8, ppl_hf)
     # llama.cpp's own Q8_0 of the same weights (quantized from an F32 export): the same bytes.
     f32 = tmp_path / "smol.f32.gguf"
-    gguf_export(smollm2_hf, f32, rules=TypeRules(Q.F32), verify=False)
+    gguf_export(smollm2_hf, f32, rules=TypeRules(Q.F32))
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = int(gguf.LlamaFileType.MOSTLY_Q8_0), 2
     theirs = tmp_path / "llama.q8_0.gguf"
@@ -133,7 +139,7 @@ def test_split_files_load_in_llama_cpp_and_import_back(tiny_models: dict[str, Pa
     assert len(parts) >= 3 and parts[0].name == f"m-00001-of-{len(parts):05d}.gguf"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in parts)
     assert result["verification"]["logits"]["max_abs"] < 1e-4  # llama.cpp loaded the parts
-    back = gguf_import(parts[1], tmp_path / "back", verify=True)
+    back = gguf_import(parts[1], tmp_path / "back", check=import_check(parts[1], True))
     a = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "back").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -144,9 +150,9 @@ def test_gguf_input_is_retyped_and_same_type_tensors_copy_byte_for_byte(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     f16 = tmp_path / "m.f16.gguf"
-    gguf_export(tiny_models["llama"], f16, rules=TypeRules(Q.F16), verify=False)
+    gguf_export(tiny_models["llama"], f16, rules=TypeRules(Q.F16))
     q8 = tmp_path / "m.q8_0.gguf"
-    result = gguf_export(f16, q8, rules=TypeRules(Q.Q8_0), verify=True)
+    result = gguf_export(f16, q8, rules=TypeRules(Q.Q8_0), check=export_check(f16, True))
     a, b = open_gguf(f16), open_gguf(q8)
     n_f32 = sum(t.qtype == Q.F32 for t in a.tensors)
     assert result["copied_unchanged"] == n_f32 and n_f32 > 0
@@ -160,7 +166,7 @@ def test_gguf_input_is_retyped_and_same_type_tensors_copy_byte_for_byte(
     assert b.metadata["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
     assert b.metadata["tokenizer.ggml.tokens"] == a.metadata["tokenizer.ggml.tokens"]
     # Re-typing to the same type copies every tensor.
-    same = gguf_export(f16, tmp_path / "again.gguf", rules=TypeRules(Q.F16), verify=False)
+    same = gguf_export(f16, tmp_path / "again.gguf", rules=TypeRules(Q.F16))
     assert same["copied_unchanged"] == same["tensors"]
 
 

@@ -15,14 +15,17 @@ from conftest import run_mtk
 from fixtures_models import FAMILY_NAMES, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mtk.artifacts.gguf import import_check
+from mtk.artifacts.hf import logits as hf_logits
+from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
+from mtk.compare import PROMPTS, logit_metrics
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import OutputError, UnsupportedError, VerificationError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.formats.gguf_writer import write_gguf
-from mtk.verify import PROMPTS, LlamaCppModel, hf_logits, logit_metrics
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 Q = gguf.GGMLQuantizationType
@@ -32,7 +35,7 @@ GELU_FAMILIES = {"gemma2", "gemma3"}
 def llama_vs_hf(gguf_path: Path, hf_dir: Path) -> dict[str, float]:
     """Logit metrics of transformers on ``hf_dir`` against llama.cpp on ``gguf_path`` over PROMPTS."""
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    llm = LlamaCppModel(gguf_path)
+    llm = LlamaCpp(gguf_path)
     ref, cand = [], []
     for prompt in PROMPTS:
         ids = llm.tokenize(prompt, add_bos=True)
@@ -49,7 +52,7 @@ def f32_ggufs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     class Lazy(dict):
         def __missing__(self, family: str) -> Path:
             path = root / f"{family}.gguf"
-            gguf_export(tiny_models[family], path, rules=TypeRules(Q.F32), verify=False)
+            gguf_export(tiny_models[family], path, rules=TypeRules(Q.F32))
             self[family] = path
             return path
 
@@ -66,7 +69,7 @@ def test_family_imports_and_agrees_with_llama_cpp(
     bound = 3e-3 if family in GELU_FAMILIES else 1e-4  # llama.cpp's CPU GELU is an f16 lookup table
     assert exported["max_abs"] < bound and exported["top1"] == 1.0, exported
     out = tmp_path / "hf"
-    result = gguf_import(gguf_path, out, verify=True)
+    result = gguf_import(gguf_path, out, check=import_check(gguf_path, True))
     v = result["verification"]
     assert v["tokenizer"]["identical"] and v["tokenizer"]["tokens"] > 200
     assert v["logits"]["max_abs"] < bound and v["logits"]["top1"] == 1.0
@@ -101,7 +104,7 @@ def _requantize(src: Path, dst: Path, qtype: Q) -> None:
 def test_legacy_quant_types_import(qtype: Q, f32_ggufs: dict[str, Path], tmp_path: Path) -> None:
     src = tmp_path / f"llama-{qtype.name}.gguf"
     _requantize(f32_ggufs["llama"], src, qtype)
-    result = gguf_import(src, tmp_path / "hf", verify=True)
+    result = gguf_import(src, tmp_path / "hf", check=import_check(src, True))
     m = result["verification"]["logits"]
     assert m["top1"] >= 0.85 and m["kl_mean"] < 0.05, m
     # The imported weights are exactly the dequantized GGUF weights (in llama.cpp's row order undone).
@@ -130,7 +133,7 @@ def wide_f32_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wide")
     src = build_tiny_model("llama", root / "hf", hidden_size=256, intermediate_size=512, initializer_range=0.05)
     path = root / "wide-f32.gguf"
-    gguf_export(src, path, rules=TypeRules(Q.F32), verify=False)
+    gguf_export(src, path, rules=TypeRules(Q.F32))
     return path
 
 
@@ -143,7 +146,7 @@ def test_llama_cpp_quantized_models_import(mix: str, wide_f32_gguf: Path, tmp_pa
     assert llama_cpp.llama_model_quantize(str(wide_f32_gguf).encode(), str(dst).encode(), ctypes.byref(params)) == 0
     types = {t.qtype.name for t in open_gguf(dst).tensors if len(t.shape) == 2}
     assert types & {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ3_S", "IQ4_NL", "IQ4_XS"}, types
-    result = gguf_import(dst, tmp_path / "hf", verify=True)
+    result = gguf_import(dst, tmp_path / "hf", check=import_check(dst, True))
     m = result["verification"]["logits"]
     assert m["top1"] >= 0.85 and m["kl_mean"] < 0.05, (types, m)
 
@@ -159,7 +162,7 @@ def test_smollm2_says_paris_and_matches_llama_cpp_perplexity(
     # Same token windows for both runtimes: 3 windows of 512 tokens from the middle of the Bible text.
     text = bible_text[len(bible_text) // 2 :][:20000]
     windows = token_windows(tok(text)["input_ids"], 512, 3)
-    llm = LlamaCppModel(smollm2_gguf, n_ctx=512)
+    llm = LlamaCpp(smollm2_gguf, n_ctx=512)
     ppl_llama = perplexity(llm.logits, windows)
     llm.close()
     ppl_hf = perplexity(lambda w: hf_logits(model, w), windows)
@@ -184,8 +187,10 @@ def test_split_gguf_imports_like_the_whole(f32_ggufs: dict[str, Path], tmp_path:
 
     parts = write_split(f32_ggufs["qwen2"], tmp_path / "q.gguf", 200_000)
     assert len(parts) >= 3
-    whole = gguf_import(f32_ggufs["qwen2"], tmp_path / "whole", verify=False)
-    split = gguf_import(parts[0], tmp_path / "split", verify=True)  # llama.cpp loads the split too
+    whole = gguf_import(f32_ggufs["qwen2"], tmp_path / "whole")
+    split = gguf_import(
+        parts[0], tmp_path / "split", check=import_check(parts[0], True)
+    )  # llama.cpp loads the split too
     assert split["parameters"] == whole["parameters"]
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "split").state_dict()

@@ -13,6 +13,7 @@ from conftest import run_mtk
 from test_kquant_export import WIDE, llama_quantize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mtk.artifacts.gguf import export_check
 from mtk.converters.family import family_for_hf
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
@@ -56,7 +57,7 @@ def test_values_equal_a_direct_computation_and_round_trip(
     assert (im.chunk_count, im.chunk_size, im.datasets) == (3, 40, ["calib.txt"])
     assert all(float(c) == 120.0 for c in im.counts.values())
     # Direct: the attention projections read input_layernorm(hidden state entering the layer).
-    from mtk.quantizers.calibration import load_calibration
+    from mtk.converters.calibration import load_calibration
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     windows = load_calibration(calibration, AutoTokenizer.from_pretrained(src), 3, 40)
@@ -113,9 +114,9 @@ def test_export_uses_the_imatrix_as_llama_cpp_does(wide: Path, calibration: Path
     assert run_mtk("imatrix", str(wide), *args).returncode == 0
     im = read_imatrix(im_path)
     rules = TypeRules(FILE_TYPE_NAMES["q4_k_m"], imatrix=True)
-    result = gguf_export(wide, tmp_path / "with.gguf", rules=rules, imatrix=im, verify=True)
+    result = gguf_export(wide, tmp_path / "with.gguf", rules=rules, imatrix=im, check=export_check(wide, True))
     assert result["imatrix"] == {"tensors_used": 14, "missing": []}  # 7 matrices x 2 layers
-    plain = gguf_export(wide, tmp_path / "without.gguf", rules=TypeRules(FILE_TYPE_NAMES["q4_k_m"]), verify=False)
+    plain = gguf_export(wide, tmp_path / "without.gguf", rules=TypeRules(FILE_TYPE_NAMES["q4_k_m"]))
     with_, without = open_gguf(tmp_path / "with.gguf"), open_gguf(tmp_path / "without.gguf")
     name = "blk.0.ffn_gate.weight"  # Q4_K, and not row-permuted: its bytes are the encoder's output
     w = AutoModelForCausalLM.from_pretrained(wide).model.layers[0].mlp.gate_proj.weight.detach()
@@ -126,7 +127,7 @@ def test_export_uses_the_imatrix_as_llama_cpp_does(wide: Path, calibration: Path
     assert plain["bytes"] == result["bytes"]
     # llama.cpp's own Q4_K_M of the same weights with the same imatrix: (nearly) the same blocks.
     f32 = tmp_path / "f32.gguf"
-    gguf_export(wide, f32, rules=TypeRules(Q.F32), verify=False)
+    gguf_export(wide, f32, rules=TypeRules(Q.F32))
     values = {n: im.importance(n).reshape(-1) for n in im.sums}
     llama_quantize(f32, tmp_path / "llama.gguf", "q4_k_m", imatrix=values)
     theirs = open_gguf(tmp_path / "llama.gguf")
@@ -158,7 +159,7 @@ def test_bad_inputs_fail_with_one_line_and_their_exit_codes(
     assert run_mtk("imatrix", src, "--calibration", str(calibration), "-o", str(im), "--samples", "1").returncode == 0
     for bad in (im, tmp_path / "model.gguf"):
         if bad.name == "model.gguf":
-            gguf_export(src, bad, rules=TypeRules(Q.F16), verify=False)
+            gguf_export(src, bad, rules=TypeRules(Q.F16))
         proc = run_mtk(
             "gguf-export", str(wide), "-o", str(tmp_path / "x.gguf"), "--type", "q4_k_m", "--imatrix", str(bad)
         )
@@ -189,5 +190,7 @@ def test_experts_are_accounted_per_expert_and_used(
         4,
     ]
     # IQ4_NL (32-value blocks) fits the tiny experts: the export uses each expert's row and runs in llama.cpp.
-    result = gguf_export(src, tmp_path / "m.gguf", rules=TypeRules(FILE_TYPE_NAMES["iq4_nl"]), imatrix=im, verify=True)
+    result = gguf_export(
+        src, tmp_path / "m.gguf", rules=TypeRules(FILE_TYPE_NAMES["iq4_nl"]), imatrix=im, check=export_check(src, True)
+    )
     assert "blk.0.ffn_down_exps.weight" not in result["imatrix"]["missing"] and result["imatrix"]["tensors_used"] > 6

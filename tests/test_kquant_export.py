@@ -20,11 +20,13 @@ from conftest import run_mtk
 from fixtures_models import build_tiny_model
 from transformers import AutoModelForCausalLM
 
+from mtk.artifacts.gguf import compare_on_prompts, export_check
+from mtk.artifacts.hf import logits as hf_logits
+from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules, parse_file_type
 from mtk.converters.hf_to_gguf import gguf_export, plan_export
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import types
-from mtk.verify import LlamaCppModel, compare_on_prompts, hf_logits
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 llama_logger = pytest.importorskip("llama_cpp._logger")
@@ -91,14 +93,14 @@ def deep_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 16-layer width-256 llama as an F16 GGUF: enough layers for every use_more_bits / n/8 / n/16 rule."""
     root = tmp_path_factory.mktemp("deep")
     src = build_tiny_model("llama", root / "hf", num_hidden_layers=16, **WIDE)
-    gguf_export(src, root / "f16.gguf", rules=TypeRules(Q.F16), verify=False)
+    gguf_export(src, root / "f16.gguf", rules=TypeRules(Q.F16))
     return root / "f16.gguf"
 
 
 @pytest.fixture(scope="module")
 def smollm2_f16(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smol") / "f16.gguf"
-    gguf_export(smollm2_hf, out, rules=TypeRules(Q.F16), verify=False)
+    gguf_export(smollm2_hf, out, rules=TypeRules(Q.F16))
     return out
 
 
@@ -112,7 +114,7 @@ def wide2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def wide2_f32(wide2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wide2f32") / "f32.gguf"
-    gguf_export(wide2, out, rules=TypeRules(Q.F32), verify=False)
+    gguf_export(wide2, out, rules=TypeRules(Q.F32))
     return out
 
 
@@ -164,7 +166,7 @@ def test_overrides_and_imatrix_rules_equal_llama_cpp(smollm2_f16: Path, tiny_mod
 
 def test_moe_plan_equals_llama_cpp(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     f16 = tmp_path / "moe.f16.gguf"
-    gguf_export(tiny_models["qwen2moe"], f16, rules=TypeRules(Q.F16), verify=False)
+    gguf_export(tiny_models["qwen2moe"], f16, rules=TypeRules(Q.F16))
     for mix in ("q2_k", "q4_k_m"):
         theirs = llama_quantize(f16, None, mix)
         assert mtk_plan(f16, TypeRules(FILE_TYPE_NAMES[mix])) == theirs
@@ -180,12 +182,12 @@ def test_every_mix_runs_in_llama_cpp_and_dry_run_equals_the_file(
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert not out.exists()
-    result = gguf_export(wide2, out, rules=TypeRules(FILE_TYPE_NAMES[mix]), verify=True)
+    result = gguf_export(wide2, out, rules=TypeRules(FILE_TYPE_NAMES[mix]), check=export_check(wide2, True))
     v = result["verification"]
     # Conversion: llama.cpp against transformers on the weights the file holds.
     assert v["tokenizer"]["identical"] and v["logits"]["kl_mean"] < 0.005 and v["logits"]["top1"] >= 0.85, v
     # Quality: llama.cpp's own quantization of the same weights, scored the same way, is no better.
-    theirs = LlamaCppModel(llama_quantize_file(wide2_f32, tmp_path / "llama.gguf", mix))
+    theirs = LlamaCpp(llama_quantize_file(wide2_f32, tmp_path / "llama.gguf", mix))
     try:
         reference = compare_on_prompts(theirs, lambda ids: hf_logits(wide2_model, ids), theirs.logits)
     finally:

@@ -180,7 +180,7 @@ def wide_f32_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kquant")
     src = build_tiny_model("llama", root / "hf", hidden_size=256, intermediate_size=512, initializer_range=0.05)
     path = root / "wide-f32.gguf"
-    gguf_export(src, path, rules=TypeRules(QT.F32), verify=False)
+    gguf_export(src, path, rules=TypeRules(QT.F32))
     return path
 
 

@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType
 from test_kquant_kernels import block_view, compare_importance_with_llama_cpp, importance_for, mixed_rows
 from transformers import AutoModelForCausalLM
 
+from mtk.artifacts.gguf import export_check
 from mtk.converters.gguf_types import FILE_TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export, plan_export
 from mtk.converters.imatrix import Imatrix
@@ -104,7 +105,7 @@ def test_chunks_and_bad_importance(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_export_passes_importance_to_legacy_fallbacks(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """Q4_K_M on a width-64 llama falls back to Q5_0/Q4_1/...: with an imatrix those tensors are the importance
-    encoder's bytes (not the plain ones), and the file runs in llama.cpp (``verify=True``)."""
+    encoder's bytes (not the plain ones), and the file runs in llama.cpp (``check=export_check(...)``)."""
     src = tiny_models["llama"]
     rules = TypeRules(FILE_TYPE_NAMES["q4_k_m"], imatrix=True)
     plan = {row["name"]: row for row in plan_export(src, rules=rules)["plan"]}
@@ -114,7 +115,7 @@ def test_export_passes_importance_to_legacy_fallbacks(tiny_models: dict[str, Pat
         if name.startswith("blk.") and len(row["shape"]) == 2:
             im.sums[name] = torch.from_numpy(np.exp(2 * rng.standard_normal((1, row["shape"][-1]))).astype(np.float32))
             im.counts[name] = torch.ones(1)
-    result = gguf_export(src, tmp_path / "m.gguf", rules=rules, imatrix=im, verify=True)
+    result = gguf_export(src, tmp_path / "m.gguf", rules=rules, imatrix=im, check=export_check(src, True))
     # Every matrix but the Q8_0 ones (llama.cpp's Q8_0 ignores importance) uses its imatrix entry.
     takes = [name for name in im.sums if plan[name]["type"] != "Q8_0"]
     assert result["imatrix"]["tensors_used"] == len(takes) and not result["imatrix"]["missing"]

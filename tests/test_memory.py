@@ -101,9 +101,9 @@ def test_gguf_import_peak_does_not_grow_with_the_model(tiny_models: dict[str, Pa
             import json, resource
             from mtk.converters.gguf_to_hf import gguf_import
             def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            gguf_import({str(warm)!r}, {str(tmp_path / "warm-out")!r}, dtype="f32", verify=False, overwrite=True)
+            gguf_import({str(warm)!r}, {str(tmp_path / "warm-out")!r}, dtype="f32", overwrite=True)
             base = peak()
-            gguf_import({str(path)!r}, {str(tmp_path / "out")!r}, dtype="f32", verify=False, overwrite=True)
+            gguf_import({str(path)!r}, {str(tmp_path / "out")!r}, dtype="f32", overwrite=True)
             print(json.dumps({{"delta": peak() - base}}))
             """
         )["delta"]

@@ -11,7 +11,7 @@ from conftest import run_mtk
 from fixtures_models import QUANTIZABLE
 from test_memory import child_peak_mib
 
-from mtk.quantizers.calibration import tokenize_windows
+from mtk.converters.calibration import tokenize_windows
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import quantize
 from mtk.quantizers.gptq import column_order, gptq_quantize
@@ -421,12 +421,12 @@ def test_bench_runs_quantized_checkpoints_in_transformers(tiny_models: dict, bib
 def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
     tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mtk.quantizers.check as check
+    from mtk.artifacts import quantized as check
     from mtk.errors import VerificationError
 
     src, out = tiny_models["llama"], tmp_path / "rtn"
     quantize(src, out, QuantizeConfig(method="rtn", bits=4, group_size=32), device="cpu")
-    assert check.verify_quantized(out, src)["logits"]["kl_mean"] < 1e-3
+    assert check.verify(out, src)["logits"]["kl_mean"] < 1e-3
     # If mtk read its words in another order than GPTQModel's kernels (a plausible layout bug), the
     # runtime would no longer compute what mtk believes the files hold: verification must fail.
     import mtk.quantizers.pack as layout
@@ -434,4 +434,4 @@ def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
     real = layout.unpack_gptq
     monkeypatch.setattr(layout, "unpack_gptq", lambda t, bits: real({**t, "qweight": t["qweight"].flip(0)}, bits))
     with pytest.raises(VerificationError, match="disagrees with its own weights"):
-        check.verify_quantized(out, src)
+        check.verify(out, src)

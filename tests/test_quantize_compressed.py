@@ -183,18 +183,18 @@ def test_checkpoints_load_in_transformers(
 def test_verification_catches_a_layout_mtk_and_the_runtime_disagree_on(
     tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mtk.quantizers.check as check
     import mtk.quantizers.compressed as layout
+    from mtk.artifacts import quantized as check
 
     src, out = tiny_models["llama"], tmp_path / "ct"
     quantize(src, out, QuantizeConfig(method="rtn", bits=4, group_size=32, format=CT), device="cpu")
-    assert check.verify_quantized(out, src)["logits"]["max_abs"] == 0.0
+    assert check.verify(out, src)["logits"]["max_abs"] == 0.0
     # Reading the words of each row in reverse (a plausible layout bug) must not pass.
     real = layout.unpack_compressed
     flipped = lambda t, bits: real({**t, "weight_packed": t["weight_packed"].flip(1)}, bits)  # noqa: E731
     monkeypatch.setattr(layout, "unpack_compressed", flipped)
     with pytest.raises(VerificationError, match="disagrees with its own weights"):
-        check.verify_quantized(out, src)
+        check.verify(out, src)
 
 
 # --- what the format cannot hold -------------------------------------------------------------------------

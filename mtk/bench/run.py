@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from mtk.bench import refcache
-from mtk.bench.artifacts import Artifact, count_params, describe, detect, first_difference, tokenize
+from mtk.bench.artifacts import Artifact, count_params, describe, detect, tokenize
 from mtk.bench.gates import Gate, MissingMetric
 from mtk.bench.scoring import make_windows, scored_count
+from mtk.compare import first_difference
 from mtk.errors import InvalidFileError, MtkError, UsageError
 
 SCHEMA = "mtk.bench/1"

@@ -8,7 +8,7 @@ is imported: a GGUF or ONNX child never loads torch, so its peak RSS is the runt
   loads GPTQ/AWQ/compressed-tensors folders through transformers' own integrations (``device_map``);
 - ``gguf``: llama.cpp through llama-cpp-python, float32 KV cache; all layers offloaded when the build
   supports a GPU and the device is CUDA;
-- ``onnx``: onnxruntime's CPU execution provider (mtk.bench.onnx_runtime).
+- ``onnx``: onnxruntime's CPU execution provider (mtk.artifacts.onnx_runtime).
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from mtk.errors import EnvironmentProblem, InvalidFileError
-
-Kind = Literal["hf", "gguf", "onnx"]
+from mtk.artifacts.base import Container as Kind
+from mtk.errors import InvalidFileError
 
 
 class Runner(Protocol):
@@ -44,9 +42,6 @@ class Runner(Protocol):
 
 # The package transformers imports inside from_pretrained for each quantization method (gptqmodel's
 # import alone takes ~3.5 s here, which is not loading the model).
-QUANT_MODULES = {"gptq": "gptqmodel", "awq": "gptqmodel", "compressed-tensors": "compressed_tensors"}
-
-
 def import_runtime(kind: Kind, path: Path) -> None:
     """Import the runtime's Python modules, so that ``load_s`` times loading the model, not importing code.
 
@@ -59,10 +54,14 @@ def import_runtime(kind: Kind, path: Path) -> None:
         config = AutoConfig.from_pretrained(str(path))
         if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
             MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # noqa: B018 - the lookup imports the module
-        method = (getattr(config, "quantization_config", None) or {}).get("quant_method")
-        if method in QUANT_MODULES:
-            with contextlib.suppress(ImportError):  # from_pretrained names what is missing
-                importlib.import_module(QUANT_MODULES[method])
+        qc = getattr(config, "quantization_config", None)
+        if qc:
+            from mtk.errors import UnsupportedError
+            from mtk.quantizers.formats import format_of
+
+            # A format mtk does not write (bitsandbytes ...) is left to from_pretrained, which names what is missing.
+            with contextlib.suppress(ImportError, UnsupportedError):
+                importlib.import_module(format_of(dict(qc)).runtime_module)
     elif kind == "gguf":
         with contextlib.suppress(ImportError):  # open_runner reports it
             import llama_cpp  # noqa: F401
@@ -143,71 +142,29 @@ def _load_errors(path: Path, runtime: str, errors: type[Exception] | tuple[type[
         raise InvalidFileError(f"{runtime} cannot load {path}: {str(exc).strip() or type(exc).__name__}") from exc
 
 
-@contextmanager
-def quiet_fd2() -> Any:
-    """llama.cpp's C code writes some messages to fd 2 even with verbose=False; hide them while loading."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class LlamaCppRunner:
-    """llama.cpp with all logits kept (``logits_all``) and a float32 KV cache.
-
-    float32 K/V (llama.cpp's default is float16) so that the figures measure the file's weights, not the
-    cache's rounding (an f16 cache alone moves logits by ~1e-3).
-    """
+    """The GGUF in mtk.artifacts.llama_cpp (float32 KV cache, all logits kept), so that the figures measure the
+    file's weights, not the cache's rounding, and the bench runs a file as its verification did."""
 
     def __init__(self, path: Path, *, device: str, threads: int, n_ctx: int):
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise EnvironmentProblem("llama-cpp-python is not installed: pip install 'mtk[llama]'") from exc
-        offload = device == "cuda" and bool(llama_cpp.llama_supports_gpu_offload())
-        with quiet_fd2(), _load_errors(path, "llama.cpp", ValueError):
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_ubatch=min(n_ctx, 512),
-                n_gpu_layers=-1 if offload else 0,
-                logits_all=True,
-                verbose=False,
-                n_threads=threads,
-                n_threads_batch=threads,
-                type_k=0,
-                type_v=0,
-                flash_attn=False,
-            )
-        self.vocab = int(self.llm.n_vocab())
-        self.runtime = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})" + (", GPU offload" if offload else "")
+        from mtk.artifacts.llama_cpp import LlamaCpp
+
+        self.model = LlamaCpp(path, n_ctx=n_ctx, threads=threads, offload=device == "cuda")
+        self.vocab = self.model.vocab
+        gpu = ", GPU offload" if self.model.offloaded else ""
+        self.runtime = f"llama.cpp (llama-cpp-python {self.model.version}){gpu}"
 
     def logits(self, window: np.ndarray) -> np.ndarray:
-        self.llm.reset()
-        self.llm.eval(window.tolist())
-        return self.llm.scores[: len(window)]
+        return self.model.logits(window, copy=False)
 
     def decode_seconds(self, prompt: np.ndarray, steps: int) -> float:
-        llm = self.llm
-        llm.reset()
-        llm.eval(prompt.tolist())
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
-        start = time.perf_counter()
-        for _ in range(steps):
-            llm.eval([token])
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
-        return time.perf_counter() - start
+        return self.model.decode_seconds(prompt, steps)
 
     def vram_peak_bytes(self) -> int | None:
         return None  # llama.cpp does not report it; with GPU offload watch nvidia-smi
 
     def close(self) -> None:
-        self.llm.close()
+        self.model.close()
 
 
 class OnnxRunner:
@@ -217,7 +174,7 @@ class OnnxRunner:
         import onnxruntime
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
-        from mtk.bench.onnx_runtime import OnnxCausalLM
+        from mtk.artifacts.onnx_runtime import OnnxCausalLM
 
         with _load_errors(folder, "onnxruntime", (Fail, InvalidGraph, InvalidProtobuf)):
             self.model = OnnxCausalLM(folder, threads=threads)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -42,6 +47,43 @@ def _global_options(
         quiet_third_party()
 
 
+class Signalled(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM, so that every ``with`` and ``finally`` on the way out runs:
+    the atomic writers remove their temporaries and leave the old output as it was.
+
+    Not a KeyboardInterrupt: typer catches that inside the command and returns 130 as if it were a result, so an
+    interrupted run used to exit 0. A BaseException also passes through the libraries' ``except Exception``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, frame: FrameType | None) -> None:
+    # A second signal while the first one unwinds (a slow cleanup) ends the process at once, as the user asks;
+    # what it leaves is a temporary with mtk's prefix, which the next run writing there removes.
+    signal.signal(signum, signal.SIG_DFL)
+    raise Signalled(signum)
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Signalled while the command runs, unless the process was started with them ignored
+    (``nohup``, a shell's background job): that choice of the caller's is kept. The handlers are put back after,
+    for a caller of ``main`` in its own process (the tests). Only the main thread may install handlers."""
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                previous[signum] = signal.signal(signum, _raise_signalled)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"mtk: error: {message}", file=sys.stderr)
     return code
@@ -55,8 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     # The CLI imports torch lazily, so this default still reaches the runtime; a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        app(args=argv, prog_name="mtk", standalone_mode=False)
-        code = 0
+        with _signals_raise():
+            returned = app(args=argv, prog_name="mtk", standalone_mode=False)
+        # In this mode typer returns the exit code of a ``ctx.exit(n)`` (and 130 for a KeyboardInterrupt raised
+        # another way than by SIGINT); a command itself returns None.
+        code = returned if isinstance(returned, int) else 0
+        if code == EXIT_INTERRUPTED:
+            code = _fail("interrupted; no partial output was kept", EXIT_INTERRUPTED)
+    except Signalled as exc:
+        # 128 + the signal's number, as a shell reports a process the signal ended: 130 for SIGINT, 143 for SIGTERM.
+        code = _fail(f"interrupted ({exc}); no partial output was kept", 128 + exc.signum)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:

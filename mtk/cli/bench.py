@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 
 from mtk.cli.common import SETTINGS, Device, DeviceOpt, Overwrite, info, progress_bar, render, stdout
-from mtk.errors import UsageError, VerificationError
+from mtk.errors import VerificationError
 
 
 def bench_command(
@@ -40,48 +39,26 @@ def bench_command(
     Examples: [b]mtk bench smollm2-hf smollm2.q8_0.gguf smollm2-onnx --text bible.txt --plot bench.png[/b] ·
     [b]mtk bench hf q4.gguf --text t.txt --windows 4 --fail-if "ppl > 1.05 * ref" --fail-if "kl > 0.1"[/b]
     """
-    from mtk.bench.gates import parse_gate
-    from mtk.bench.run import BenchConfig, bench
-    from mtk.formats.atomic import atomic_file, check_target
-    from mtk.runtime import resolve_device
+    from mtk.api import bench, gate_failure_message
 
-    gates = [parse_gate(g) for g in fail_if or []]
-    for out in (json_out, plot):
-        if out is not None:
-            check_target(out, overwrite=overwrite)
-    try:
-        config = BenchConfig(
-            ctx=ctx, windows=windows, gen_tokens=gen_tokens, device=resolve_device(device.value).type,
-            **({"threads": threads} if threads is not None else {}),
-        )  # fmt: skip
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     with progress_bar("bench") as bar:
-        result = bench(artifacts, text, reference=reference, config=config, gates=gates, progress=bar.update)
-    if json_out is not None:
-        with atomic_file(json_out, overwrite=overwrite) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        info(f"wrote {json_out}")
-    if plot is not None:
-        from mtk.bench.plot import write_plot
-
-        title = f"{Path(result['text']['path']).name}: {result['windows']} x {result['ctx']} tokens"
-        write_plot(result["artifacts"], plot, title=title, overwrite=overwrite)
-        info(f"wrote {plot}")
+        out = bench(
+            artifacts, text, reference=reference, ctx=ctx, windows=windows, gen_tokens=gen_tokens,
+            fail_if=fail_if or [], device=device.value, threads=threads, json_path=json_out, plot=plot,
+            overwrite=overwrite, progress=bar.update,
+        )  # fmt: skip
+    result = out.to_dict()
+    for written in (json_out, plot):
+        if written is not None:
+            info(f"wrote {written}")
     if SETTINGS.json:
         render(result)
     elif not SETTINGS.quiet:
         # Piped into a CI log, rich would squeeze the table into 80 columns; give it the width it needs.
         console = stdout if stdout.is_terminal else Console(width=240, soft_wrap=True)
         console.print(results_table(result))
-    failures = [(g["expr"], f) for g in result["gates"] for f in g["failed"]]
-    if failures:
-        expr = failures[0][0]
-        who = ", ".join(
-            f["artifact"] + ("" if f["reason"] == "true" else f" ({f['reason']})") for e, f in failures if e == expr
-        )
-        more = f"; {len(failures)} failures in all" if len({e for e, _ in failures}) > 1 else ""
-        raise VerificationError(f"--fail-if {expr!r} holds for {who}{more}")
+    if out.failed_gates:
+        raise VerificationError(gate_failure_message(out))
 
 
 def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:

@@ -59,23 +59,14 @@ def export_onnx_command(
     [b]mtk --json export-onnx smollm2-hf -o smollm2-int4 --quantize int4 --block-size 128 --optimize[/b] ·
     [b]mtk export-onnx bert-hf -o bert-onnx --task feature-extraction[/b]
     """
-    from mtk.converters.hf_to_onnx import OnnxExportConfig, export_onnx
-    from mtk.errors import UsageError
+    from mtk.api import export_onnx
 
-    try:
-        config = OnnxExportConfig(
-            task=task.value,  # type: ignore[arg-type]
-            dtype=dtype.value,  # type: ignore[arg-type]
-            opset=opset,
-            quantize=quantize.value if quantize else None,  # type: ignore[arg-type]
-            block_size=block_size,
-            optimize=optimize,
-            validate=validate,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
     info(f"exporting {model} ({task.value}) with torch.onnx (dynamo)")
-    result = export_onnx(model, output, config, overwrite=overwrite)
+    result = export_onnx(
+        model, output, task=task.value, dtype=dtype.value, opset=opset,  # type: ignore[arg-type]
+        quantize=quantize.value if quantize else None,  # type: ignore[arg-type]
+        block_size=block_size, optimize=optimize, validate=validate, overwrite=overwrite,
+    ).to_dict()  # fmt: skip
     v = result["validation"]
     if v and "logits" in v:
         m = v["logits"]

@@ -64,31 +64,22 @@ def gguf_export_command(
     [b]mtk gguf-export smollm2-hf --type q3_k_m --tensor-type attn_v=q6_k --dry-run[/b] ·
     [b]mtk gguf-export model.f16.gguf -o model.q8_0.gguf --type q8_0 --split-max-size 2G[/b]
     """
-    from mtk.converters.hf_to_gguf import gguf_export, parse_size, plan_export
+    from mtk.api import gguf_export
 
-    rules = _rules(source, type_, output_type, embedding_type, tensor_type or [], pure, imatrix is not None)
-    try:
-        max_bytes = parse_size(split_max_size) if split_max_size else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    options = dict(
+        type=type_, output_type=output_type, embedding_type=embedding_type, tensor_types=tensor_type or [],
+        pure=pure, imatrix=imatrix, split_max_size=split_max_size,
+    )  # fmt: skip
     if dry_run:
-        _render_plan(plan_export(source, rules=rules, split_max_bytes=max_bytes))
+        _render_plan(gguf_export(source, dry_run=True, **options).to_dict())  # type: ignore[arg-type]
         return
     if output is None:
         raise UsageError("--output/-o is required (or pass --dry-run)")
-    matrix = _read_imatrix(imatrix)
     with progress_bar("encoding") as bar:
         result = gguf_export(
-            source,
-            output,
-            rules=rules,
-            split_max_bytes=max_bytes,
-            device=device.value,
-            verify=verify,
-            overwrite=overwrite,
-            imatrix=matrix,
-            progress=bar.update,
-        )
+            source, output, device=device.value, verify=verify, overwrite=overwrite, progress=bar.update,
+            **options,  # type: ignore[arg-type]
+        ).to_dict()  # fmt: skip
     report_verification(result)
     if result.get("imatrix", {}).get("missing"):
         missing = result["imatrix"]["missing"]
@@ -99,49 +90,6 @@ def gguf_export_command(
         f"wrote {result['output']}: {result['tensors']} tensors ({types}), {result['bytes']:,} bytes, "
         f"{result['bits_per_weight']:.2f} bits/weight, {result['seconds']:.1f} s",
     )
-
-
-def _rules(
-    source: Path,
-    type_: str,
-    output_type: str | None,
-    embedding_type: str | None,
-    overrides: list[str],
-    pure: bool,
-    has_imatrix: bool,
-) -> Any:
-    """TypeRules from the option strings; bad names or patterns are usage errors (exit 2)."""
-    from mtk.converters import gguf_types as gt
-    from mtk.converters.hf_to_gguf import auto_type
-
-    try:
-        target = auto_type(source) if type_.strip().lower() == "auto" else gt.parse_file_type(type_)
-
-        def tensor(name: str | None) -> Any:
-            if name is None:
-                return None
-            return auto_type(source) if name.strip().lower() == "auto" else gt.parse_tensor_type(name)
-
-        return gt.TypeRules(
-            target,
-            output=tensor(output_type),
-            embedding=tensor(embedding_type),
-            pure=pure,
-            overrides=tuple(gt.parse_override(o) for o in overrides),
-            imatrix=has_imatrix,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _read_imatrix(path: Path | None) -> Any:
-    if path is None:
-        return None
-    from mtk.converters.imatrix import read_imatrix
-
-    if not path.is_file():
-        raise UsageError(f"{path}: imatrix file not found")
-    return read_imatrix(path)
 
 
 def _render_plan(plan: dict[str, Any]) -> None:

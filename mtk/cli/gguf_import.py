@@ -32,18 +32,13 @@ def gguf_import_command(
     Examples: [b]mtk gguf-import SmolLM2.Q4_1.gguf -o smollm2-hf[/b] ·
     [b]mtk --json gguf-import model-00001-of-00003.gguf -o model-hf --dtype bf16 --no-verify[/b]
     """
-    from mtk.converters.gguf_to_hf import gguf_import
+    from mtk.api import gguf_import
 
     with progress_bar("dequantizing") as bar:
         result = gguf_import(
-            model,
-            output,
-            dtype=dtype.value,
-            device=device.value,
-            verify=verify,
-            overwrite=overwrite,
+            model, output, dtype=dtype.value, device=device.value, verify=verify, overwrite=overwrite,
             progress=bar.update,
-        )
+        ).to_dict()  # fmt: skip
     report_verification(result)
     render(
         result,

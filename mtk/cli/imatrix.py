@@ -26,16 +26,13 @@ def imatrix_command(
     The file works with [b]mtk gguf-export --imatrix[/b] and with llama.cpp's [b]llama-quantize --imatrix[/b].
     Example: [b]mtk imatrix smollm2-hf --calibration calib.txt -o smollm2.imatrix.gguf --samples 32[/b]
     """
-    from mtk.converters.imatrix import imatrix_from_checkpoint
-    from mtk.formats.atomic import check_target
+    from mtk.api import imatrix as collect
 
-    check_target(output, overwrite=overwrite)  # fail before the (long) collection, not after
     with progress_bar("collecting") as bar:
-        imatrix, summary = imatrix_from_checkpoint(
-            source, calibration, samples=samples, seq_len=seq_len, device=device.value, progress=bar.update
-        )
-    imatrix.write(output, overwrite=overwrite)
-    summary["output"] = str(output)
+        summary = collect(
+            source, calibration, output, samples=samples, seq_len=seq_len, device=device.value, overwrite=overwrite,
+            progress=bar.update,
+        ).to_dict()  # fmt: skip
     render(
         summary,
         f"wrote {output}: {summary['tensors']} matrices, {summary['chunks']} chunks of {summary['chunk_size']} tokens",

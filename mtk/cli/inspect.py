@@ -21,9 +21,9 @@ def inspect_command(
 
     Examples: [b]mtk inspect model.gguf[/b] · [b]mtk --json inspect ./llama-hf --tensors[/b]
     """
-    from mtk.inspection import inspect  # imports torch: only when the command runs
+    from mtk.api import inspect
 
-    report = inspect(path, tensors=tensors)
+    report = inspect(path, tensors=tensors).to_dict()
     if SETTINGS.json or SETTINGS.quiet:
         render(report)
         return

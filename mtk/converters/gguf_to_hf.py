@@ -243,18 +243,17 @@ def gguf_import(
     *,
     dtype: ImportDType = "auto",
     device: str = "auto",
-    verify: bool | None = None,
+    check: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = 2 << 30,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Convert a GGUF file to an HF checkpoint folder; returns a result dict (the ``--json`` output).
 
-    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
-    and leaves no output.
+    ``check`` (e.g. ``mtk.artifacts.gguf.import_check``) is called with the complete temporary folder before it
+    is published; what it returns is the result's ``verification``, and what it raises leaves no output.
     """
     from mtk.converters.tokenizer import write_hf_tokenizer
-    from mtk.verify import llama_cpp_available, verify_import
 
     start = time.perf_counter()
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -264,8 +263,6 @@ def gguf_import(
     torch_dtype = pick_dtype(model, dtype)
     plan = plan_tensors(family, model, cfg)
     dev = resolve_device(device)
-    if verify is None:
-        verify = llama_cpp_available()
     result: dict[str, Any] = {
         "input": str(gguf_path),
         "output": str(out_dir),
@@ -292,8 +289,8 @@ def gguf_import(
         )
         result["shards"] = len(writer.shards)
         result["convert_seconds"] = round(time.perf_counter() - start, 3)
-        if verify:
-            result["verification"] = verify_import(gguf_path, tmp)
+        if check is not None:
+            result["verification"] = check(tmp)
     model.close()
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

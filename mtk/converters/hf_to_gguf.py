@@ -322,7 +322,7 @@ def gguf_export(
     rules: TypeRules,
     split_max_bytes: int | None = None,
     device: str = "auto",
-    verify: bool | None = None,
+    check: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
     imatrix: Imatrix | None = None,
     progress: Progress | None = None,
@@ -331,11 +331,9 @@ def gguf_export(
 
     ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (and sets ``rules.imatrix``, which
     llama.cpp's mix rules look at); tensors it lacks are encoded without and listed in the result.
-    ``verify=None`` verifies when llama-cpp-python is importable; a disagreement raises VerificationError
-    and publishes nothing.
+    ``check`` (e.g. ``mtk.artifacts.gguf.export_check``) is called with the first complete temporary part before
+    anything is published; what it returns is the result's ``verification``, and what it raises publishes nothing.
     """
-    from mtk.verify import llama_cpp_available, verify_export
-
     start = time.perf_counter()
     source, out_path = Path(source), Path(out_path)
     if imatrix is not None and not rules.imatrix:
@@ -363,9 +361,7 @@ def gguf_export(
                 writer.finish()
                 total_bytes += writer.total_size
         convert_seconds = round(time.perf_counter() - start, 3)
-        if verify is None:
-            verify = llama_cpp_available()
-        verification = verify_export(tmps[0], source) if verify else None
+        verification = check(tmps[0]) if check is not None else None
     result: dict[str, Any] = {
         "input": str(source),
         "output": [str(p) for p in paths] if len(paths) > 1 else str(out_path),

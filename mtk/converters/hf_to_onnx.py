@@ -11,7 +11,7 @@ Tasks and their graphs (every dimension named here is dynamic):
   ``last_hidden_state``[, ``pooler_output``].
 
 The folder holds ``model.onnx`` (``model.onnx.data`` past 2 GB), ``mtk_onnx.json`` (see ``_manifest``),
-``config.json`` and the tokenizer files. The export is written atomically: when validation fails
+``config.json`` and the tokenizer files. The export is written atomically: when its check fails
 (``VerificationError``) nothing is published.
 """
 
@@ -31,15 +31,16 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from mtk.converters.onnx_validate import Kind, validate
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
-from mtk.formats.checkpoint import TOKENIZER_FILES
+from mtk.formats.checkpoint import TOKENIZER_FILES, refuse_pickles
 
 Task = Literal["auto", "text-generation", "text-generation-with-past", "feature-extraction"]
 OnnxDType = Literal["fp32", "fp16"]
 Quantize = Literal["int8", "int4"]
+# What an artifact's numbers are judged as (its tolerance): the quantization if any, else the dtype.
+Kind = Literal["fp32", "fp16", "int8", "int4"]
 BLOCK_SIZES = (32, 128)
 MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and newer
 # Copied verbatim beside model.onnx, when present in the source folder.
@@ -54,7 +55,6 @@ class OnnxExportConfig:
     quantize: Quantize | None = None
     block_size: int = 32
     optimize: bool = False
-    validate: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in get_args(Task):
@@ -288,17 +288,26 @@ def _post_process(src: Path, dst: Path, config: OnnxExportConfig, external: bool
     return [name for name, _ in passes]
 
 
+# The check (``mtk.artifacts.onnx.validate``): the folder, the PyTorch fp32 model it was traced from (already
+# loaded: the reference), the kind, and the graph file to run in it (None: the manifest's). Defined down here:
+# the exported graph records the source lines of the wrappers above, so they keep their line numbers.
+OnnxCheck = Callable[[Path, Any, Kind, str | None], dict[str, Any]]
+
+
 def export_onnx(
     model_dir: Path | str,
     output: Path | str,
     config: OnnxExportConfig | None = None,
     *,
+    check: OnnxCheck | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export the HF checkpoint in ``model_dir`` to the ONNX folder ``output``; the result dict (``--json``).
 
-    Raises UnsupportedError for a model the task does not fit or the exporter cannot trace, and
-    VerificationError when onnxruntime disagrees with PyTorch beyond the tolerance (nothing is written).
+    ``check`` runs on the complete temporary folder (its return is the result's ``validation``); for a lossy
+    or optimized export it first runs on the traced fp32 graph, to the fp32 bound (``validation.conversion``),
+    so that a conversion bug cannot hide in quantization error. Raises UnsupportedError for a model the task
+    does not fit or the exporter cannot trace; what ``check`` raises (VerificationError) publishes nothing.
     """
     from transformers import AutoConfig
 
@@ -306,6 +315,7 @@ def export_onnx(
     model_dir, output = Path(model_dir), Path(output)
     if not (model_dir / "config.json").is_file():
         raise InvalidFileError(f"{model_dir} is not a Hugging Face checkpoint folder (no config.json)")
+    refuse_pickles(model_dir)  # transformers would unpickle them unasked
     start = time.perf_counter()
     task = resolve_task(AutoConfig.from_pretrained(str(model_dir)), config.task)
     model = _load(model_dir, task)
@@ -314,25 +324,28 @@ def export_onnx(
         scratch.mkdir()
         try:
             graph = _export_graph(model, task, config.opset, scratch / "model.onnx")
+        except OSError:
+            raise  # a full disk or no access while saving: the output's fault (exit 7), not the model's
         except Exception as exc:  # the exporter raises many kinds; name the model in one line
             raise UnsupportedError(f"torch.onnx could not export {model.config.model_type}: {exc}") from exc
         external = (scratch / "model.onnx.data").exists()
         for name in SIDE_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
-        _write_manifest(tmp, _manifest(model, task, config, graph, [], external))
+        validated = check is not None
+        _write_manifest(tmp, _manifest(model, task, config, graph, [], external, validated))
         kind = kind_of(config)
         validation: dict[str, Any] | None = None
-        if config.validate and (kind != "fp32" or config.optimize):
+        if check is not None and (kind != "fp32" or config.optimize):
             # The traced fp32 graph first, to the fp32 bound: a conversion bug cannot hide in quantization error.
-            conversion = validate(tmp, model, "fp32", model_file=".fp32/model.onnx")
+            conversion = check(tmp, model, "fp32", ".fp32/model.onnx")
         steps = _post_process(scratch / "model.onnx", tmp / "model.onnx", config, external)
         shutil.rmtree(scratch)
         if "cache" in graph and config.dtype == "fp16":
             graph["cache"]["dtype"] = "float16"
-        _write_manifest(tmp, _manifest(model, task, config, graph, steps, external))
-        if config.validate:
-            validation = validate(tmp, model, kind)
+        _write_manifest(tmp, _manifest(model, task, config, graph, steps, external, validated))
+        if check is not None:
+            validation = check(tmp, model, kind, None)
             if kind != "fp32" or config.optimize:
                 validation["conversion"] = conversion
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
@@ -362,9 +375,16 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _manifest(
-    model: Any, task: Task, config: OnnxExportConfig, graph: dict[str, Any], steps: list[str], external: bool
+    model: Any,
+    task: Task,
+    config: OnnxExportConfig,
+    graph: dict[str, Any],
+    steps: list[str],
+    external: bool,
+    validated: bool,
 ) -> dict[str, Any]:
-    """``mtk_onnx.json``: what a runtime needs to drive the graph without reading config.json."""
+    """``mtk_onnx.json``: what a runtime needs to drive the graph without reading config.json; ``export``
+    records the options (``validate``: whether the export was checked in onnxruntime)."""
     return {
         "format": "mtk-onnx/1",
         "model": "model.onnx",
@@ -373,5 +393,5 @@ def _manifest(
         "architecture": model.config.model_type,
         "vocab_size": model.config.get_text_config(decoder=True).vocab_size,
         **graph,
-        "export": {**asdict(config), "steps": steps, "torch": torch.__version__},
+        "export": {**asdict(config), "validate": validated, "steps": steps, "torch": torch.__version__},
     }

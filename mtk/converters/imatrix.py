@@ -275,9 +275,9 @@ def imatrix_from_checkpoint(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from mtk.converters.calibration import load_calibration
     from mtk.converters.family import family_for_hf
     from mtk.formats.checkpoint import HFCheckpoint
-    from mtk.quantizers.calibration import load_calibration
     from mtk.runtime import resolve_device
 
     model_dir = Path(model_dir)

@@ -63,10 +63,11 @@ class HFCheckpoint:
     def _shard_paths(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
         if index.exists():
-            weight_map = _read_json(index).get("weight_map")
+            data = _read_json(index)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
             if not isinstance(weight_map, dict):
                 raise InvalidFileError(f"{index}: no weight_map")
-            names = sorted(set(weight_map.values()))
+            names = sorted({_shard_name(index, shard) for shard in weight_map.values()})
             missing = [n for n in names if not (self.path / n).exists()]
             if missing:
                 raise InvalidFileError(f"{index}: shard(s) missing: {', '.join(missing)}")
@@ -82,19 +83,14 @@ class HFCheckpoint:
                 raise InvalidFileError(f"{index}: tensor {quoted(name)} is not in {shard}")
 
     def _load_pickles(self, allow_pickle: bool) -> None:
-        pickles = sorted(p for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickles = refuse_pickles(self.path, allow_pickle=allow_pickle)
         if not pickles:
             raise InvalidFileError(f"{self.path}: no weights found (no *.safetensors)")
-        if not allow_pickle:
-            raise UnsupportedError(
-                f"{self.path}: weights are pickle files ({pickles[0].name}), which can run code when loaded; "
-                "pass --allow-pickle to load them with torch.load(weights_only=True)"
-            )
         for p in pickles:
             try:
                 state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # torch raises many kinds for bad or unsafe pickles
-                raise InvalidFileError(f"{p}: cannot load as a weights-only checkpoint ({exc})") from None
+                raise InvalidFileError(f"{p}: refused by torch.load(weights_only=True): {_why(exc)}") from None
             if not isinstance(state, dict):
                 raise InvalidFileError(f"{p}: not a state dict")
             self._pickled.update(state)
@@ -255,6 +251,43 @@ def _check_config_values(where: Path, config: Any) -> None:
 
 def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+
+
+def refuse_pickles(folder: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """The pickle weights of a checkpoint folder that has no safetensors; UnsupportedError when there are some
+    and ``allow_pickle`` is false. For every reader of HF folders, those that load through transformers too,
+    which would otherwise unpickle them unasked."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise UnsupportedError(
+            f"{folder}: weights are pickle files ({pickles[0].name}), which can run code when loaded; convert "
+            "them to safetensors first (the Python API reads them with HFCheckpoint(path, allow_pickle=True), "
+            "through torch.load(weights_only=True))"
+        )
+    return pickles
+
+
+def _why(exc: Exception) -> str:
+    """torch's refusal in one short line: its message is a page of advice around one WeightsUnpickler line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    reason = reason.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]  # not how to allow it
+    return reason[:300] or type(exc).__name__
+
+
+def _shard_name(index: Path, shard: object) -> str:
+    """A shard named by the index, refused unless it is a relative path inside the checkpoint folder: an index
+    is data, and ``../`` or an absolute path in it would make mtk read (and convert) a file from elsewhere.
+    Symbolic links are followed as usual (the Hugging Face cache links every file to its blob store)."""
+    if not isinstance(shard, str) or not shard:
+        raise InvalidFileError(f"{index}: a shard name is not a file name: {shard!r:.80}")
+    path = Path(shard)
+    if path.is_absolute() or ".." in path.parts:
+        raise InvalidFileError(f"{index}: shard name {shard!r:.200} leaves the checkpoint folder")
+    return shard
 
 
 def _read_json(path: Path) -> Any:

@@ -10,14 +10,6 @@ Other packages add methods through the ``mtk.quantizers`` entry-point group and 
 """
 
 from mtk.quantizers.formats import FORMATS, CheckpointFormat, format_of
-from mtk.quantizers.methods import QuantMethod
-from mtk.registry import Registry
-
-QUANTIZERS: Registry[QuantMethod] = Registry("quantization method", entry_point_group="mtk.quantizers")
-
-# The built-in methods register themselves on import (after QUANTIZERS exists).
-from mtk.quantizers.methods import awq as _awq  # noqa: E402, F401
-from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
-from mtk.quantizers.methods import rtn as _rtn  # noqa: E402, F401
+from mtk.quantizers.methods import QUANTIZERS, QuantMethod
 
 __all__ = ["FORMATS", "QUANTIZERS", "CheckpointFormat", "QuantMethod", "format_of"]

@@ -12,9 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from mtk.errors import UnsupportedError
-from mtk.quantizers import FORMATS, QUANTIZERS
-from mtk.quantizers.formats import CheckpointFormat
-from mtk.quantizers.methods import QuantMethod
+from mtk.quantizers.formats import FORMATS, CheckpointFormat
+from mtk.quantizers.methods import QUANTIZERS, QuantMethod
 
 
 def allowed(values: tuple[int, ...]) -> str:

@@ -127,7 +127,7 @@ def quantize(
     if cfg.needs_calibration:
         from transformers import AutoTokenizer
 
-        from mtk.quantizers.calibration import load_calibration
+        from mtk.converters.calibration import load_calibration
 
         ids = load_calibration(calibration, AutoTokenizer.from_pretrained(str(model_dir)), cfg.samples, cfg.seq_len)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:

@@ -24,9 +24,9 @@ from mtk.registry import Registry
 if TYPE_CHECKING:
     import torch
 
+    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.gptq import QuantizedLinear
-    from mtk.verify import Tolerance
 
 # name -> (dtype, shape) of each tensor stored for one Linear, in write order
 PackedShapes = dict[str, tuple["torch.dtype", tuple[int, ...]]]

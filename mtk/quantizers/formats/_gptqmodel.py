@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from mtk.errors import EnvironmentProblem, UsageError
 
 if TYPE_CHECKING:
+    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.verify import Tolerance
 
 # The mtk release written into the checkpoints' ``meta.quantizer`` (as GPTQModel writes its own).
 VERSION = "0.1.0"
@@ -83,7 +83,7 @@ def load(path: Path) -> Any:
 
 
 def tolerance() -> Tolerance:
-    from mtk.verify import Tolerance
+    from mtk.compare import Tolerance
 
     # GPTQModel's default int4 CPU kernel (TorchAtenLinear, ATen's int4 matmul) computes in its own reduced
     # precision: against the float weights it holds, measured mean KL ~1e-7 at 8 bits, 8e-5 on tiny 4-bit models

@@ -19,9 +19,9 @@ from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes, grou
 if TYPE_CHECKING:
     import torch
 
+    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.gptq import QuantizedLinear
-    from mtk.verify import Tolerance
 
 # The compressed-tensors release whose layout and config keys this module writes (and its tests read back).
 FORMAT_VERSION = "0.20.0"
@@ -153,7 +153,7 @@ def load(path: Path) -> Any:
 
 
 def tolerance() -> Tolerance:
-    from mtk.verify import Tolerance
+    from mtk.compare import Tolerance
 
     # compressed-tensors unpacks to float Linears: symmetric checkpoints (kept packed until the first forward, then
     # dequantized with the float32 scales of the model) match the files' weights exactly (measured KL 0, max |diff|

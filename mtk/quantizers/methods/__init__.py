@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from mtk.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,3 +66,11 @@ class QuantMethod:
     options: type[MethodConfig]
     quantize_layer: LayerQuantizer
     formats: tuple[str, ...] | None = None
+
+
+QUANTIZERS: Registry[QuantMethod] = Registry("quantization method", entry_point_group="mtk.quantizers")
+
+# The built-in methods register themselves on import (after QUANTIZERS exists).
+from mtk.quantizers.methods import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
+from mtk.quantizers.methods import rtn as _rtn  # noqa: E402, F401

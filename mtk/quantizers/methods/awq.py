@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers import QUANTIZERS
-from mtk.quantizers.methods import LayerResult, MethodConfig, QuantMethod
+from mtk.quantizers.methods import QUANTIZERS, LayerResult, MethodConfig, QuantMethod
 
 if TYPE_CHECKING:
     import torch

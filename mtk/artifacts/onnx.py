@@ -1,22 +1,31 @@
-"""An exported ONNX folder in onnxruntime (CPU) against the PyTorch fp32 model it came from, on the same inputs.
+"""mtk ONNX folders (``mtk export-onnx``: ``mtk_onnx.json`` beside ``model.onnx``), run in onnxruntime (CPU).
 
-Decoders: a prefill of the probe prompt, then two decode steps through the KV cache (the tokens PyTorch
-picks greedily, fed to both sides); every position's next-token logits are compared with
-``mtk.verify.logit_metrics``. Encoders: ``last_hidden_state`` (and ``pooler_output``) on a padded batch.
+``validate`` checks a folder against the PyTorch fp32 model it came from, on the same inputs. Decoders: a
+prefill of the probe prompt, then two decode steps through the KV cache (the tokens PyTorch picks greedily,
+fed to both sides); every position's next-token logits are compared with
+``mtk.compare.logit_metrics``. Encoders: ``last_hidden_state`` (and ``pooler_output``) on a padded
+batch. The exporter takes it as its ``check``, called on the complete temporary folder before it is published.
+
+Weights counted: ``model.onnx`` and its external data file.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from mtk.artifacts import hf
+from mtk.artifacts.base import ArtifactKind, Description
+from mtk.compare import Tolerance, logit_metrics
 from mtk.errors import VerificationError
-from mtk.verify import Tolerance, logit_metrics
 
-Kind = Literal["fp32", "fp16", "int8", "int4"]
+if TYPE_CHECKING:
+    import torch
+
+    from mtk.converters.hf_to_onnx import Kind
 
 # Long enough for ~20 compared positions: top-1 over a handful of positions moves in steps of 15%.
 PROMPT = "Once upon a time, in a land far away, there lived a king who asked: what is the capital of France?"
@@ -46,7 +55,7 @@ ENCODER_COSINE = {"fp16": 0.999, "int8": 0.95, "int4": 0.9}
 
 def validate(folder: Path, model: Any, kind: Kind, model_file: str | None = None) -> dict[str, Any]:
     """The folder's model (or ``model_file`` in it) against ``model``; VerificationError beyond the bounds."""
-    from mtk.bench.onnx_runtime import read_manifest
+    from mtk.artifacts.onnx_runtime import read_manifest
 
     task = read_manifest(folder)["task"]
     if task == "feature-extraction":
@@ -82,7 +91,9 @@ def decoder_logits(
     folder: Path, model: Any, *, model_file: str | None = None, steps: int = DECODE_STEPS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, vocab) logits from PyTorch (with its own cache) and onnxruntime (with the exported one)."""
-    from mtk.bench.onnx_runtime import OnnxCausalLM
+    import torch
+
+    from mtk.artifacts.onnx_runtime import OnnxCausalLM
 
     runner = OnnxCausalLM(folder, model_file=model_file)
     ids = _prompt_ids(folder, model.config.get_text_config(decoder=True).vocab_size)
@@ -103,13 +114,15 @@ def decoder_logits(
 
 
 def _session(folder: Path, model_file: str | None) -> tuple[Any, dict[str, Any]]:
-    from mtk.bench.onnx_runtime import make_session, read_manifest
+    from mtk.artifacts.onnx_runtime import make_session, read_manifest
 
     manifest = read_manifest(folder)
     return make_session(folder / (model_file or manifest["model"])), manifest
 
 
 def _no_cache_logits(folder: Path, model: Any, model_file: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     session, _ = _session(folder, model_file)
     ids = np.array([_prompt_ids(folder, model.config.vocab_size)])
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
@@ -120,6 +133,8 @@ def _no_cache_logits(folder: Path, model: Any, model_file: str | None) -> tuple[
 
 def _validate_encoder(folder: Path, model: Any, kind: Kind, model_file: str | None) -> dict[str, Any]:
     """A padded batch of two; outputs compared on the unpadded positions."""
+    import torch
+
     session, manifest = _session(folder, model_file)
     ids = torch.tensor([[2, 5, 9, 11, 3, 6], [2, 7, 13, 3, 0, 0]]) % model.config.vocab_size
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
@@ -155,3 +170,33 @@ def _validate_encoder(folder: Path, model: Any, kind: Kind, model_file: str | No
         "cosine": cosine,
         "tolerance": tolerance,
     }
+
+
+def matches(path: Path) -> bool:
+    return path.is_dir() and (path / "mtk_onnx.json").is_file()
+
+
+def describe(path: Path) -> Description:
+    manifest = json.loads((path / "mtk_onnx.json").read_text(encoding="utf-8"))
+    weights = [path / manifest["model"]] + ([path / manifest["external_data"]] if manifest.get("external_data") else [])
+    export = manifest.get("export", {})
+    q = export.get("quantize")
+    label = (f"{q}" + (f" g{export['block_size']}" if q == "int4" and export.get("block_size") else "")) if q else None
+    return Description(
+        (path,), tuple(weights), label or str(export.get("dtype", "fp32")), bool(q), task=manifest.get("task")
+    )
+
+
+def no_count(path: Path) -> None:
+    return None
+
+
+KIND = ArtifactKind(
+    name="onnx",
+    container="onnx",
+    runtime="onnxruntime",
+    matches=matches,
+    describe=describe,
+    tokenize=hf.tokenize,
+    count_params=no_count,
+)

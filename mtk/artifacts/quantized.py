@@ -1,0 +1,128 @@
+"""Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors: ``quantization_config`` in config.json), run in
+transformers through their checkpoint format's integration.
+
+Loading is the checkpoint format's (``CheckpointFormat.load``: transformers with GPTQModel's kernels for GPTQ and
+AWQ, with compressed-tensors for compressed-tensors); this module recognises and labels the folders and verifies
+them. Packed weights hold several parameters per stored element, so no parameter count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mtk.artifacts import hf
+from mtk.artifacts.base import ArtifactKind, Description
+from mtk.compare import PROMPTS, logit_metrics
+from mtk.errors import VerificationError
+
+
+def matches(path: Path) -> bool:
+    return hf.is_folder(path) and bool(hf.read_config(path).get("quantization_config"))
+
+
+def label(q: dict[str, Any]) -> str:
+    """``gptq 4-bit g128``: the method, bits and group size of a ``quantization_config`` (its format's label)."""
+    from mtk.quantizers.formats import label_of
+
+    return label_of(q)
+
+
+def describe(path: Path) -> Description:
+    config = hf.read_config(path)
+    weights = hf.weight_files(path)
+    return Description((path,), weights, label(config["quantization_config"]), True)
+
+
+def no_count(path: Path) -> None:
+    return None
+
+
+def runtime_available(fmt: str) -> bool:
+    """Whether the loader of checkpoint format ``fmt`` (a ``FORMATS`` name) is installed."""
+    from mtk.quantizers.formats import FORMATS
+
+    return FORMATS.get(fmt).runtime_available()
+
+
+def _quantization_config(path: Path | str) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+
+
+def load(path: Path | str) -> Any:
+    """The checkpoint through its format's runtime, on the CPU (``AutoModelForCausalLM.from_pretrained``)."""
+    from mtk.quantizers.formats import format_of
+
+    return format_of(_quantization_config(path)).load(Path(path))
+
+
+def hold_file_weights(model: Any, path: Path | str) -> Any:
+    """Overwrite the float ``model`` (the source architecture) with exactly the weights stored in ``path``."""
+    import torch
+
+    from mtk.formats.checkpoint import HFCheckpoint
+    from mtk.quantizers.formats import format_of
+
+    qc = _quantization_config(path)
+    fmt = format_of(qc)
+    ckpt = HFCheckpoint(path)
+    names = set(ckpt.names())
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            base = name.removesuffix(".weight")
+            if f"{base}.{fmt.packed_keys[0]}" in names:
+                packed = {k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}
+                tensor.copy_(fmt.unpack(packed, qc))
+            elif name in names:
+                tensor.copy_(ckpt.get(name).to(tensor.dtype))
+    return model
+
+
+def _logits(model: Any, prompts: list[list[int]]) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return torch.cat([model(torch.tensor([ids])).logits[0].float() for ids in prompts])
+
+
+def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
+    """The checkpoint in its runtime against its own weights (checked) and the source (reported as ``quality``).
+
+    - Conversion: the checkpoint as its runtime loads it (packed weights, GPTQModel kernels or compressed-tensors'
+      decompression) against a float model holding exactly the weights the files define (unpacked in torch by
+      mtk). This isolates packing, layout and config errors from quantization error, and fails
+      (VerificationError) beyond the format's tolerance (``CheckpointFormat.tolerance``).
+    - Quality: against the unquantized source model, for the caller (or a test) to bound.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtk.quantizers.formats import format_of
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    runtime = _logits(load(path), prompts)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    src = _logits(model, prompts)
+    held = _logits(hold_file_weights(model, path), prompts)  # the source model, now with the files' weights
+    metrics = logit_metrics(held, runtime)
+    tolerance = format_of(_quantization_config(path)).tolerance()
+    failures = tolerance.failures(metrics)
+    if failures:
+        raise VerificationError(
+            "quantized checkpoint in transformers disagrees with its own weights: " + "; ".join(failures)
+        )
+    return {"logits": metrics, "tolerance": tolerance.__dict__, "quality": logit_metrics(src, runtime)}
+
+
+KIND = ArtifactKind(
+    name="quantized-hf",
+    container="hf",
+    runtime="transformers",
+    matches=matches,
+    describe=describe,
+    tokenize=hf.tokenize,
+    count_params=no_count,
+)
