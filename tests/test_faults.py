@@ -164,6 +164,25 @@ def test_sweep_spares_a_live_temporary_and_restores_a_folder_moved_aside(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out.bin"]
 
 
+@pytest.mark.parametrize("writer", [atomic_file, atomic_dir], ids=["file", "folder"])
+def test_a_signal_right_after_the_temporary_is_made_leaves_nothing(
+    writer: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal that lands between creating the temporary and handing it to the writer (the CLI raises it as an
+    exception wherever the interpreter is): the temporary goes too. Seen once in the suite, SIGTERM during
+    gguf-export left a ``.partial`` behind; here the exception is raised at the end of the creation step."""
+    import mtk.formats.atomic as atomic
+
+    def interrupted(path: Path) -> int:
+        assert temporary_names(tmp_path / "out"), "the temporary exists when the signal lands"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "_try_hold", interrupted)
+    with pytest.raises(KeyboardInterrupt), writer(tmp_path / "out"):
+        pytest.fail("the body must not run")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interrupt_between_the_renames_of_a_folder_swap_puts_the_old_folder_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,6 +23,7 @@ import fcntl
 import glob
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -139,23 +140,47 @@ def _restore_aside(target: Path) -> None:
 
 
 @contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (in this thread) while a temporary is created and registered; one that
+    arrives meanwhile is delivered when this ends, inside the caller's cleanup (the CLI turns it into an
+    exception). Without this a signal right after ``mkstemp`` left the new temporary behind."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # pragma: no cover - not on Linux
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def _temporary(target: Path, *, folder: bool) -> Iterator[Path]:
-    """A fresh temporary beside ``target`` (after sweeping the leftovers), held until the context ends."""
+    """A fresh temporary beside ``target`` (after sweeping the leftovers), held until the context ends, and
+    removed if anything (an error, a signal) ends the context before the caller published it."""
+    tmp: Path | None = None
+    held: int | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(target.parent):
-            sweep(target)
-            if folder:
-                tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{target.name}.", suffix=SUFFIX, dir=target.parent))
-            else:
-                fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{target.name}.", suffix=SUFFIX, dir=target.parent)
-                os.close(fd)
-                tmp = Path(name)
-            held = _try_hold(tmp)  # before the folder is unlocked: no sweep may see it unheld
-    except OSError as exc:
-        raise _output_error(exc, target) from exc
-    try:
+        with _signals_held():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with _locked(target.parent):
+                    sweep(target)
+                    if folder:
+                        tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{target.name}.", suffix=SUFFIX, dir=target.parent))
+                    else:
+                        fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{target.name}.", suffix=SUFFIX, dir=target.parent)
+                        os.close(fd)
+                        tmp = Path(name)
+                    held = _try_hold(tmp)  # before the folder is unlocked: no sweep may see it unheld
+            except OSError as exc:
+                raise _output_error(exc, target) from exc
         yield tmp
+    except BaseException:
+        if tmp is not None:
+            _remove(tmp)  # the caller may have removed it already: a no-op then
+        raise
     finally:
         if held is not None:
             os.close(held)
