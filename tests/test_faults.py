@@ -60,11 +60,20 @@ def _old_output(output: Path) -> dict[str, str]:
     return _snapshot(output)
 
 
+def _default_signals() -> None:
+    # A job a non-interactive shell starts in the background (`cmd &`, as some CI runners start the suite) inherits
+    # SIGINT ignored, and mtk keeps a signal its process was started with ignored (as `nohup` users expect):
+    # give the command the default actions, as a shell in the foreground does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
-    # Started with the default actions of SIGINT and SIGTERM, as from a shell or a CI runner.
+    # Started with the default actions of SIGINT and SIGTERM, as from a shell in the foreground.
     return subprocess.Popen(
-        [sys.executable, "-m", "mtk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-m", "mtk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_signals,
+    )  # fmt: skip
 
 
 def _signal_when_writing(proc: subprocess.Popen[str], output: Path, signum: int) -> tuple[int, str]:
