@@ -198,12 +198,8 @@ def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
             with _locked(target.parent):
                 check_target(target, overwrite=overwrite)  # another run may have published since the first check
                 os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
+        except OSError as exc:  # the temporary itself goes in _temporary, on any exit before publishing
             raise _output_error(exc, target) from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 @contextmanager
@@ -218,15 +214,11 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
             with _locked(target.parent):
                 check_target(target, overwrite=overwrite)
                 _swap_in(tmp, target)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            with suppress(OSError):
-                _restore_aside(target)
-            raise _output_error(exc, target) from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:  # the temporary itself goes in _temporary
             with suppress(OSError):
                 _restore_aside(target)  # interrupted between the two renames: the user's folder goes back
+            if isinstance(exc, OSError):
+                raise _output_error(exc, target) from exc
             raise
 
 
