@@ -48,3 +48,9 @@ class ArtifactKind:
     describe: Callable[[Path], Description]
     tokenize: Callable[[Path, str], Tokenization]
     count_params: Callable[[Path], int | None]
+
+
+def no_count(path: Path) -> None:
+    """``count_params`` of the kinds whose stored elements are not the model's parameters (packed weights, an ONNX
+    graph's initializers)."""
+    return None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtk.artifacts import hf
-from mtk.artifacts.base import ArtifactKind, Description
+from mtk.artifacts.base import ArtifactKind, Description, no_count
 from mtk.compare import Tolerance, logit_metrics
 from mtk.errors import VerificationError
 
@@ -185,10 +185,6 @@ def describe(path: Path) -> Description:
     return Description(
         (path,), tuple(weights), label or str(export.get("dtype", "fp32")), bool(q), task=manifest.get("task")
     )
-
-
-def no_count(path: Path) -> None:
-    return None
 
 
 KIND = ArtifactKind(

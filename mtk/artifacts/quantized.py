@@ -8,12 +8,11 @@ them. Packed weights hold several parameters per stored element, so no parameter
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mtk.artifacts import hf
-from mtk.artifacts.base import ArtifactKind, Description
+from mtk.artifacts.base import ArtifactKind, Description, no_count
 from mtk.compare import PROMPTS, logit_metrics
 from mtk.errors import VerificationError
 
@@ -35,10 +34,6 @@ def describe(path: Path) -> Description:
     return Description((path,), weights, label(config["quantization_config"]), True)
 
 
-def no_count(path: Path) -> None:
-    return None
-
-
 def runtime_available(fmt: str) -> bool:
     """Whether the loader of checkpoint format ``fmt`` (a ``FORMATS`` name) is installed."""
     from mtk.quantizers.formats import FORMATS
@@ -46,15 +41,17 @@ def runtime_available(fmt: str) -> bool:
     return FORMATS.get(fmt).runtime_available()
 
 
-def _quantization_config(path: Path | str) -> dict[str, Any]:
-    return json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+def _format(path: Path | str) -> tuple[dict[str, Any], Any]:
+    """The folder's ``quantization_config`` and its registered format."""
+    from mtk.quantizers.formats import format_of
+
+    qc = hf.read_config(Path(path))["quantization_config"]
+    return qc, format_of(qc)
 
 
 def load(path: Path | str) -> Any:
     """The checkpoint through its format's runtime, on the CPU (``AutoModelForCausalLM.from_pretrained``)."""
-    from mtk.quantizers.formats import format_of
-
-    return format_of(_quantization_config(path)).load(Path(path))
+    return _format(path)[1].load(Path(path))
 
 
 def hold_file_weights(model: Any, path: Path | str) -> Any:
@@ -62,10 +59,8 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
     import torch
 
     from mtk.formats.checkpoint import HFCheckpoint
-    from mtk.quantizers.formats import format_of
 
-    qc = _quantization_config(path)
-    fmt = format_of(qc)
+    qc, fmt = _format(path)
     ckpt = HFCheckpoint(path)
     names = set(ckpt.names())
     state = model.state_dict()
@@ -83,8 +78,7 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
 def _logits(model: Any, prompts: list[list[int]]) -> Any:
     import torch
 
-    with torch.inference_mode():
-        return torch.cat([model(torch.tensor([ids])).logits[0].float() for ids in prompts])
+    return torch.cat([hf.logits(model, ids) for ids in prompts])
 
 
 def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
@@ -99,8 +93,6 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtk.quantizers.formats import format_of
-
     tok = AutoTokenizer.from_pretrained(str(source))
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     runtime = _logits(load(path), prompts)
@@ -108,7 +100,7 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
     src = _logits(model, prompts)
     held = _logits(hold_file_weights(model, path), prompts)  # the source model, now with the files' weights
     metrics = logit_metrics(held, runtime)
-    tolerance = format_of(_quantization_config(path)).tolerance()
+    tolerance = _format(path)[1].tolerance()
     failures = tolerance.failures(metrics)
     if failures:
         raise VerificationError(

@@ -40,8 +40,6 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-# The package transformers imports inside from_pretrained for each quantization method (gptqmodel's
-# import alone takes ~3.5 s here, which is not loading the model).
 def import_runtime(kind: Kind, path: Path) -> None:
     """Import the runtime's Python modules, so that ``load_s`` times loading the model, not importing code.
 
@@ -59,7 +57,9 @@ def import_runtime(kind: Kind, path: Path) -> None:
             from mtk.errors import UnsupportedError
             from mtk.quantizers.formats import format_of
 
-            # A format mtk does not write (bitsandbytes ...) is left to from_pretrained, which names what is missing.
+            # The package transformers imports inside from_pretrained for the checkpoint's format (gptqmodel's import
+            # alone takes ~3.5 s here, which is not loading the model). A format mtk does not write (bitsandbytes
+            # ...) is left to from_pretrained, which names what is missing.
             with contextlib.suppress(ImportError, UnsupportedError):
                 importlib.import_module(format_of(dict(qc)).runtime_module)
     elif kind == "gguf":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -11,8 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-
-from mtk.results import Result
 
 
 @dataclass
@@ -45,11 +42,8 @@ DeviceOpt = Annotated[Device, typer.Option(help="Where the weight math runs; aut
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
 
-def render(result: Mapping[str, Any], human: str | None = None) -> None:
-    """One JSON object on stdout with --json; otherwise the human text (unless --quiet). ``result`` is the API's
-    frozen result (``mtk.results``) or a plain dict."""
-    if isinstance(result, Result):
-        result = result.to_dict()
+def render(result: dict[str, Any], human: str | None = None) -> None:
+    """One JSON object on stdout with --json; otherwise the human text (unless --quiet)."""
     if SETTINGS.json:
         print(json.dumps(result, indent=2, default=str))
     elif not SETTINGS.quiet and human is not None:

@@ -103,7 +103,7 @@ def quantize_command(
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
             format=format_, calibration=calibration, samples=samples, seq_len=seq_len, device=device.value,
             verify=verify, overwrite=overwrite, progress=bar.update,
-        )  # fmt: skip
+        ).to_dict()  # fmt: skip
     v = result.get("verification")
     if v:
         m, q = v["logits"], v["quality"]

@@ -47,9 +47,9 @@ class QuantizeConfig:
     seq_len: int = 512
 
     def __post_init__(self) -> None:
-        method = _lookup(QUANTIZERS, str(getattr(self.method, "value", self.method)))
+        method = _lookup(QUANTIZERS, self.method)
         object.__setattr__(self, "method", method.name)
-        fmt = _lookup(FORMATS, str(getattr(self.format, "value", self.format or method.default_format)))
+        fmt = _lookup(FORMATS, self.format or method.default_format)
         object.__setattr__(self, "format", fmt.name)
         if self.sym is None:
             object.__setattr__(self, "sym", method.default_sym)
