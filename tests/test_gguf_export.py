@@ -1,5 +1,6 @@
-"""gguf-export: every family at the core types (and four at every type) loads in llama.cpp, tokenizes identically and agrees on logits;
-round trips through gguf-import; split files; re-typing GGUFs; the per-tensor type rules."""
+"""gguf-export: every family at the core types (four families at every type) loads in llama.cpp, tokenizes
+identically and agrees on logits; round trips through gguf-import;
+split files; re-typing GGUFs; the per-tensor type rules."""
 
 from __future__ import annotations
 

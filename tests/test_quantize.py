@@ -242,21 +242,26 @@ def test_calibration_windows_and_errors(smollm2_hf: Path, tmp_path: Path) -> Non
 # --- checkpoints in transformers -------------------------------------------------------------------------
 
 
-def _check_result(out: Path, result: dict, method: str) -> dict:
+def _check_result(out: Path, result: dict, method: str, fmt: str | None = None) -> dict:
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == ("awq" if method == "awq" else "gptq")
+    assert qc["quant_method"] == (fmt or ("awq" if method == "awq" else "gptq"))
     v = result["verification"]
-    # The runtime (GPTQModel's CPU kernels) computes what the files define ...
+    # The runtime (GPTQModel's CPU kernels, compressed-tensors' decompression) computes what the files define ...
     assert v["logits"]["kl_mean"] < 2e-3, v
     return v["quality"]
+
+
+# Each method into a different checkpoint format, so that every family meets every method and every format.
+FAMILY_CELLS = (("gptq", None), ("awq", None), ("rtn", "compressed-tensors"))
 
 
 @pytest.mark.parametrize("family", QUANTIZABLE)
 def test_every_family_loads_in_transformers_at_4_bits(
     family: str, tiny_models: dict, calibration: Path, tmp_path: Path
 ) -> None:
-    for method in ("gptq", "awq"):
-        quality = _quantize(tiny_models[family], tmp_path / method, calibration, method, 4)
+    for method, fmt in FAMILY_CELLS:
+        extra = ("--format", fmt) if fmt else ()
+        quality = _quantize(tiny_models[family], tmp_path / method, calibration, method, 4, *extra, fmt=fmt)
         # Tiny random models have flat logits, so 4 bits move them visibly; the bound still catches a wrong
         # layout or a broken algorithm (those give KL > 1).
         assert quality["kl_mean"] < 0.15, (method, quality)
@@ -270,7 +275,9 @@ def test_8_bit_checkpoints_are_nearly_lossless(
     assert quality["kl_mean"] < 1e-3 and quality["top1"] >= 0.9, quality
 
 
-def _quantize(src: Path, out: Path, calibration: Path, method: str, bits: int) -> dict:
+def _quantize(
+    src: Path, out: Path, calibration: Path, method: str, bits: int, *extra: str, fmt: str | None = None
+) -> dict:
     r = run_mtk(
         "--json",
         "quantize",
@@ -289,9 +296,10 @@ def _quantize(src: Path, out: Path, calibration: Path, method: str, bits: int) -
         "8",
         "--seq-len",
         "64",
+        *extra,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    return _check_result(out, json.loads(r.stdout), method)
+    return _check_result(out, json.loads(r.stdout), method, fmt)
 
 
 def test_awq_scales_and_clipping_beat_round_to_nearest() -> None:
