@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_mtk
+from fixtures_models import FAMILY_NAMES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.llama_cpp import LlamaCpp
@@ -292,3 +293,24 @@ def test_quantized_folder_labels(tmp_path: Path) -> None:
         (folder / "model.safetensors").write_bytes(b"")
         labels[name] = detect(folder).quantization
     assert labels == {"gptq": "gptq 4-bit g64", "awq": "awq 4-bit g128", "ct": "compressed-tensors 8-bit g32"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_family_benches_as_gguf_against_its_source(
+    family: str, tiny_models: dict[str, Path], bible_text: str, tmp_path: Path
+) -> None:
+    """Each family's F32 GGUF in llama.cpp against its HF source in transformers, on one short window."""
+    hf = tiny_models[family]
+    gguf_export(hf, tmp_path / "m.gguf", rules=TypeRules(TYPE_NAMES["f32"]))
+    text = tmp_path / "text.txt"
+    text.write_text(bible_text[300_000:310_000], encoding="utf-8")
+    proc = run_mtk(
+        "--json", "bench", str(hf), str(tmp_path / "m.gguf"), "--text", str(text), "--ctx", "64", "--windows", "2",
+        "--gen-tokens", "4", "--device", "cpu", env={"MTK_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref, gguf_row = json.loads(proc.stdout)["artifacts"]
+    assert ref["is_reference"] and gguf_row["kind"] == "gguf"
+    assert abs(gguf_row["ppl"] / ref["ppl"] - 1) < 1e-2, (ref, gguf_row)
+    assert gguf_row["kl_mean"] < 2e-3 and gguf_row["top1"] >= 0.95, gguf_row
