@@ -47,6 +47,7 @@ F16_FIELDS: dict[str, tuple[int, ...]] = {
     "IQ3_S": (0,),
     "IQ4_NL": (0,),
     "IQ4_XS": (0,),
+    "MXFP4": (),  # an E8M0 exponent byte, no f16 field
 }
 # IQ1_M's f16 d: bits 4k..4k+3 are the top nibble of byte 49 + 2k.
 IQ1_M_D_BYTES = (49, 51, 53, 55)

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import FAMILY_NAMES, build_tiny_model
+from fixtures_models import FAMILY_NAMES, TINY, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.gguf import export_check, import_check
 from mtk.artifacts.hf import logits as hf_logits
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
+from mtk.converters.family import family_for_model_type
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_types
 from mtk.converters.hf_to_gguf import gguf_export
@@ -32,7 +33,7 @@ Q = gguf.GGMLQuantizationType
 # The plain types (one tensor type for every matrix); K-quant mixes are tested in test_kquant_export.py.
 TYPES = [row.key for row in types.rows(writes=True) if row.importance is not types.Importance.BUILT_IN]
 # Mean KL of each type's llama.cpp logits against the float source on the tiny random models.
-QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0.15}
+QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0.15, "mxfp4": 0.15}
 
 
 # Every family at the float types and q8_0; every type on the families whose tensors differ in kind (NORM RoPE
@@ -40,7 +41,14 @@ QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0
 # full grid would cost the suite ~3 s per added family and type.
 CORE_TYPES = ("f32", "f16", "q8_0")
 FULL_GRID = ("llama", "phi3", "qwen2moe", "gemma3")
-GRID = [(f, t) for f in FAMILY_NAMES for t in TYPES if t in CORE_TYPES or f in FULL_GRID]
+# MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): MoE families only.
+MOE_FAMILIES = {f for f in FAMILY_NAMES if family_for_model_type(TINY[f].model_type).expert_tensors}
+GRID = [
+    (f, t)
+    for f in FAMILY_NAMES
+    for t in TYPES
+    if (t in CORE_TYPES or f in FULL_GRID) and (t != "mxfp4" or f in MOE_FAMILIES)
+]
 
 
 @pytest.mark.parametrize(("family", "type_name"), GRID)
@@ -197,6 +205,32 @@ def test_type_rules_follow_llama_cpp() -> None:
     assert plan(TypeRules(Q.Q8_0), out) == ["Q8_0"]
     with pytest.raises(ValueError, match="IQ2_XXS"):
         TypeRules(Q.IQ2_XXS)
+
+
+def test_mxfp4_moe_puts_only_stacked_experts_in_mxfp4() -> None:
+    # llama.cpp's llama_tensor_get_type for MXFP4_MOE: 3-D tensors MXFP4, other matrices (output too) Q8_0.
+    model = ModelShape("qwen2moe", n_layer=1, n_head=4, n_head_kv=2, n_expert=4)
+    tensors = [
+        ("blk.0.ffn_gate_exps.weight", (4, 32, 64)),
+        ("blk.0.ffn_down_exps.weight", (4, 64, 32)),
+        ("blk.0.ffn_up_shexp.weight", (64, 64)),
+        ("blk.0.attn_v.weight", (32, 64)),
+        ("blk.0.ffn_gate_inp.weight", (4, 64)),
+        ("token_embd.weight", (100, 64)),
+        ("output.weight", (100, 64)),
+    ]
+    got = {n: t.name for n, t in plan_types(tensors, model, TypeRules(types.get("MXFP4").qtype)).items()}
+    assert got == {
+        "blk.0.ffn_gate_exps.weight": "MXFP4",
+        "blk.0.ffn_down_exps.weight": "MXFP4",
+        "blk.0.ffn_up_shexp.weight": "Q8_0",
+        "blk.0.attn_v.weight": "Q8_0",
+        "blk.0.ffn_gate_inp.weight": "F32",
+        "token_embd.weight": "Q8_0",
+        "output.weight": "Q8_0",
+    }
+    tied = plan_types(tensors[:-1], model, TypeRules(types.get("MXFP4").qtype, output=Q.F16))
+    assert tied["token_embd.weight"] == Q.F16  # a tied embedding serves as the output and takes its type
 
 
 def test_cli_overrides_and_deterministic_bytes(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -251,3 +251,24 @@ def test_shapes_that_contradict_the_metadata_are_invalid(f32_ggufs: dict[str, Pa
     assert proc.returncode == InvalidFileError.exit_code, proc.stderr
     assert "attn_k.weight" in proc.stderr and "metadata implies" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_llama_cpp_mxfp4_moe_file_matches_mtk_and_imports(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """llama-quantize's MXFP4_MOE of a MoE model: mtk writes the same tensor types and bytes, and imports it."""
+    f32 = tmp_path / "moe-f32.gguf"
+    gguf_export(tiny_models["qwen2moe"], f32, rules=TypeRules(Q.F32))
+    theirs = tmp_path / "theirs.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(gguf.LlamaFileType.MOSTLY_MXFP4_MOE)
+    params.nthread = 2
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    ours = tmp_path / "ours.gguf"
+    gguf_export(f32, ours, rules=TypeRules(gguf.LlamaFileType.MOSTLY_MXFP4_MOE))
+    a, b = open_gguf(theirs), open_gguf(ours)
+    assert {t.name: t.qtype.name for t in a.tensors} == {t.name: t.qtype.name for t in b.tensors}
+    assert "MXFP4" in {t.qtype.name for t in a.tensors}
+    for t in a.tensors:
+        assert bytes(a.tensor_bytes(t).numpy()) == bytes(b.tensor_bytes(b.by_name[t.name]).numpy()), t.name
+    result = gguf_import(theirs, tmp_path / "hf", check=import_check(theirs, True))
+    m = result["verification"]["logits"]
+    assert m["top1"] >= 0.95 and m["kl_mean"] < 0.01, m

@@ -1,4 +1,4 @@
-"""mtk.kernels.quantize against gguf-py's numpy reference (``gguf.quants.quantize``), byte for byte.
+"""mtk.kernels.quantize against gguf-py's numpy reference (``gguf.quants.quantize``; ggml's for MXFP4), byte for byte.
 
 Every case runs both of mtk's encoders (the fast one and its slow twin) and compares their bytes with
 gguf-py's. The inputs aim at the places where float arithmetic can go a different way: ties at .5 after
@@ -34,7 +34,16 @@ SCALE_STEPS = {QT.Q4_0: 8, QT.Q5_0: 16, QT.Q4_1: 15, QT.Q5_1: 31, QT.Q8_0: 127}
 
 
 def reference(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    """gguf-py's bytes as uint8; NaN and overflow are intended here, so numpy need not warn."""
+    """gguf-py's bytes as uint8; NaN and overflow are intended here, so numpy need not warn.
+
+    MXFP4 is compared with ggml's own encoder instead: gguf-py's numpy port zeroes blocks holding an infinity,
+    where ggml (what llama-quantize runs, and what mtk follows) wraps the exponent byte.
+    """
+    if qtype == QT.MXFP4:
+        from test_kquant_kernels import _ggml_quantize_chunk  # needs llama-cpp-python's libggml
+
+        flat = np.ascontiguousarray(array, np.float32).reshape(-1, array.shape[-1] if array.ndim else 1)
+        return _ggml_quantize_chunk(flat, qtype, None).reshape(*array.shape[:-1], -1)
     with np.errstate(all="ignore"):
         return np.ascontiguousarray(gguf.quants.quantize(array, qtype)).view(np.uint8)
 

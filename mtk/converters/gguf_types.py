@@ -11,6 +11,7 @@ those of llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp) for the fil
   Q6_K for every quantized file type but Q8_0, or Q8_0 if its rows are not whole blocks of the default type.
 - Mix exceptions by tensor category (attn_v, ffn_down, attn_output, attn_k), some by layer position
   (``use_more_bits``), by grouped-query ratio ``n_gqa``, expert count, and whether an imatrix is used.
+- ``mxfp4_moe`` (gpt-oss's file type): MXFP4 for the stacked expert tensors, Q8_0 for every other matrix.
 - Last, a type whose block does not divide the row falls back (Q4_K -> Q5_0, Q6_K -> Q8_0, ...), and to
   F16 if the fallback does not divide it either.
 
@@ -312,12 +313,18 @@ class _Planner:
             return fallback(chosen, cols)
         if rules.default in FLOAT_TYPES or rules.pure:
             return fallback(rules.default, cols)
-        return fallback(self._mix(name, cat, cols), cols)
+        experts = len(shape) == 3 and shape[0] > 1
+        return fallback(self._mix(name, cat, cols, experts), cols)
 
-    def _mix(self, name: str, cat: str, cols: int) -> GGMLQuantizationType:
+    def _mix(self, name: str, cat: str, cols: int, experts: bool) -> GGMLQuantizationType:
         rules, default = self.rules, self.rules.default
         if cat == "output" or (self.tied and cat == "token_embd"):
-            return rules.output if rules.output is not None else _output_type(rules, default, cols)
+            if rules.output is not None:
+                return rules.output
+            return Q.Q8_0 if rules.file_type == F.MOSTLY_MXFP4_MOE else _output_type(rules, default, cols)
+        if rules.file_type == F.MOSTLY_MXFP4_MOE:
+            # llama.cpp: the stacked expert tensors (3-D) in MXFP4, every other matrix in Q8_0, no exceptions.
+            return default if experts else Q.Q8_0
         if cat not in COUNTED:
             return RULES.get(cat, _unchanged)(rules.file_type, default, 0, 0, self.model, rules)
         i, n = self.count[cat], self.total[cat]

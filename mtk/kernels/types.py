@@ -228,6 +228,16 @@ ROWS: tuple[GGUFType, ...] = (
     _kquant("Q6_K", 256, 210),
     _kquant("IQ4_NL", 32, 18),
     _kquant("IQ4_XS", 256, 136),
+    # llama-quantize's MXFP4_MOE puts it on the stacked expert tensors only (gguf_types.py has that rule).
+    GGUFType(
+        "MXFP4",
+        32,
+        17,
+        decode=Kernel("mtk.kernels.mxfp4", "decode"),
+        encode=Kernel("mtk.kernels.mxfp4", "encode_into"),
+        reference=Kernel("mtk.kernels.mxfp4", "reference_into"),
+        file_types=("mxfp4_moe",),
+    ),
     _read_only("IQ2_XXS", 66),
     _read_only("IQ2_XS", 74),
     _read_only("IQ2_S", 82),
