@@ -292,3 +292,29 @@ def test_longrope_attention_factor_follows_transformers_and_an_explicit_one_come
         # The default (sqrt(1 + ln 32 / ln 64) = 1.37) is recomputed by transformers; the others travel.
         assert back.get("attention_factor", expected) == pytest.approx(expected, rel=1e-7), (extra, back)
         assert ("attention_factor" in back) == bool(extra)
+
+
+def test_smollm3_runs_its_fourth_layer_without_rope_as_llama_cpp_does(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """llama.cpp fixes SmolLM3's NoPE layers (every fourth); the tiny model's last layer is one, and it is live:
+    with RoPE switched on there, transformers leaves llama.cpp. Another pattern is refused (exit 3)."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.artifacts.hf import logits as hf_logits
+    from mtk.artifacts.llama_cpp import LlamaCpp
+
+    src, out = tiny_models["smollm3"], tmp_path / "m.gguf"
+    hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = [(5 * i) % 900 + 3 for i in range(64)]
+    with LlamaCpp(out) as llm:
+        theirs = torch.from_numpy(llm.logits(ids))
+    assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 1, 1, 0]
+    assert (theirs - hf_logits(model, ids)).abs().max() < 1e-4
+    model.model.layers[3].self_attn.use_rope = 1
+    assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
+    other = build_tiny_model("smollm3", tmp_path / "other", no_rope_layers=[1, 0, 1, 1])
+    r = run_mtk("gguf-export", str(other), "-o", str(tmp_path / "o.gguf"), "--no-verify")
+    assert r.returncode == 3 and "no_rope_layers [1, 0, 1, 1]" in r.stderr, r.stderr
+    assert not (tmp_path / "o.gguf").exists()

@@ -178,6 +178,8 @@ def _longrope_write(p: Params) -> dict[str, Any]:
     attention = p.get("attention_factor")
     if attention is None:
         # transformers' rule: the config's factor, else the ratio of the context lengths.
+        if not (p.get("factor") or p.get("max_position_embeddings")):
+            raise InvalidFileError("longrope RoPE without factor or max_position_embeddings")
         factor = float(p.get("factor") or p["max_position_embeddings"] / original)
         attention = longrope_attention_factor(factor, original)
     return {"rope.scaling.attn_factor": float(attention), "rope.scaling.original_context_length": original}
