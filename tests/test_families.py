@@ -266,6 +266,13 @@ def test_longrope_is_refused_where_llama_cpp_reads_no_factors_and_when_the_lists
     short = SimpleNamespace(**{**vars(config), "rope_parameters": {**params, "short_factor": [1.0] * 7}})
     with pytest.raises(InvalidFileError, match="short_factor has 7 values; the rotary dimension 16 needs 8"):
         family_for_gguf("phi3").synthesised(short)
+    # Import: a GGUF with one factor tensor, or without the original context length, is corrupt (exit 4).
+    layout, one = family_for_gguf("phi3").rope, {"rope_factors_long.weight": torch.ones(8)}
+    meta = {"phi3.rope.scaling.original_context_length": 64}
+    with pytest.raises(InvalidFileError, match="longrope GGUF lacks rope_factors_short.weight"):
+        rope.hf_parameters(layout, meta, "phi3", set(one), one.__getitem__, 16)
+    with pytest.raises(InvalidFileError, match="lacks 'phi3.rope.scaling.original_context_length'"):
+        rope.hf_parameters(layout, {}, "phi3", set(one), one.__getitem__, 16)
 
 
 def test_longrope_attention_factor_follows_transformers_and_an_explicit_one_comes_back() -> None:
