@@ -305,7 +305,8 @@ def test_smollm3_runs_its_fourth_layer_without_rope_as_llama_cpp_does(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """llama.cpp fixes SmolLM3's NoPE layers (every fourth); the tiny model's last layer is one, and it is live:
-    with RoPE switched on there, transformers leaves llama.cpp. Another pattern is refused (exit 3)."""
+    with RoPE switched on there, transformers leaves llama.cpp (measured max |diff| 0.21, against 2.5e-6).
+    Another pattern is refused (exit 3)."""
     from fixtures_models import build_tiny_model
 
     from mtk.artifacts.hf import logits as hf_logits
