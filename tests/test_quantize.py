@@ -354,6 +354,19 @@ def test_errors_are_clear(tiny_models: dict, tmp_path: Path, calibration: Path) 
     assert r.returncode == 3 and cfg in r.stderr, r.stderr
 
 
+def test_gptq_refuses_a_projection_narrower_than_its_packing(tmp_path: Path) -> None:
+    """One KV head of 16 dimensions: K/V have 16 output rows, fewer than one packed run of zero points."""
+    from fixtures_models import build_tiny_model
+
+    src = build_tiny_model("llama", tmp_path / "src", num_key_value_heads=1)
+    r = run_mtk("quantize", str(src), "-o", str(tmp_path / "q"), "--method", "rtn", "--group-size", "32")
+    assert (
+        r.returncode == 2
+        and "k_proj.weight: GPTQ packing needs input and output widths divisible by 32, got (16, 64)" in r.stderr
+    ), r.stderr
+    assert not (tmp_path / "q").exists()
+
+
 def test_peak_memory_is_one_layer_not_the_model(tmp_path: Path, calibration: Path) -> None:
     from fixtures_models import build_tiny_model
 

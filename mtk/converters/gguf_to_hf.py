@@ -83,7 +83,9 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
     cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
     try:
-        cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
+        cfg["rope_parameters"] = rope.hf_parameters(
+            family.rope, meta, arch, model.by_name, lambda n: _values(model, n), cfg["head_dim"]
+        )
     except InvalidFileError as exc:
         raise InvalidFileError(f"{model.path}: {exc}") from None
     for key, field in (
