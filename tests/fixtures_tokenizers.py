@@ -39,6 +39,14 @@ EXTRA_TEXTS = (
     "tabs\t\tand\u00a0no-break\u2003em space",
     "混合 mixed 文本 text 😀!",
 )
+# Where llama.cpp's splitting departs from the letter of its regexes: case inside words, digits that are not
+# 0-9, digit runs glued to text, Han outside the common blocks, marks inside words, contractions' case.
+SPLIT_EDGE_TEXTS = (
+    "helloWorld XMLHttpRequest iPhone ΑβΓ ǅungla",
+    "١٢٣٤٥ ١٢ １２３４ 12345678 ab1234cd x12y 1,234,567",
+    "東京タワー 北京市 〇々 𠀀𠀁 ⺀ 한글 ㄱㄴ",
+    "nai\u0308ve cafe\u0301 it'S THEY'RE we'Ll",
+)
 
 _CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -281,7 +289,7 @@ def train_unsplit_bytelevel() -> tuple[list[str], list[str]]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_lines() + [PROBE_TEXT, *EXTRA_TEXTS] * 2, trainer)
+    tok.train_from_iterator(_training_lines() + [PROBE_TEXT, *EXTRA_TEXTS, *SPLIT_EDGE_TEXTS] * 2, trainer)
     model = json.loads(tok.to_str())["model"]
     tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]

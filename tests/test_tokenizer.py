@@ -16,7 +16,14 @@ from typing import Any
 
 import gguf
 import pytest
-from fixtures_tokenizers import EXTRA_TEXTS, KINDS, PROBE_TEXT, build_tokenizer, train_unsplit_bytelevel
+from fixtures_tokenizers import (
+    EXTRA_TEXTS,
+    KINDS,
+    PROBE_TEXT,
+    SPLIT_EDGE_TEXTS,
+    build_tokenizer,
+    train_unsplit_bytelevel,
+)
 from gguf import TokenType
 from transformers import AutoTokenizer
 
@@ -34,6 +41,7 @@ requires_llama = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python 
 
 K = gguf.Keys.Tokenizer
 TEXTS = (PROBE_TEXT, *EXTRA_TEXTS)
+SPLIT_TEXTS = (*TEXTS, *SPLIT_EDGE_TEXTS)
 CHAT = [
     {"role": "user", "content": "Hi there, <tool_call> what's 2+2?"},
     {"role": "assistant", "content": "It is 4.  Bye!"},
@@ -233,7 +241,7 @@ def test_pre_tokenizer_is_identified_back(pre, unsplit_vocab, tmp_path) -> None:
     write_hf_tokenizer(_unsplit_metadata(pre.name, unsplit_vocab), tmp_path)
     # The Hugging Face files name the same llama.cpp behaviour (an alias may come back as its first name).
     same = PRE_TOKENIZERS_BY_NAME[gguf_tokenizer_metadata(tmp_path)[K.PRE]]
-    assert (same.regexes, same.ignore_merges, same.clean_spaces) == (pre.regexes, pre.ignore_merges, pre.clean_spaces)
+    assert (same.splits, same.ignore_merges, same.clean_spaces) == (pre.splits, pre.ignore_merges, pre.clean_spaces)
 
 
 def _split(regex: str) -> dict[str, Any]:
@@ -318,13 +326,19 @@ def test_pre_tokenizer_is_identified_from_hf_spelling(name: str) -> None:
 @requires_llama
 @pytest.mark.parametrize("pre", PRE_TOKENIZER_TYPES, ids=lambda row: row.name)
 def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> None:
-    """Each mapped tokenizer.ggml.pre value splits text in tokenizers exactly where llama.cpp splits it."""
+    """Each tokenizer.ggml.pre value llama.cpp knows splits text in tokenizers exactly where llama.cpp splits it.
+
+    Both ways: the Hugging Face tokenizer written for the GGUF metadata gives llama.cpp's ids for that metadata,
+    and the GGUF metadata exported from that tokenizer gives llama.cpp the tokenizer's ids.
+    """
     metadata = _unsplit_metadata(pre.name, unsplit_vocab)
     write_hf_tokenizer(metadata, tmp_path)
-    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf"))
+    exported = gguf_tokenizer_metadata(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    for text in TEXTS:
-        assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+    for gguf_metadata in (metadata, exported):
+        vocab = llama_vocab(write_vocab_only_gguf(gguf_metadata, tmp_path / "vocab.gguf"))
+        for text in SPLIT_TEXTS:
+            assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
 
 
 # ---------------------------------------------------------------------------------------------- SmolLM2
