@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,22 @@ from fixtures_tokenizers import (
     KINDS,
     PROBE_TEXT,
     SPLIT_EDGE_TEXTS,
+    WORDPIECE_KINDS,
     build_tokenizer,
     train_unsplit_bytelevel,
 )
 from gguf import TokenType
 from transformers import AutoTokenizer
 
-from mtk.converters.tokenizer import METADATA_TYPES, SPECIAL_TOKEN_KEYS, gguf_tokenizer_metadata, write_hf_tokenizer
+from mtk.converters.tokenizer import (
+    METADATA_TYPES,
+    NORMALIZER_LOWERCASE,
+    NORMALIZER_STRIP_ACCENTS,
+    SPECIAL_TOKEN_KEYS,
+    WORDPIECE_TOKEN_KEYS,
+    gguf_tokenizer_metadata,
+    write_hf_tokenizer,
+)
 from mtk.converters.tokenizer_bpe import PRE_TOKENIZER_TYPES, PRE_TOKENIZERS_BY_NAME, identify_pre_tokenizer
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
@@ -56,9 +66,9 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
     return dict(open_gguf(path).metadata)
 
 
-def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path) -> Path:
-    """A GGUF with llama hyper-parameters and the tokenizer metadata, no tensors (llama.cpp loads it vocab-only)."""
-    writer = gguf.GGUFWriter(str(path), "llama")
+def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path, arch: str = "llama") -> Path:
+    """A GGUF with hyper-parameters and the tokenizer metadata, no tensors (llama.cpp loads it vocab-only)."""
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(2048)
     writer.add_embedding_length(64)
     writer.add_block_count(1)
@@ -66,6 +76,7 @@ def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path) -> Path:
     writer.add_head_count(2)
     writer.add_head_count_kv(2)
     writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_eps(1e-12)
     for key, value in metadata.items():
         value_type, item_type = METADATA_TYPES.get(key, (gguf.GGUFValueType.STRING, None))
         writer.add_key_value(key, value, value_type, sub_type=item_type)
@@ -341,6 +352,78 @@ def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> No
             assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
 
 
+# ---------------------------------------------------------------------------------------------- WordPiece
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, Any], Path]]:
+    """Per WordPiece kind: the Hugging Face folder, its GGUF metadata, and the folder written back from that."""
+    result = {}
+    for kind in WORDPIECE_KINDS:
+        src = tmp_path_factory.mktemp(f"hf_{kind}")
+        build_tokenizer(kind, src)
+        metadata = gguf_tokenizer_metadata(src)
+        back = tmp_path_factory.mktemp(f"back_{kind}")
+        write_hf_tokenizer(metadata, back)
+        result[kind] = (src, metadata, back)
+    return result
+
+
+def _bert_comparable(texts: tuple[str, ...], metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The texts on which BERT's normalizer and llama.cpp's agree: when accents are stripped, llama.cpp keeps
+    only the first jamo of a Hangul syllable and drops spacing marks (see tokenizer_wpm), so those are left out."""
+    if not metadata[NORMALIZER_STRIP_ACCENTS]:
+        return texts
+    return tuple(
+        "".join(c for c in text if not "\uac00" <= c <= "\ud7a3" and unicodedata.category(c) != "Mc") for text in texts
+    )
+
+
+def _wordpiece_settings(tokenizer: Any) -> dict[str, Any]:
+    roles = ("cls_token", "sep_token", "unk_token", "pad_token", "mask_token")
+    return {role: (getattr(tokenizer, role), getattr(tokenizer, role + "_id")) for role in roles}
+
+
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_round_trip(kind: str, wordpiece) -> None:
+    src, metadata, back_dir = wordpiece[kind]
+    original, back = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(back_dir)
+    for text in _bert_comparable(TEXTS, metadata):
+        assert hf_ids(back, text) == hf_ids(original, text), text
+        assert hf_ids(back, text, add_special=True) == hf_ids(original, text, add_special=True), text
+    assert back.get_vocab() == original.get_vocab()
+    assert _wordpiece_settings(back) == _wordpiece_settings(original)
+    assert gguf_tokenizer_metadata(back_dir) == metadata
+
+
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_metadata_marks_word_starts(kind: str, wordpiece) -> None:
+    src, metadata, _ = wordpiece[kind]
+    vocab = AutoTokenizer.from_pretrained(src).get_vocab()
+    tokens = metadata[K.LIST]
+    assert metadata[K.MODEL] == "bert" and K.MERGES not in metadata
+    assert (tokens[vocab["the"]], tokens[vocab["##s"]], tokens[vocab["[CLS]"]]) == ("▁the", "s", "[CLS]")
+    lowercase = kind == "bert"
+    assert (metadata[NORMALIZER_LOWERCASE], metadata[NORMALIZER_STRIP_ACCENTS]) == (lowercase, lowercase)
+    ids = {role: metadata[key] for role, key in WORDPIECE_TOKEN_KEYS.items()}
+    assert ids == {"cls_token": 2, "sep_token": 3, "unk_token": 1, "pad_token": 0, "mask_token": 4}
+    assert {metadata[K.TOKEN_TYPE][i] for i in range(5)} == {TokenType.CONTROL}
+
+
+@pytest.mark.llama
+@requires_llama
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_ids_match_llama_cpp(kind: str, wordpiece, tmp_path) -> None:
+    """llama.cpp's WPM tokenizer on the exported GGUF gives the ids of the source and of the re-imported tokenizer."""
+    src, metadata, back_dir = wordpiece[kind]
+    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf", arch="bert"))
+    for folder in (src, back_dir):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        for text in SPLIT_TEXTS if folder == back_dir else _bert_comparable(SPLIT_TEXTS, metadata):
+            assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+            assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
 # ---------------------------------------------------------------------------------------------- SmolLM2
 
 
@@ -389,7 +472,7 @@ def _bpe_metadata(converted, **changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({K.MODEL: "bert"}, "GGUF tokenizer model 'bert' is not supported"),
+        ({K.MODEL: "t5"}, "GGUF tokenizer model 't5' is not supported"),
         ({K.PRE: "no-such-pre"}, "GGUF pre-tokenizer 'no-such-pre' is not supported"),
     ],
 )
@@ -409,7 +492,7 @@ def _edit_tokenizer_json(src: Path, dst: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("kind", "edit", "message"),
     [
-        ("bpe", lambda d: d["model"].update(type="WordPiece"), "a WordPiece tokenizer has no GGUF form"),
+        ("bpe", lambda d: d["model"].update(type="Unigram"), "a Unigram tokenizer has no GGUF form"),
         ("bpe", lambda d: d.update(normalizer={"type": "Lowercase"}), "a Lowercase normalizer"),
         ("bpe", lambda d: d["pre_tokenizer"]["pretokenizers"][-1].update(add_prefix_space=True), "add_prefix_space"),
         (
