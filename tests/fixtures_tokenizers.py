@@ -51,6 +51,7 @@ SPLIT_EDGE_TEXTS = (
     "東京タワー 北京市 〇々 𠀀𠀁 ⺀ 한글 ㄱㄴ",
     "nai\u0308ve cafe\u0301 it'S THEY'RE we'Ll",
     "हिन्दी नमस्ते বাংলা ﬁne Ⅻ İstanbul",
+    "six newlines\n\n\n\n\n\nthen text",
 )
 
 _CHATML_TEMPLATE = (
@@ -337,3 +338,35 @@ def train_unsplit_bytelevel() -> tuple[list[str], list[str]]:
     tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, merges
+
+
+RAW_SPECIALS = ("<pad>", "<eos>", "<bos>")
+
+
+def train_unsplit_raw() -> tuple[list[str], list[str]]:
+    """Tokens (by id) and merges of a BPE on raw UTF-8 with ▁ for spaces and <0xNN> byte pieces (Gemma 4's
+    form), trained with no split at all: its tokens cross newlines, spaces, digits and scripts.
+
+    The first tokens are RAW_SPECIALS, then the 256 byte pieces; rarer characters are left to byte fallback.
+    """
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    texts = _training_lines() + [PROBE_TEXT, *EXTRA_TEXTS, *SPLIT_EDGE_TEXTS] * 2
+    counts = Counter("".join(texts).replace(" ", "▁"))
+    alphabet = sorted(counts, key=lambda c: (-counts[c], c))[:200]
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000,
+        min_frequency=2,
+        special_tokens=[*RAW_SPECIALS, *byte_tokens],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    model = json.loads(tok.to_str())["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    # A run of newlines no merge makes: llama.cpp takes it whole for Gemma 4 (see SPLIT_EDGE_TEXTS).
+    assert "\n" * 6 not in tokens
+    return [*tokens, "\n" * 6], merges

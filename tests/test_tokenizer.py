@@ -21,10 +21,12 @@ from fixtures_tokenizers import (
     EXTRA_TEXTS,
     KINDS,
     PROBE_TEXT,
+    RAW_SPECIALS,
     SPLIT_EDGE_TEXTS,
     WORDPIECE_KINDS,
     build_tokenizer,
     train_unsplit_bytelevel,
+    train_unsplit_raw,
 )
 from gguf import TokenType
 from transformers import AutoTokenizer
@@ -38,7 +40,12 @@ from mtk.converters.tokenizer import (
     gguf_tokenizer_metadata,
     write_hf_tokenizer,
 )
-from mtk.converters.tokenizer_bpe import PRE_TOKENIZER_TYPES, PRE_TOKENIZERS_BY_NAME, identify_pre_tokenizer
+from mtk.converters.tokenizer_bpe import (
+    PRE_TOKENIZER_TYPES,
+    PRE_TOKENIZERS_BY_NAME,
+    PreTokenizerType,
+    identify_pre_tokenizer,
+)
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 
@@ -231,28 +238,39 @@ def test_llama_cpp_gives_the_hf_ids(kind: str, defaults: bool, hf_dirs, converte
 
 
 @pytest.fixture(scope="module")
-def unsplit_vocab() -> tuple[list[str], list[str]]:
-    return train_unsplit_bytelevel()
+def unsplit_vocab() -> dict[bool, tuple[list[str], list[str]]]:
+    """By byte_encode: a byte-level vocabulary, or one on raw UTF-8 with byte pieces (Gemma 4's form)."""
+    return {True: train_unsplit_bytelevel(), False: train_unsplit_raw()}
 
 
-def _unsplit_metadata(pre_name: str, vocab: tuple[list[str], list[str]]) -> dict[str, Any]:
-    tokens, merges = vocab
-    return {
-        K.MODEL: "gpt2",
-        K.PRE: pre_name,
-        K.LIST: tokens,
-        K.TOKEN_TYPE: [int(TokenType.NORMAL)] * len(tokens),
-        K.MERGES: merges,
-        K.ADD_BOS: False,
-    }
+def _unsplit_metadata(
+    pre: PreTokenizerType, vocabs: dict[bool, tuple[list[str], list[str]]], model: str = "gpt2"
+) -> dict[str, Any]:
+    tokens, merges = vocabs[pre.byte_encode]
+    types = [int(TokenType.NORMAL)] * len(tokens)
+    if not pre.byte_encode:
+        types[: len(RAW_SPECIALS)] = [int(TokenType.CONTROL)] * len(RAW_SPECIALS)
+        types[len(RAW_SPECIALS) : len(RAW_SPECIALS) + 256] = [int(TokenType.BYTE)] * 256
+    metadata = {K.MODEL: model, K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: merges}
+    metadata[K.ADD_BOS] = False
+    if not pre.byte_encode:  # llama.cpp adds bos for Gemma 4's types whatever the GGUF says
+        metadata[K.BOS_ID] = tokens.index("<bos>")
+    if model == "gemma4":  # the model names its pre-tokenizer
+        del metadata[K.PRE]
+    return metadata
+
+
+def _pre_name(metadata: dict[str, Any]) -> str:
+    return "gemma4" if metadata[K.MODEL] == "gemma4" else metadata[K.PRE]
 
 
 @pytest.mark.parametrize("pre", PRE_TOKENIZER_TYPES, ids=lambda row: row.name)
 def test_pre_tokenizer_is_identified_back(pre, unsplit_vocab, tmp_path) -> None:
-    write_hf_tokenizer(_unsplit_metadata(pre.name, unsplit_vocab), tmp_path)
+    write_hf_tokenizer(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
     # The Hugging Face files name the same llama.cpp behaviour (an alias may come back as its first name).
-    same = PRE_TOKENIZERS_BY_NAME[gguf_tokenizer_metadata(tmp_path)[K.PRE]]
-    assert (same.splits, same.ignore_merges, same.clean_spaces) == (pre.splits, pre.ignore_merges, pre.clean_spaces)
+    same = PRE_TOKENIZERS_BY_NAME[_pre_name(gguf_tokenizer_metadata(tmp_path))]
+    behaviour = ("splits", "ignore_merges", "clean_spaces", "byte_encode", "escape_spaces", "gemma4")
+    assert [getattr(same, field) for field in behaviour] == [getattr(pre, field) for field in behaviour]
 
 
 def _split(regex: str) -> dict[str, Any]:
@@ -342,7 +360,10 @@ def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> No
     Both ways: the Hugging Face tokenizer written for the GGUF metadata gives llama.cpp's ids for that metadata,
     and the GGUF metadata exported from that tokenizer gives llama.cpp the tokenizer's ids.
     """
-    metadata = _unsplit_metadata(pre.name, unsplit_vocab)
+    _check_both_ways(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
+
+
+def _check_both_ways(metadata: dict[str, Any], tmp_path: Path) -> None:
     write_hf_tokenizer(metadata, tmp_path)
     exported = gguf_tokenizer_metadata(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
@@ -350,6 +371,17 @@ def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> No
         vocab = llama_vocab(write_vocab_only_gguf(gguf_metadata, tmp_path / "vocab.gguf"))
         for text in SPLIT_TEXTS:
             assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+            assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
+@pytest.mark.llama
+@requires_llama
+def test_gemma4_tokenizer_model_splits_like_llama_cpp(unsplit_vocab, tmp_path) -> None:
+    """tokenizer.ggml.model "gemma4" (Gemma 4's GGUFs): both ways, and bos is added though the GGUF says not to."""
+    metadata = _unsplit_metadata(PRE_TOKENIZERS_BY_NAME["gemma4"], unsplit_vocab, model="gemma4")
+    _check_both_ways(metadata, tmp_path)
+    assert gguf_tokenizer_metadata(tmp_path)[K.MODEL] == "gemma4"
+    assert AutoTokenizer.from_pretrained(tmp_path)("a")["input_ids"][0] == metadata[K.BOS_ID]
 
 
 # ---------------------------------------------------------------------------------------------- WordPiece

@@ -11,6 +11,8 @@ GGUF value type of each key, which llama.cpp checks).
 |                      | tokenizer.ggml.pre; ranked merges                 |               |
 | "llama"              | SentencePiece-style pieces with scores, ▁ for     | tokenizer_spm |
 |                      | spaces, <0xNN> byte pieces                        |               |
+| "gemma4"             | BPE with merges on raw UTF-8, ▁ for spaces,       | tokenizer_bpe |
+|                      | <0xNN> byte pieces (pre-tokenizer "gemma4")       |               |
 | "bert"               | WordPiece, word starts marked with ▁; BERT's      | tokenizer_wpm |
 |                      | normalizer and punctuation split                  |               |
 
@@ -132,7 +134,8 @@ def _build_with_flags(
         token_id = _special_id(metadata, key, default_ids.get(role), len(tokens))
         if token_id is not None:
             specials[role] = tokens[token_id]
-    add_bos = bool(metadata.get(K.ADD_BOS, add_bos_default))
+    # llama.cpp adds bos for Gemma 4 even where the GGUF says not to.
+    add_bos = bool(metadata.get(K.ADD_BOS, add_bos_default)) or (_bpe_pre(metadata) or _NO_PRE).gemma4
     add_eos = bool(metadata.get(K.ADD_EOS, False))
     for flag, role in ((add_bos, "bos_token"), (add_eos, "eos_token")):
         if flag and role not in specials:
@@ -172,8 +175,8 @@ def _build_tokenizer(
     """The tokenizer's model, normalizer, pre-tokenizer and decoder; llama.cpp's default special ids,
     its default for add_bos_token, and clean_up_tokenization_spaces."""
     model = metadata.get(K.MODEL)
-    if model == "gpt2":
-        pre = tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+    pre = _bpe_pre(metadata)
+    if pre is not None:
         tokenizer = tokenizer_bpe.build_tokenizer(tokens, _required(metadata, K.MERGES), pre)
         return tokenizer, {}, pre.add_bos, pre.clean_spaces
     if model == "llama":
@@ -186,7 +189,22 @@ def _build_tokenizer(
             add_space_prefix=bool(metadata.get(K.ADD_PREFIX, True)),
         )
         return tokenizer, _SPM_DEFAULT_IDS, True, False
-    raise UnsupportedError(f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, llama, bert")
+    raise UnsupportedError(
+        f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, gemma4, llama, bert"
+    )
+
+
+_NO_PRE = tokenizer_bpe.PRE_TOKENIZERS_BY_NAME["default"]
+
+
+def _bpe_pre(metadata: Mapping[str, Any]) -> tokenizer_bpe.PreTokenizerType | None:
+    """The pre-tokenizer type of a BPE vocabulary ("gemma4" fixes its own), None for other models."""
+    model = metadata.get(K.MODEL)
+    if model == "gemma4":
+        return tokenizer_bpe.pre_tokenizer_type("gemma4")
+    if model == "gpt2":
+        return tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+    return None
 
 
 def gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
@@ -235,6 +253,13 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         pre = tokenizer_bpe.identify_pre_tokenizer(tokenizer_json, clean_spaces)
         metadata: dict[str, Any] = {K.MODEL: "gpt2", K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types}
         metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
+    elif tokenizer_bpe.is_raw_bpe(tokenizer_json):
+        types = [_token_type(i, tokens[i], added, gaps, None, True) for i in range(len(tokens))]
+        pre = tokenizer_bpe.identify_raw_pre_tokenizer(tokenizer_json, config.get("clean_up_tokenization_spaces"))
+        # The "gemma4" tokenizer model is the "gemma4" pre-tokenizer type of a BPE vocabulary; llama.cpp's own
+        # converter writes Gemma 4 that way.
+        metadata = {K.MODEL: "gemma4"} if pre.name == "gemma4" else {K.MODEL: "gpt2", K.PRE: pre.name}
+        metadata.update({K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: [f"{left} {right}" for left, right in merges]})
     elif tokenizer_spm.is_sentencepiece_style(tokenizer_json):
         unk = model.get("unk_token")
         byte_fallback = bool(model.get("byte_fallback"))

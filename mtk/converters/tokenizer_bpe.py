@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from mtk.converters.tokenizer_spm import SPACE
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 # GPT-2's split regex (`ByteLevel(use_regex=True)` in tokenizers, which adds a final `|\s+`: the same splits,
@@ -163,6 +164,12 @@ class PreTokenizerType:
     ignore_merges: bool = False  # a piece that is a whole vocabulary entry is taken without merging
     clean_spaces: bool = True  # llama.cpp's clean_spaces, HF's clean_up_tokenization_spaces
     add_bos: bool = False  # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+    # SentencePiece-style BPE on raw UTF-8 (Gemma 4, Sarvam): no GPT-2 byte encoding, <0xNN> byte pieces for
+    # what the vocabulary lacks, and (escape_spaces) spaces written as ▁ before splitting.
+    byte_encode: bool = True
+    escape_spaces: bool = False
+    # Gemma 4: a piece of newlines only that is a vocabulary entry is taken whole, and bos is always added.
+    gemma4: bool = False
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -170,9 +177,10 @@ class PreTokenizerType:
         return tuple(_as_run(regex) for regex in self.regexes)
 
 
-# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for byte-level BPE (`llama_vocab::impl::load`), one row
-# per name. Names sharing regexes are listed most common first: Hugging Face -> GGUF picks the first row whose
-# ignore_merges and clean_spaces agree with the tokenizer's.
+# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name,
+# but "whitespace": it belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
+# vocabulary llama.cpp aborts at the first run of two spaces. Names sharing regexes are listed most common
+# first: Hugging Face -> GGUF picks the first row whose ignore_merges and clean_spaces agree with the tokenizer's.
 _Row = PreTokenizerType
 PRE_TOKENIZER_TYPES: tuple[PreTokenizerType, ...] = (
     _Row("llama-bpe", (LLAMA3,), "Llama 3", ignore_merges=True, add_bos=True),
@@ -268,6 +276,17 @@ PRE_TOKENIZER_TYPES: tuple[PreTokenizerType, ...] = (
     _Row("cohere2moe", (TINY_AYA_DIGITS, TINY_AYA), "Cohere 2 MoE", clean_spaces=False),
     _Row("superbpe", (r"\p{N}+", SUPERBPE_THOUSANDS), "SuperBPE", clean_spaces=False),
     _Row("kimi-k2", (KIMI_K2,), "Kimi K2", clean_spaces=False),
+    _Row("gemma4", (NEWLINES,), "Gemma 4", byte_encode=False, escape_spaces=True, gemma4=True, add_bos=True),
+    _Row(
+        "granite-embed-multi-311m",
+        (NEWLINES,),
+        "Granite embedding 311m",
+        byte_encode=False,
+        escape_spaces=True,
+        gemma4=True,
+        add_bos=True,
+    ),
+    _Row("sarvam-moe", (NEWLINES,), "Sarvam MoE", clean_spaces=False, byte_encode=False, escape_spaces=True),
     _Row("tekken", (TEKKEN,), "Mistral Tekken", ignore_merges=True, clean_spaces=False, add_bos=True),
 )
 
@@ -311,7 +330,8 @@ def pre_tokenizer_type(name: str) -> PreTokenizerType:
 
 
 def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType) -> Tokenizer:
-    """A `tokenizers` byte-level BPE with the vocabulary (ids = positions) and ranked merges ("a b")."""
+    """A `tokenizers` BPE with the vocabulary (ids = positions) and ranked merges ("a b"): byte-level, or on raw
+    UTF-8 with byte fallback for the types that ask for it."""
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise InvalidFileError("tokenizer.ggml.tokens holds the same token twice")
@@ -329,22 +349,75 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
                 f"tokenizer.ggml.merges entry {quoted(merge)} needs {quoted(missing)}, which is not in the vocabulary"
             )
         pairs.append(pair)
+    # Gemma 4's whole newline pieces are approximated by taking any whole piece: its other pieces are lines,
+    # which are vocabulary entries only where the merges make them anyway.
+    ignore_merges = pre.ignore_merges or pre.gemma4
     try:
-        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
+        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges, byte_fallback=not pre.byte_encode)
     except Exception as exc:  # tokenizers raises a bare Exception for a merge of unknown tokens
         raise InvalidFileError(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens: {quoted(exc, 120)}") from exc
     tokenizer = Tokenizer(model)
     splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in pre.splits]
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    if pre.byte_encode:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        return tokenizer
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    steps = [decoders.ByteFallback(), decoders.Fuse()]
+    if pre.escape_spaces:
+        tokenizer.normalizer = normalizers.Replace(" ", SPACE)
+        steps.insert(0, decoders.Replace(SPACE, " "))
+    tokenizer.decoder = decoders.Sequence(steps)
     return tokenizer
 
 
 def is_byte_level(tokenizer_json: Mapping[str, Any]) -> bool:
     """Whether a tokenizer.json maps bytes to GPT-2's printable characters before its model."""
     return any(step.get("type") == "ByteLevel" for step in _steps(tokenizer_json.get("pre_tokenizer")))
+
+
+def is_raw_bpe(tokenizer_json: Mapping[str, Any]) -> bool:
+    """Whether a BPE tokenizer.json splits raw text with regexes and no byte-level step (Gemma 4's form)."""
+    steps = _steps(tokenizer_json.get("pre_tokenizer"))
+    return bool(steps) and all(_is_regex_split(step) for step in steps)
+
+
+def identify_raw_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool | None = None) -> PreTokenizerType:
+    """The llama.cpp pre-tokenizer type, on raw UTF-8, of a tokenizer.json for which `is_raw_bpe` holds."""
+    norm = tokenizer_json.get("normalizer")
+    escape = norm == {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    if norm is not None and not escape:
+        raise UnsupportedError(f"a raw-text BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form")
+    if not tokenizer_json["model"].get("byte_fallback"):
+        raise UnsupportedError("a raw-text BPE tokenizer without byte fallback has no GGUF form")
+    regexes = tuple(_as_run(_canonical(step["pattern"]["Regex"])) for step in _steps(tokenizer_json["pre_tokenizer"]))
+    rows = [
+        row
+        for row in PRE_TOKENIZER_TYPES
+        if not row.byte_encode and row.escape_spaces == escape and row.splits == regexes
+    ]
+    if not rows:
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {list(regexes)}")
+    ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
+
+    def fit(row: PreTokenizerType) -> tuple[bool, bool]:
+        return (
+            (row.ignore_merges or row.gemma4) != ignore_merges,
+            clean_spaces is not None and row.clean_spaces != clean_spaces,
+        )
+
+    return min(rows, key=fit)
+
+
+def _is_regex_split(step: Mapping[str, Any]) -> bool:
+    return (
+        step.get("type") == "Split"
+        and "Regex" in step.get("pattern", {})
+        and step.get("behavior") == "Isolated"
+        and not step.get("invert")
+    )
 
 
 def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool | None = None) -> PreTokenizerType:
@@ -357,7 +430,7 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
         kind = tokenizer_json["normalizer"].get("type")
         raise UnsupportedError(f"a byte-level BPE tokenizer with a {kind} normalizer has no GGUF form")
     regexes = tuple(_as_run(_canonical(r)) for r in _split_regexes(tokenizer_json.get("pre_tokenizer")))
-    rows = [row for row in PRE_TOKENIZER_TYPES if row.splits == regexes]
+    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and row.splits == regexes]
     if not rows:
         raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {list(regexes)}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
