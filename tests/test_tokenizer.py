@@ -358,20 +358,25 @@ def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> No
     """Each tokenizer.ggml.pre value llama.cpp knows splits text in tokenizers exactly where llama.cpp splits it.
 
     Both ways: the Hugging Face tokenizer written for the GGUF metadata gives llama.cpp's ids for that metadata,
-    and the GGUF metadata exported from that tokenizer gives llama.cpp the tokenizer's ids.
+    and the GGUF metadata exported from that tokenizer gives llama.cpp the tokenizer's ids. An alias exports as
+    the first name of its behaviour (test_pre_tokenizer_is_identified_back), whose own cell checks that export.
     """
-    _check_both_ways(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
+    _check_both_ways(_unsplit_metadata(pre, unsplit_vocab), tmp_path, aliases=True)
 
 
-def _check_both_ways(metadata: dict[str, Any], tmp_path: Path) -> None:
+def _check_both_ways(metadata: dict[str, Any], tmp_path: Path, aliases: bool = False) -> None:
     write_hf_tokenizer(metadata, tmp_path)
     exported = gguf_tokenizer_metadata(tmp_path)
+    export = not aliases or _pre_name(exported) == _pre_name(metadata)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    for gguf_metadata in (metadata, exported):
+    # llama.cpp adds bos where the GGUF says so (or, for Gemma 4, always): only then is add_bos worth a check.
+    with_bos = tokenizer.add_bos_token
+    for gguf_metadata in (metadata, exported) if export else (metadata,):
         vocab = llama_vocab(write_vocab_only_gguf(gguf_metadata, tmp_path / "vocab.gguf"))
         for text in SPLIT_TEXTS:
             assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
-            assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+            if with_bos:
+                assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True)
 
 
 @pytest.mark.llama
