@@ -389,6 +389,27 @@ def test_gemma4_tokenizer_model_splits_like_llama_cpp(unsplit_vocab, tmp_path) -
     assert AutoTokenizer.from_pretrained(tmp_path)("a")["input_ids"][0] == metadata[K.BOS_ID]
 
 
+@pytest.mark.llama
+@requires_llama
+def test_gemma4_checkpoint_exports_as_gemma4(hf_dirs, tmp_path) -> None:
+    """A Gemma 4 checkpoint's tokenizer (Gemma 3's tokenizer.json) exports as the "gemma4" model, as llama.cpp's
+    converter writes it: merges kept, no scores; llama.cpp gives transformers' ids.
+
+    llama.cpp never merges across a newline there, so the texts are compared line by line: this fixture, unlike
+    Gemma 4's vocabulary, has pieces that end in one ("▁we?\n").
+    """
+    folder = tmp_path / "gemma4"
+    shutil.copytree(hf_dirs["gemma"], folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma4_text"}), encoding="utf-8")
+    metadata = gguf_tokenizer_metadata(folder)
+    assert metadata[K.MODEL] == "gemma4" and K.SCORES not in metadata and K.PRE not in metadata
+    tokenizer = AutoTokenizer.from_pretrained(hf_dirs["gemma"])
+    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf"))
+    for text in sorted({line for whole in TEXTS for line in whole.split("\n")}):
+        assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+        assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
 # ---------------------------------------------------------------------------------------------- WordPiece
 
 

@@ -260,6 +260,13 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         # converter writes Gemma 4 that way.
         metadata = {K.MODEL: "gemma4"} if pre.name == "gemma4" else {K.MODEL: "gpt2", K.PRE: pre.name}
         metadata.update({K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: [f"{left} {right}" for left, right in merges]})
+    elif tokenizer_spm.is_sentencepiece_style(tokenizer_json) and _is_gemma4(model_config):
+        # Gemma 4 ships Gemma 3's tokenizer.json; llama.cpp (and its converter) read it as BPE on raw text.
+        if tokenizer_spm.has_space_prefix(tokenizer_json):
+            raise UnsupportedError("a Gemma 4 tokenizer that prefixes a space has no GGUF form")
+        types = [_token_type(i, tokens[i], added, gaps, model.get("unk_token"), True) for i in range(len(tokens))]
+        metadata = {K.MODEL: "gemma4", K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
     elif tokenizer_spm.is_sentencepiece_style(tokenizer_json):
         unk = model.get("unk_token")
         byte_fallback = bool(model.get("byte_fallback"))
@@ -298,6 +305,10 @@ def _wordpiece_metadata(hf_dir: Path, tokenizer_json: Mapping[str, Any], config:
         metadata[key] = ids[token]
     metadata.update(_chat_templates_from_hf(hf_dir, config))
     return metadata
+
+
+def _is_gemma4(model_config: Mapping[str, Any]) -> bool:
+    return str(model_config.get("model_type", "")).startswith("gemma4")
 
 
 def _special_token_metadata(
