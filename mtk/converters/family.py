@@ -193,11 +193,15 @@ class Family:
         return None
 
     def hf_to_gguf(self, name: str) -> tuple[str, dict[str, int]] | None:
-        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None."""
+        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None; a fused
+        name that holds one GGUF tensor (Mixtral's ``mlp.gate.weight``) maps to it too."""
         for pattern, gguf_t in _compile_hf(tuple(self.all_tensors().items())).items():
             m = pattern.fullmatch(name)
             if m:
                 return gguf_t, {k: int(v) for k, v in m.groupdict().items()}
+        fused = self.fused_to_gguf(name)
+        if fused is not None and len(fused[0]) == 1:
+            return fused[0][0], fused[1]
         return None
 
     def fused_to_gguf(self, name: str) -> tuple[tuple[str, ...], dict[str, int]] | None:
