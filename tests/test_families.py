@@ -34,7 +34,7 @@ from mtk.quantizers.awq import _applicable, apply_scales
 
 def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> None:
     for fam in all_families():
-        assert family_for_gguf(fam.gguf_arch) is fam
+        assert family_for_gguf(fam.gguf_arch, experts=bool(fam.expert_tensors)) is fam
         assert family_for_hf(fam.hf_architecture) is fam
         assert all(family_for_model_type(t) is fam for t in fam.model_types)
     assert family_for_hf("MistralForCausalLM").gguf_arch == family_for_model_type("mistral").gguf_arch == "llama"
@@ -43,6 +43,11 @@ def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> 
         layer_plan("qwen2_moe")
     with pytest.raises(UnsupportedError, match="olmo2"):
         family_for_model_type("bert")
+    # Mixtral shares llama.cpp's llama architecture: a GGUF with experts is Mixtral, one without is llama.
+    assert family_for_gguf("llama").hf_architecture == "LlamaForCausalLM"
+    assert family_for_gguf("llama", experts=True).hf_architecture == "MixtralForCausalLM"
+    with pytest.raises(UnsupportedError, match="unknown architecture 'mixtral'"):
+        family_for_gguf("mixtral")  # a registry name, not a GGUF architecture
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -326,3 +331,21 @@ def test_smollm3_runs_its_fourth_layer_without_rope_as_llama_cpp_does(
     r = run_mtk("gguf-export", str(other), "-o", str(tmp_path / "o.gguf"), "--no-verify")
     assert r.returncode == 3 and "no_rope_layers [1, 0, 1, 1]" in r.stderr, r.stderr
     assert not (tmp_path / "o.gguf").exists()
+REFUSED_MOE = [
+    ("qwen3moe", {"mlp_only_layers": [1]}, "dense layers"),
+    ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),
+    ("qwen3moe", {"norm_topk_prob": False}, "norm_topk_prob false"),
+    ("mixtral", {"sliding_window": 4096}, "sliding_window 4096"),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "message"), REFUSED_MOE, ids=[m for _, _, m in REFUSED_MOE])
+def test_moe_configs_llama_cpp_cannot_run_are_refused(name: str, overrides: dict, message: str, tmp_path: Path) -> None:
+    """llama.cpp's qwen3moe makes every layer MoE and renormalises the top-k weights; its llama has no sliding
+    window: such checkpoints exit 3 with one line, before anything is written."""
+    from fixtures_models import build_tiny_model
+
+    src = build_tiny_model(name, tmp_path / "src", **overrides)
+    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--no-verify")
+    assert r.returncode == UnsupportedError.exit_code and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()

@@ -13,8 +13,15 @@ transforms that differ between families are flags here, applied by the converter
   become neighbours); HF keeps the halves apart. Families using NEOX RoPE (qwen, phi3, gemma) need none.
 - ``norm_shift``: Gemma computes ``x * (1 + w)``; llama.cpp's converter stores ``w + 1`` so its kernel can
   compute ``x * w``.
-- ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints keep one
-  2-D tensor per expert.
+- ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints as
+  transformers saves them (and as the Hub holds them) keep one 2-D tensor per expert.
+- ``fused_tensors``: transformers 5 holds a layer's experts in memory as 3-D parameters, gate and up
+  concatenated (``mlp.experts.gate_up_proj`` (E, 2F, D), gate first; ``mlp.experts.down_proj`` (E, D, F)),
+  and writes that layout when saving with ``save_original_format=False``. gguf-export reads both layouts;
+  gguf-import writes the per-expert one, which transformers 5 loads (fusing it) and saves itself.
+
+Several families may share a GGUF architecture (Mixtral is llama.cpp's ``llama`` with experts): each is
+registered under its own ``name``, and :func:`family_for_gguf` tells them apart by whether the GGUF has experts.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ LLAMA_TENSORS: dict[str, str] = {
     "blk.{bid}.ffn_gate.weight": "model.layers.{bid}.mlp.gate_proj.weight",
     "blk.{bid}.ffn_up.weight": "model.layers.{bid}.mlp.up_proj.weight",
     "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
+}
+
+# MoE experts: GGUF's 3-D tensors (ggml ne {D, F, E} for gate/up, {F, D, E} for down; PyTorch order reversed).
+EXPERTS = ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight", "blk.{bid}.ffn_down_exps.weight")
+# transformers 5's fused experts module (Qwen2/3-MoE, Mixtral): gate_up_proj (E, 2F, D), gate rows first.
+FUSED_EXPERTS: dict[str, tuple[str, ...]] = {
+    "model.layers.{bid}.mlp.experts.gate_up_proj": EXPERTS[:2],
+    "model.layers.{bid}.mlp.experts.down_proj": EXPERTS[2:],
 }
 
 
@@ -144,6 +159,9 @@ class Family:
     norm_shift: float = 0.0
     # GGUF 3-D expert tensor template -> HF per-expert template (with {xid}).
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
+    # transformers 5's fused layout (export only): HF template -> the GGUF templates it holds, concatenated
+    # along its rows (dim -2) in this order; a single template is a rename (Mixtral's router).
+    fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
@@ -159,6 +177,12 @@ class Family:
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()
+    # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.gguf_arch)
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
         """The HF template of a GGUF tensor name and its indices, or None when the name is unknown."""
@@ -169,11 +193,23 @@ class Family:
         return None
 
     def hf_to_gguf(self, name: str) -> tuple[str, dict[str, int]] | None:
-        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None."""
+        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None; a fused
+        name that holds one GGUF tensor (Mixtral's ``mlp.gate.weight``) maps to it too."""
         for pattern, gguf_t in _compile_hf(tuple(self.all_tensors().items())).items():
             m = pattern.fullmatch(name)
             if m:
                 return gguf_t, {k: int(v) for k, v in m.groupdict().items()}
+        fused = self.fused_to_gguf(name)
+        if fused is not None and len(fused[0]) == 1:
+            return fused[0][0], fused[1]
+        return None
+
+    def fused_to_gguf(self, name: str) -> tuple[tuple[str, ...], dict[str, int]] | None:
+        """The GGUF templates a fused HF tensor holds (in row order) and its indices, or None."""
+        for pattern, gguf_ts in _compile_fused(tuple(self.fused_tensors.items())).items():
+            m = pattern.fullmatch(name)
+            if m:
+                return gguf_ts, {k: int(v) for k, v in m.groupdict().items()}
         return None
 
     def export_hparams(self, config: Any) -> dict[str, Any]:
@@ -232,16 +268,31 @@ def _compile_hf(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], str
     return _HF_CACHE[items]
 
 
+_FUSED_CACHE: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[re.Pattern[str], tuple[str, ...]]] = {}
+
+
+def _compile_fused(items: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[re.Pattern[str], tuple[str, ...]]:
+    if items not in _FUSED_CACHE:
+        _FUSED_CACHE[items] = {re.compile(re.escape(hf_t).replace(r"\{bid\}", r"(?P<bid>\d+)")): g for hf_t, g in items}
+    return _FUSED_CACHE[items]
+
+
 FAMILIES: Registry[Family] = Registry("architecture", entry_point_group="mtk.converters")
 
 
 def register(family: Family) -> Family:
-    return FAMILIES.add(family.gguf_arch, family)
+    return FAMILIES.add(family.name, family)
 
 
-def family_for_gguf(arch: str) -> Family:
+def family_for_gguf(arch: str, *, experts: bool = False) -> Family:
+    """The family of a GGUF architecture; where families share one (llama and Mixtral), the one with
+    experts when the GGUF has them (``{arch}.expert_count``), else the one without."""
     _load_builtin()
-    return FAMILIES.get(arch)
+    sharing = [f for f in all_families() if f.gguf_arch == arch]
+    if not sharing:
+        known = ", ".join(sorted({f.gguf_arch for f in all_families()}))
+        raise UnsupportedError(f"unknown architecture {arch!r}; supported: {known}")
+    return next((f for f in sharing if bool(f.expert_tensors) == experts), sharing[0])
 
 
 def all_families() -> list[Family]:
