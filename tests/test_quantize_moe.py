@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_mtk
+from fixtures_models import build_tiny_model
 
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import quantize
@@ -227,3 +228,36 @@ def test_refusals(options: tuple[str, ...], code: int, message: str, tiny_models
     r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "out"), *options)
     assert r.returncode == code and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_peak_memory_is_one_layer_with_its_experts_not_the_model(tmp_path: Path, calibration: Path) -> None:
+    from test_memory import MiB, child_peak_mib
+
+    wide = {
+        "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 8, "num_experts": 16,
+        "num_experts_per_tok": 2, "moe_intermediate_size": 256, "shared_expert_intermediate_size": 512,
+    }  # fmt: skip
+    models = {n: build_tiny_model("qwen2moe", tmp_path / f"m{n}", num_hidden_layers=n, **wide) for n in (1, 2, 8)}
+    deltas = {}
+    for n in (2, 8):
+        deltas[n] = child_peak_mib(
+            f"""
+            import json, resource
+            from mtk.quantizers.config import QuantizeConfig
+            from mtk.quantizers.engine import quantize
+            def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            cfg = QuantizeConfig(group_size=64, samples=2, seq_len=32, format="compressed-tensors")
+            quantize({str(models[1])!r}, {str(tmp_path / "w")!r}, cfg, calibration={str(calibration)!r},
+                     device="cpu", overwrite=True)
+            base = peak()
+            result = quantize({str(models[n])!r}, {str(tmp_path / "o")!r}, cfg, calibration={str(calibration)!r},
+                              device="cpu", overwrite=True)
+            assert result["experts"]["count"] == 16
+            print(json.dumps({{"delta": peak() - base}}))
+            """
+        )["delta"]
+    layer = 4 * (4 * 512 * 512 + 16 * 3 * 512 * 256 + 3 * 512 * 512) / MiB  # one float32 layer: 34 MiB
+    grown = 6 * layer
+    # Six more layers (~200 MiB of float32 weights, most of it experts) may cost no more than about one layer.
+    assert deltas[8] - deltas[2] < 0.25 * grown, (deltas, grown)
