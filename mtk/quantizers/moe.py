@@ -32,13 +32,13 @@ def expert_count(plan: LayerPlan, config: Any) -> int:
 
 
 class _Expert(nn.Module):
-    def __init__(self, names: tuple[str, str, str], hidden: int, inter: int) -> None:
+    def __init__(self, names: tuple[str, str, str], hidden: int, inter: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.names = names
         gate, up, down = names
-        self.add_module(gate, nn.Linear(hidden, inter, bias=False))
-        self.add_module(up, nn.Linear(hidden, inter, bias=False))
-        self.add_module(down, nn.Linear(inter, hidden, bias=False))
+        self.add_module(gate, nn.Linear(hidden, inter, bias=False, dtype=dtype))
+        self.add_module(up, nn.Linear(hidden, inter, bias=False, dtype=dtype))
+        self.add_module(down, nn.Linear(inter, hidden, bias=False, dtype=dtype))
 
     def forward(self, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         gate, up, down = (getattr(self, n) for n in self.names)
@@ -48,17 +48,27 @@ class _Expert(nn.Module):
 class ExpertLinears(nn.Module):
     """A fused experts module as ``E`` submodules ``"0"``, ``"1"``, ... of three Linears each; same forward.
 
-    ``routed`` counts the tokens sent to each expert since the last ``reset``; ``calibrate_all`` runs every
-    expert on every token (the output still takes the routed ones only).
+    The Linears take the fused weights unless those are on the meta device (the layer-wise engine fills them from
+    the checkpoint's per-expert tensors). ``routed`` counts the tokens sent to each expert since the last
+    ``reset``; ``calibrate_all`` runs every expert on every token (the output still takes the routed ones only).
     """
 
     def __init__(self, fused: nn.Module, plan: ExpertPlan) -> None:
         super().__init__()
-        n, rows, hidden = getattr(fused, plan.gate_up).shape
+        gate_up, down = getattr(fused, plan.gate_up), getattr(fused, plan.down)
+        n, rows, hidden = gate_up.shape
+        inter = rows // 2
         self.count = n
         self.act_fn = fused.act_fn
         for x in range(n):
-            self.add_module(str(x), _Expert(plan.linears, hidden, rows // 2))
+            expert = _Expert(plan.linears, hidden, inter, gate_up.dtype)
+            if not gate_up.is_meta:
+                g, u, d = (getattr(expert, name).weight for name in plan.linears)
+                with torch.no_grad():
+                    g.copy_(gate_up[x, :inter])
+                    u.copy_(gate_up[x, inter:])
+                    d.copy_(down[x])
+            self.add_module(str(x), expert)
         self.calibrate_all = False
         self.routed = [0] * n
 
