@@ -158,6 +158,7 @@ def quantize(
     calibration: PathLike | None = None,
     samples: int = 128,
     seq_len: int = 512,
+    moe_calibration: str = "routed",
     device: DeviceName = "auto",
     verify: bool | None = None,
     overwrite: bool = False,
@@ -165,19 +166,23 @@ def quantize(
 ) -> QuantizeResult:
     """GPTQ, AWQ or RTN on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
     compressed-tensors); ``verify`` (default: when the format's loader is installed) loads it in transformers
-    before it is published. Impossible combinations raise UsageError before any work."""
+    before it is published. Impossible combinations raise UsageError before any work. Mixture-of-experts models
+    are written as compressed-tensors unless ``format`` says otherwise (gptq and awq are refused for them:
+    UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert is calibrated on."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.engine import fit_format
     from mtk.quantizers.engine import quantize as _quantize
 
     try:
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
-            seq_len=seq_len,
+            seq_len=seq_len, moe_calibration=moe_calibration,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    cfg = fit_format(cfg, model, explicit=format is not None)
     if verify is None:
         verify = quantized.runtime_available(str(cfg.format))
     check = (lambda tmp: quantized.verify(tmp, model)) if verify else None

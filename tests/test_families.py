@@ -30,6 +30,8 @@ from mtk.converters.gguf_types import TypeRules
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.quantizers.awq import _applicable, apply_scales
+from mtk.quantizers.moe import expert_count, unfuse
+from mtk.quantizers.plan import linear_names, scale_groups
 
 
 def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> None:
@@ -39,8 +41,8 @@ def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> 
         assert all(family_for_model_type(t) is fam for t in fam.model_types)
     assert family_for_hf("MistralForCausalLM").gguf_arch == family_for_model_type("mistral").gguf_arch == "llama"
     assert layer_plan("mistral") is layer_plan("llama")
-    with pytest.raises(UnsupportedError, match="does not support model type 'qwen2_moe'"):
-        layer_plan("qwen2_moe")
+    with pytest.raises(UnsupportedError, match="does not support model type 'bert'"):
+        layer_plan("bert")
     with pytest.raises(UnsupportedError, match="olmo2"):
         family_for_model_type("bert")
     # Mixtral shares llama.cpp's llama architecture: a GGUF with experts is Mixtral, one without is llama.
@@ -60,21 +62,29 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     fam = family_for_model_type(tiny.model_type)
     config = AutoConfig.for_model(tiny.model_type, **{**TINY_SHAPE, **tiny.config}, vocab_size=96, pad_token_id=None)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
+    # eager experts too: transformers' default grouped matmul for fused MoE experts takes no float64
+    impl = {"experts_implementation": "eager"} if fam.layer_plan and fam.layer_plan.experts else {}
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager", **impl).eval()
     if fam.layer_plan is None:
         return
     plan = fam.layer_plan
     layer = model.model.layers[0]
-    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
-    assert sorted(n for group in plan.sequential for n in group) == linears
+    n_experts = expert_count(plan, config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # norms away from 1 (Gemma's from 0)
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
+    if plan.experts is not None:  # fused MoE experts as per-expert Linears: must compute the same (checked below)
+        for block in model.model.layers:
+            unfuse(block, plan.experts)
+    float_ = plan.experts.keep_float if plan.experts else ()
+    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n not in float_)
+    assert sorted(linear_names(plan, n_experts)) == linears
+    with torch.no_grad():
         folded = 0
         for block in model.model.layers:
-            for group in plan.awq:
+            for group in scale_groups(plan, n_experts):
                 assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
                 if _applicable(block, group):

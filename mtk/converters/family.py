@@ -87,6 +87,31 @@ class ScaleGroup:
     inspect: str
     # "all" rows of prev, or the "second_half" (Phi-3's fused gate_up_proj feeds down_proj through its up half).
     prev_rows: Literal["all", "second_half"] = "all"
+    # Modules that read the same input but stay float (a MoE router): their weight columns take the scale exactly,
+    # so that they compute what they did before the scale was folded into prev.
+    compensate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    """The routed experts of a mixture-of-experts layer as the quantizers see them (names relative to the layer).
+
+    Checkpoints, and mtk's quantized output, keep one 2-D weight per expert: ``{module}.{xid}.{name}.weight`` for
+    each name of ``linears`` (gate, up, down), which ``LayerPlan.sequential`` and ``awq`` list with ``{xid}``.
+    transformers 5 fuses them into 3-D parameters of ``module``: ``gate_up`` ``(experts, 2 * inter, hidden)``
+    (each expert's gate rows, then its up rows) and ``down`` ``(experts, hidden, inter)``, every expert's slice
+    oriented ``(out, in)`` like a Linear weight. The module is called as ``module(hidden, top_k_index,
+    top_k_weights)`` and computes ``down(act_fn(gate(x)) * up(x))`` per expert, weighted by its routing weight.
+    ``count`` is the config field holding the number of experts. ``keep_float`` are the layer's modules that stay
+    float (the router, a shared-expert gate: GPTQModel and llm-compressor leave them so).
+    """
+
+    module: str = "mlp.experts"
+    count: str = "num_experts"
+    gate_up: str = "gate_up_proj"
+    down: str = "down_proj"
+    linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    keep_float: tuple[str, ...] = ("mlp.gate",)
 
 
 @dataclass(frozen=True)
@@ -95,8 +120,9 @@ class LayerPlan:
 
     ``sequential`` lists the layer's Linear modules in groups that see the same input, in forward order
     (GPTQ's true-sequential order: a later group is calibrated on the outputs of the already-quantized
-    earlier ones). ``awq`` lists AWQ's scaling groups. Gemma's norms multiply by ``1 + weight``
-    (``norm_offset`` 1), which changes how a scale is folded in.
+    earlier ones); a group named with ``{xid}`` stands for one group per expert, calibrated together. ``awq``
+    lists AWQ's scaling groups. Gemma's norms multiply by ``1 + weight`` (``norm_offset`` 1), which changes how a
+    scale is folded in.
     """
 
     sequential: tuple[tuple[str, ...], ...]
@@ -104,6 +130,8 @@ class LayerPlan:
     norm_offset: float = 0.0
     # AutoAWQ leaves q/k out of the clipping search: their outputs meet in a softmax, not a sum.
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+    # Mixture-of-experts layers: where the routed experts live; names with {xid} above are per expert.
+    experts: ExpertPlan | None = None
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")

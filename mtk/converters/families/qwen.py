@@ -10,8 +10,12 @@ from mtk.converters.family import (
     FUSED_EXPERTS,
     LLAMA_PLAN,
     LLAMA_TENSORS,
+    QKV,
+    ExpertPlan,
     Family,
+    LayerPlan,
     Metadata,
+    ScaleGroup,
     TinyModel,
     register,
 )
@@ -53,8 +57,34 @@ QWEN_EXPERTS = {
     "blk.{bid}.ffn_down_exps.weight": "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight",
 }
 
-# No layer plan, so quantize refuses it: transformers 5 keeps the experts fused in 3-D parameters, and
-# GPTQModel's own per-expert checkpoint does not load back in transformers 5 on the CPU (README).
+_SHARED = ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj")
+_EXPERT = ("mlp.experts.{xid}.gate_proj", "mlp.experts.{xid}.up_proj")
+# Routed experts ({xid}) beside a shared expert; the router and the shared expert's sigmoid gate stay float.
+# transformers 5 fuses the experts (mlp.experts.gate_up_proj, down_proj); checkpoints keep them per expert.
+QWEN2MOE_PLAN = LayerPlan(
+    sequential=(
+        QKV,
+        ("self_attn.o_proj",),
+        _SHARED,
+        _EXPERT,
+        ("mlp.shared_expert.down_proj",),
+        ("mlp.experts.{xid}.down_proj",),
+    ),
+    awq=(
+        ScaleGroup("input_layernorm", QKV, "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        # The shared expert first: it sees every token, so its input is the norm's whole output.
+        ScaleGroup(
+            "post_attention_layernorm", _SHARED + _EXPERT, "mlp", compensate=("mlp.gate", "mlp.shared_expert_gate")
+        ),
+        ScaleGroup("mlp.shared_expert.up_proj", ("mlp.shared_expert.down_proj",), "mlp.shared_expert.down_proj"),
+        ScaleGroup("mlp.experts.{xid}.up_proj", ("mlp.experts.{xid}.down_proj",), "mlp.experts.{xid}.down_proj"),
+    ),
+    experts=ExpertPlan(keep_float=("mlp.gate", "mlp.shared_expert_gate")),
+)
+
+# Quantized as compressed-tensors only: GPTQModel's own per-expert checkpoint does not load back in transformers 5
+# on the CPU (README).
 QWEN2MOE = register(
     Family(
         "qwen2moe",
@@ -77,6 +107,7 @@ QWEN2MOE = register(
         },
         expert_tensors=QWEN_EXPERTS,
         fused_tensors=FUSED_EXPERTS,
+        layer_plan=QWEN2MOE_PLAN,
         tiny=(
             # Routed experts plus a gated shared expert wider than each routed one.
             TinyModel(
