@@ -15,19 +15,26 @@ transforms that differ between families are flags here, applied by the converter
   compute ``x * w``.
 - ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints keep one
   2-D tensor per expert.
+- ``derived``: GGUF tensors cut from one HF tensor (or a packed pair) by a family's own functions, and joined
+  back on import: gpt-oss keeps its experts as one (E, D, 2F) ``gate_up_proj`` with gate and up interleaved,
+  which llama.cpp stores as two (E, F, D) tensors.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mtk.converters import rope
 from mtk.converters.rope import RopeLayout, Synthesised
 from mtk.errors import UnsupportedError
 from mtk.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from gguf import GGMLQuantizationType
 
 Metadata = Mapping[str, Any]
 
@@ -104,7 +111,7 @@ LLAMA_PLAN = LayerPlan(
     ),
 )
 
-TokenizerKind = Literal["bpe", "spm", "gemma"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k"]
 # The shape every tiny test checkpoint shares unless its row overrides it.
 TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
@@ -132,6 +139,24 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
+class Derived:
+    """GGUF tensors cut from HF tensors by a family's functions, and joined back on import.
+
+    ``sources``: the HF templates read (one, or a packed checkpoint's blocks and scales); ``parts``: the GGUF
+    templates written. ``split`` maps the HF tensors (float32, or the checkpoint's own dtype when ``packed``)
+    to one GGUF-layout tensor per part: float32, or, when ``packed`` names a GGML type, that type's block
+    bytes (uint8, rows of whole blocks), written unchanged when the plan picks that type. ``join`` maps the
+    GGUF parts (float32) back to the one HF tensor (``sources[0]``); None: import refuses them.
+    """
+
+    sources: tuple[str, ...]
+    parts: tuple[str, ...]
+    split: Callable[..., Sequence[torch.Tensor]]
+    join: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    packed: GGMLQuantizationType | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -144,6 +169,8 @@ class Family:
     norm_shift: float = 0.0
     # GGUF 3-D expert tensor template -> HF per-expert template (with {xid}).
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
+    # GGUF tensors cut from one HF tensor (gpt-oss's fused experts): the family's Derived rows.
+    derived: tuple[Derived, ...] = ()
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
@@ -174,6 +201,24 @@ class Family:
             m = pattern.fullmatch(name)
             if m:
                 return gguf_t, {k: int(v) for k, v in m.groupdict().items()}
+        return None
+
+    def derived_source(self, name: str) -> tuple[Derived, dict[str, int]] | None:
+        """The Derived row an HF tensor name feeds (as any of its sources) and its indices, or None."""
+        for row in self.derived:
+            for template in row.sources:
+                m = _template_rx(template).fullmatch(name)
+                if m:
+                    return row, {k: int(v) for k, v in m.groupdict().items()}
+        return None
+
+    def derived_part(self, name: str) -> tuple[Derived, int, dict[str, int]] | None:
+        """The Derived row a GGUF tensor name is a part of, the part's index and the indices, or None."""
+        for row in self.derived:
+            for i, template in enumerate(row.parts):
+                m = _template_rx(template).fullmatch(name)
+                if m:
+                    return row, i, {k: int(v) for k, v in m.groupdict().items()}
         return None
 
     def export_hparams(self, config: Any) -> dict[str, Any]:
@@ -220,6 +265,14 @@ def _compile(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], tuple[
     return _CACHE[items]
 
 
+def _template_rx(template: str) -> re.Pattern[str]:
+    if template not in _RX_CACHE:
+        rx = re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)")
+        _RX_CACHE[template] = re.compile(rx)
+    return _RX_CACHE[template]
+
+
+_RX_CACHE: dict[str, re.Pattern[str]] = {}
 _HF_CACHE: dict[tuple[tuple[str, str], ...], dict[re.Pattern[str], str]] = {}
 
 
