@@ -1,0 +1,128 @@
+"""gpt-oss beyond the family grids: MXFP4 checkpoints (OpenAI's blocks/scales layout) repacked to ggml's
+MXFP4 bit for bit, llama.cpp's rounded YaRN against transformers' unrounded one, and what is refused.
+
+The MXFP4 checkpoint is built here from the tiny float model by :func:`write_hf_mxfp4`, which writes the layout
+transformers' ``integrations/mxfp4.py`` reads (see ``mtk/converters/families/gpt_oss.py``): per expert and
+output row, blocks of 32 input values as 16 bytes (value 2k in the low nibble of byte k, 2k + 1 in the high
+one) and one E8M0 scale byte (2 ** (s - 127)).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_mtk
+from fixtures_models import TINY, build_tiny_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+from mtk.artifacts import hf
+from mtk.artifacts.gguf import compare_on_prompts
+from mtk.artifacts.llama_cpp import LlamaCpp
+from mtk.converters.families.gpt_oss import repack_mxfp4
+from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
+from mtk.converters.hf_to_gguf import gguf_export
+from mtk.errors import UnsupportedError
+from mtk.kernels import mxfp4
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+EXPERT_MATRICES = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def write_hf_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float (E, in, out) expert parameter as OpenAI's MXFP4: blocks uint8 (E, out, in / 32, 16) and
+    scales uint8 (E, out, in / 32). The codes and exponents are ggml's encoder's choice; the packing is OpenAI's."""
+    e, n_in, n_out = w.shape
+    ggml = mxfp4.encode(w.transpose(1, 2).reshape(-1, 32).contiguous())  # (n, 17): e, q[j] = c[j] | c[j + 16] << 4
+    codes = torch.cat([ggml[:, 1:] & 0x0F, ggml[:, 1:] >> 4], dim=1)  # (n, 32) in value order
+    blocks = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return blocks.reshape(e, n_out, n_in // 32, 16).contiguous(), ggml[:, 0].reshape(e, n_out, n_in // 32).contiguous()
+
+
+def mxfp4_checkpoint(src: Path, dst: Path) -> Path:
+    """``src`` with its expert matrices stored as gpt-oss-20b stores them (MXFP4, quantization_config)."""
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    for name in [n for n in state if n.endswith(EXPERT_MATRICES)]:
+        state[f"{name}_blocks"], state[f"{name}_scales"] = write_hf_mxfp4(state.pop(name))
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((dst / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "mxfp4",
+        # As openai/gpt-oss-20b's config: only the experts are MXFP4.
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
+    }
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+def test_repacked_blocks_decode_to_transformers_dequantization() -> None:
+    """Every code in every nibble, every scale byte: ggml's decode of the repack equals transformers' own
+    dequantization value for value; the only bits that differ are zeros' signs (code 8 is -0.0 in
+    transformers' table, +0 in ggml's)."""
+    torch.manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 256, 2, 16), dtype=torch.uint8)
+    blocks[0, :, 0, :] = torch.arange(256, dtype=torch.uint8)[:, None]  # every byte value in every position
+    scales = torch.arange(256, dtype=torch.uint8)[None, :, None].expand(3, 256, 2).contiguous()
+    ours = mxfp4.decode(repack_mxfp4(blocks, scales).reshape(-1, 17)).reshape(3, 256, 64).transpose(1, 2)
+    theirs = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+    assert theirs.shape == ours.shape == (3, 64, 256)
+    assert torch.equal(ours, theirs)
+    differ = ours.view(torch.int32) != theirs.view(torch.int32)
+    assert differ.any() and (ours[differ] == 0).all() and theirs[differ].signbit().all()
+    # The same on real shapes: a tiny model's experts, through the checkpoint writer and back.
+    w = torch.randn(4, 64, 128) * 0.05
+    b, s = write_hf_mxfp4(w)
+    theirs = convert_moe_packed_tensors(b, s, dtype=torch.float32)
+    ours = mxfp4.decode(repack_mxfp4(b, s).reshape(-1, 17)).reshape(4, 128, 64).transpose(1, 2)
+    assert torch.equal(ours, theirs) and (theirs - w).abs().max() < 0.05
+
+
+def test_llama_cpp_rounds_the_yarn_range_transformers_does_not(tmp_path: Path) -> None:
+    """gpt-oss says ``truncate: false``; llama.cpp rounds YaRN's correction range whatever the config says. The
+    same F32 GGUF agrees with transformers to 1e-4 when transformers rounds too, and by only ~2e-3 when it
+    does not (measured 2.4e-3 on this model): the gap is the rounding, not the export."""
+    rope = {**TINY["gpt-oss"].config["rope_parameters"], "truncate": False}
+    src = build_tiny_model("gpt-oss", tmp_path / "src", rope_parameters=rope)
+    out = tmp_path / "m.gguf"
+    gguf_export(src, out, rules=TypeRules(TYPE_NAMES["f32"]))
+    untruncated = hf.load(src)
+    rounded = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, rope_parameters={**rope, "truncate": True})
+    with LlamaCpp(out) as llm:
+        exact = compare_on_prompts(llm, lambda ids: hf.logits(rounded, ids), llm.logits)
+        gap = compare_on_prompts(llm, lambda ids: hf.logits(untruncated, ids), llm.logits)
+    assert exact["max_abs"] < 1e-4 and exact["top1"] == 1.0, exact
+    assert 1e-4 < gap["max_abs"] < 5e-3 and gap["kl_mean"] < 1e-5 and gap["top1"] == 1.0, gap
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"swiglu_limit": 6.0}, "swiglu"),
+        ({"layer_types": ["full_attention"] * 4}, "layer_types"),
+        ({"rope_parameters": {**TINY["gpt-oss"].config["rope_parameters"], "beta_fast": 16.0}}, "betas"),
+    ],
+    ids=["swiglu", "layer_types", "yarn_betas"],
+)
+def test_what_llama_cpp_hard_codes_is_refused(override: dict, message: str, tmp_path: Path) -> None:
+    src = build_tiny_model("gpt-oss", tmp_path / "src", **override)
+    with pytest.raises(UnsupportedError, match=message):
+        gguf_export(src, tmp_path / "m.gguf", rules=TypeRules(TYPE_NAMES["f32"]))
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_quantize_refuses_gpt_oss_with_exit_3(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_mtk("quantize", str(tiny_models["gpt-oss"]), "-o", str(tmp_path / "q"), "--method", "rtn")
+    assert proc.returncode == UnsupportedError.exit_code, proc.stderr
+    assert "gpt_oss" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()
