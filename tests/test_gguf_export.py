@@ -41,13 +41,17 @@ QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0
 # full grid would cost the suite ~3 s per added family and type.
 CORE_TYPES = ("f32", "f16", "q8_0")
 FULL_GRID = ("llama", "phi3", "qwen2moe", "gemma3")
-# MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): MoE families only.
-MOE_FAMILIES = {f for f in FAMILY_NAMES if family_for_model_type(TINY[f].model_type).expert_tensors}
+# MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): every MoE family, only.
+MOE_FAMILIES = {
+    f
+    for f in FAMILY_NAMES
+    if family_for_model_type(TINY[f].model_type).expert_tensors or family_for_model_type(TINY[f].model_type).derived
+}
 GRID = [
     (f, t)
     for f in FAMILY_NAMES
     for t in TYPES
-    if (t in CORE_TYPES or f in FULL_GRID) and (t != "mxfp4" or f in MOE_FAMILIES)
+    if (t in CORE_TYPES or f in FULL_GRID or t == "mxfp4") and (t != "mxfp4" or f in MOE_FAMILIES)
 ]
 
 

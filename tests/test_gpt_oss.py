@@ -22,16 +22,19 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 from mtk.artifacts import hf
-from mtk.artifacts.gguf import compare_on_prompts
+from mtk.artifacts.gguf import compare_on_prompts, export_check, import_check
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.converters.families.gpt_oss import repack_mxfp4
+from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
 from mtk.errors import UnsupportedError
+from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import mxfp4
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 EXPERT_MATRICES = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+QUALITY_KL_Q8_0 = 0.005  # test_gguf_export's bound for Q8_0: only the non-expert matrices are re-encoded here
 
 
 def write_hf_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,3 +129,70 @@ def test_quantize_refuses_gpt_oss_with_exit_3(tiny_models: dict[str, Path], tmp_
     assert proc.returncode == UnsupportedError.exit_code, proc.stderr
     assert "gpt_oss" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+@pytest.fixture(scope="module")
+def mxfp4_model(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mxfp4_checkpoint(tiny_models["gpt-oss"], tmp_path_factory.mktemp("gpt-oss-mxfp4") / "hf")
+
+
+def _expert_parts(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """transformers' own dequantization of an MXFP4 checkpoint's experts, cut into llama.cpp's GGUF tensors
+    ((E, F, D) gate and up from the interleaved (E, D, 2F) gate_up_proj; (E, D, F) down)."""
+    state = load_file(hf_dir / "model.safetensors")
+    out = {}
+    for name in [n for n in state if n.endswith("gate_up_proj_blocks")]:
+        bid = name.split(".")[2]
+        gate_up = convert_moe_packed_tensors(state[name], state[name[:-6] + "scales"], dtype=torch.float32)
+        out[f"blk.{bid}.ffn_gate_exps.weight"] = gate_up[..., ::2].transpose(1, 2)
+        out[f"blk.{bid}.ffn_up_exps.weight"] = gate_up[..., 1::2].transpose(1, 2)
+        down = name.replace("gate_up_proj", "down_proj")
+        value = convert_moe_packed_tensors(state[down], state[down[:-6] + "scales"], dtype=torch.float32)
+        out[f"blk.{bid}.ffn_down_exps.weight"] = value.transpose(1, 2)
+    return out
+
+
+def test_mxfp4_checkpoint_exports_its_experts_without_a_float_round_trip(mxfp4_model: Path, tmp_path: Path) -> None:
+    """mxfp4_moe from an MXFP4 checkpoint: the experts' blocks are the checkpoint's (gguf-py's MXFP4 decoder
+    gives transformers' dequantization exactly, scale bytes copied), llama.cpp runs the file, and agrees with
+    transformers running the checkpoint itself (dequantized on the CPU) up to the other matrices' Q8_0."""
+    import gguf
+
+    out = tmp_path / "m.gguf"
+    result = gguf_export(mxfp4_model, out, rules=TypeRules(TYPE_NAMES["mxfp4"]), check=export_check(mxfp4_model, True))
+    model = open_gguf(out)
+    expected = _expert_parts(mxfp4_model)
+    assert len(expected) == 3 * TINY["gpt-oss"].config["num_hidden_layers"]
+    scales = load_file(mxfp4_model / "model.safetensors")["model.layers.0.mlp.experts.gate_up_proj_scales"]
+    for name, values in expected.items():
+        info = model.by_name[name]
+        assert info.qtype == gguf.GGMLQuantizationType.MXFP4 and info.shape == tuple(values.shape), name
+        raw = model.tensor_bytes(info).numpy()
+        decoded = gguf.quants.dequantize(raw.reshape(*info.shape[:-1], -1), info.qtype)
+        assert torch.equal(torch.from_numpy(decoded), values), name
+    gate = model.tensor_bytes(model.by_name["blk.0.ffn_gate_exps.weight"]).reshape(*scales[:, ::2].shape, 17)
+    assert torch.equal(gate[..., 0], scales[:, ::2])  # the E8M0 bytes as they were
+    assert result["types"] == {"F32": result["types"]["F32"], "Q8_0": 4 * 4 + 2, "MXFP4": 3 * 4}
+    v = result["verification"]
+    assert v["tokenizer"]["identical"] and v["logits"]["kl_mean"] < 0.02 and v["logits"]["top1"] >= 0.85, v
+    assert v["quality"]["kl_mean"] < QUALITY_KL_Q8_0, v["quality"]
+
+
+def test_mxfp4_checkpoint_to_f32_and_back_to_hf(mxfp4_model: Path, tmp_path: Path) -> None:
+    """An F32 export of the MXFP4 checkpoint runs in llama.cpp as transformers runs the checkpoint; gguf-import
+    of an MXFP4 GGUF writes float32 experts equal to transformers' dequantization, and transformers loads them."""
+    f32 = tmp_path / "m.f32.gguf"
+    v = gguf_export(mxfp4_model, f32, rules=TypeRules(TYPE_NAMES["f32"]), check=export_check(mxfp4_model, True))
+    assert v["verification"]["logits"]["max_abs"] < 1e-4 and v["verification"]["logits"]["top1"] == 1.0, v
+    mx = tmp_path / "m.mxfp4.gguf"
+    gguf_export(mxfp4_model, mx, rules=TypeRules(TYPE_NAMES["mxfp4"]))
+    back = gguf_import(mx, tmp_path / "back", check=import_check(mx, True))
+    m = back["verification"]["logits"]  # llama.cpp rounds activations to Q8_0 for the Q8_0 matrices
+    assert back["dtype"] == "float32" and m["kl_mean"] < 0.02 and m["top1"] >= 0.85, m
+    theirs = AutoModelForCausalLM.from_pretrained(mxfp4_model, dtype=torch.float32).state_dict()
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).state_dict()
+    assert "quantization_config" not in json.loads((tmp_path / "back" / "config.json").read_text())
+    experts = [k for k in theirs if k.endswith(EXPERT_MATRICES)]
+    assert len(experts) == 2 * TINY["gpt-oss"].config["num_hidden_layers"]
+    for name in experts:
+        assert torch.equal(ours[name], theirs[name]), name
