@@ -196,3 +196,29 @@ def test_mxfp4_checkpoint_to_f32_and_back_to_hf(mxfp4_model: Path, tmp_path: Pat
     assert len(experts) == 2 * TINY["gpt-oss"].config["num_hidden_layers"]
     for name in experts:
         assert torch.equal(ours[name], theirs[name]), name
+
+
+def test_mxfp4_export_is_llama_quantizes_byte_for_byte(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """mxfp4_moe from the float tiny gpt-oss against llama.cpp's own MXFP4_MOE quantization of its F32 export:
+    the same type for every tensor (experts MXFP4, biases, sinks, norms and router F32, other matrices Q8_0) and
+    the same bytes."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+
+    src = tiny_models["gpt-oss"]
+    f32, ours = tmp_path / "m.f32.gguf", tmp_path / "m.mxfp4.gguf"
+    gguf_export(src, f32, rules=TypeRules(TYPE_NAMES["f32"]))
+    gguf_export(src, ours, rules=TypeRules(TYPE_NAMES["mxfp4"]))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = int(gguf.LlamaFileType.MOSTLY_MXFP4_MOE), 2
+    theirs = tmp_path / "llama.mxfp4.gguf"
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    a, b = open_gguf(ours), open_gguf(theirs)
+    assert sorted(t.name for t in a.tensors) == sorted(t.name for t in b.tensors)
+    assert {t.qtype.name for t in a.tensors} == {"F32", "Q8_0", "MXFP4"}
+    for t in a.tensors:
+        ref = b.by_name[t.name]
+        assert t.qtype == ref.qtype, t.name
+        assert torch.equal(a.tensor_bytes(t), b.tensor_bytes(ref)), t.name
