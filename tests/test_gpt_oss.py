@@ -27,9 +27,10 @@ from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.converters.families.gpt_oss import repack_mxfp4
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, TypeRules
-from mtk.converters.hf_to_gguf import gguf_export
-from mtk.errors import UnsupportedError
+from mtk.converters.hf_to_gguf import auto_type, gguf_export
+from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
+from mtk.formats.gguf_writer import write_gguf
 from mtk.kernels import mxfp4
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
@@ -222,3 +223,31 @@ def test_mxfp4_export_is_llama_quantizes_byte_for_byte(tiny_models: dict[str, Pa
         ref = b.by_name[t.name]
         assert t.qtype == ref.qtype, t.name
         assert torch.equal(a.tensor_bytes(t), b.tensor_bytes(ref)), t.name
+
+
+def test_auto_type_and_broken_inputs(mxfp4_model: Path, tmp_path: Path) -> None:
+    """--type auto reads the float tensors only (a bf16 MXFP4 checkpoint is BF16, as gpt-oss-20b); a checkpoint
+    with blocks but no scales, and a GGUF with gate but no up experts, are invalid inputs."""
+    import gguf
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(mxfp4_model, bf16)
+    state = load_file(bf16 / "model.safetensors")
+    save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, bf16 / "model.safetensors")
+    assert auto_type(bf16) == gguf.GGMLQuantizationType.BF16
+    del state["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(state, bf16 / "model.safetensors")
+    with pytest.raises(InvalidFileError, match="down_proj_scales"):
+        gguf_export(bf16, tmp_path / "x.gguf", rules=TypeRules(TYPE_NAMES["mxfp4"]))
+    good = tmp_path / "m.gguf"
+    gguf_export(mxfp4_model, good, rules=TypeRules(TYPE_NAMES["mxfp4"]))
+    model = open_gguf(good)
+    tensors = {
+        t.name: (t.qtype, model.tensor_bytes(t).numpy().reshape(*t.shape[:-1], -1))
+        for t in model.tensors
+        if t.name != "blk.2.ffn_up_exps.weight"
+    }
+    write_gguf(tmp_path / "broken.gguf", dict(model.metadata), tensors)
+    with pytest.raises(InvalidFileError, match=r"lacks blk\.\{bid\}\.ffn_up_exps\.weight"):
+        gguf_import(tmp_path / "broken.gguf", tmp_path / "back")
+    assert not (tmp_path / "back").exists()

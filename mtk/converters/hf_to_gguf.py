@@ -431,7 +431,10 @@ def parse_size(text: str) -> int:
 
 
 def auto_type(source: Path | str) -> GGMLQuantizationType:
-    """``--type auto``, as convert_hf_to_gguf: BF16 for a bf16 checkpoint, else F16; a GGUF keeps its type."""
+    """``--type auto``, as convert_hf_to_gguf: BF16 for a bf16 checkpoint, else F16; a GGUF keeps its type.
+
+    Packed integer tensors (an MXFP4 checkpoint's expert blocks) do not count: gpt-oss-20b is a bf16 checkpoint.
+    """
     source = Path(source)
     if source.is_file():
         model = open_gguf(source)
@@ -441,5 +444,5 @@ def auto_type(source: Path | str) -> GGMLQuantizationType:
                 counts[t.qtype] = counts.get(t.qtype, 0) + 1
         return max(counts, key=lambda k: counts[k]) if counts else Q.F16
     ckpt = HFCheckpoint(source)
-    dtypes = {ckpt.dtype(n) for n in ckpt.names() if len(ckpt.shape(n)) > 1}
+    dtypes = {ckpt.dtype(n) for n in ckpt.names() if len(ckpt.shape(n)) > 1 and ckpt.dtype(n).is_floating_point}
     return Q.BF16 if dtypes == {torch.bfloat16} else Q.F16
