@@ -251,3 +251,25 @@ def test_auto_type_and_broken_inputs(mxfp4_model: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidFileError, match=r"lacks blk\.\{bid\}\.ffn_up_exps\.weight"):
         gguf_import(tmp_path / "broken.gguf", tmp_path / "back")
     assert not (tmp_path / "back").exists()
+
+
+@pytest.mark.parametrize("pattern", [3, [True, True, False, True]], ids=["period", "flags"])
+def test_import_follows_the_ggufs_sliding_window_pattern(
+    pattern: int | list[bool], tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A GGUF that sets ``attention.sliding_window_pattern`` (a period, or a flag per layer) imports with the
+    layer_types llama.cpp runs: the import agrees with llama.cpp, the source's alternating layers do not."""
+    src = tiny_models["gpt-oss"]
+    plain = tmp_path / "m.gguf"
+    gguf_export(src, plain, rules=TypeRules(TYPE_NAMES["f32"]))
+    model = open_gguf(plain)
+    tensors = {t.name: (t.qtype, model.tensor_bytes(t).numpy().reshape(*t.shape[:-1], -1)) for t in model.tensors}
+    path = tmp_path / "swa.gguf"
+    write_gguf(path, {**model.metadata, "gpt-oss.attention.sliding_window_pattern": pattern}, tensors)
+    result = gguf_import(path, tmp_path / "back", check=import_check(path, True))
+    assert result["verification"]["logits"]["max_abs"] < 1e-4
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    source = hf.load(src)
+    with LlamaCpp(path) as llm:
+        assert compare_on_prompts(llm, lambda ids: hf.logits(source, ids), llm.logits)["max_abs"] > 1e-3
