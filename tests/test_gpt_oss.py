@@ -273,3 +273,17 @@ def test_import_follows_the_ggufs_sliding_window_pattern(
     source = hf.load(src)
     with LlamaCpp(path) as llm:
         assert compare_on_prompts(llm, lambda ids: hf.logits(source, ids), llm.logits)["max_abs"] > 1e-3
+
+
+def test_k_quant_plans_from_the_checkpoint_equal_llama_quantize(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The per-tensor types mtk plans from the HF checkpoint (its expert count read from the config) are
+    llama-quantize's on the F16 export, for the mixes whose rules look at experts and layers."""
+    from test_kquant_export import llama_quantize, mtk_plan
+
+    from mtk.converters.gguf_types import FILE_TYPE_NAMES
+
+    f16 = tmp_path / "m.f16.gguf"
+    gguf_export(tiny_models["gpt-oss"], f16, rules=TypeRules(TYPE_NAMES["f16"]))
+    for mix in ("q2_k", "q4_k_m", "mxfp4_moe"):
+        theirs = llama_quantize(f16, None, mix)
+        assert mtk_plan(tiny_models["gpt-oss"], TypeRules(FILE_TYPE_NAMES[mix])) == theirs, mix
