@@ -287,3 +287,16 @@ def test_k_quant_plans_from_the_checkpoint_equal_llama_quantize(tiny_models: dic
     for mix in ("q2_k", "q4_k_m", "mxfp4_moe"):
         theirs = llama_quantize(f16, None, mix)
         assert mtk_plan(tiny_models["gpt-oss"], TypeRules(FILE_TYPE_NAMES[mix])) == theirs, mix
+
+
+def test_imatrix_refuses_gpt_oss_experts_with_exit_3(
+    tiny_models: dict[str, Path], bible_text: str, tmp_path: Path
+) -> None:
+    """mtk imatrix does not account gpt-oss's experts (biased, clamped SwiGLU) yet: one line, exit 3, no file."""
+    text = tmp_path / "calibration.txt"
+    text.write_text(bible_text[:20000], encoding="utf-8")
+    out = tmp_path / "m.imatrix.gguf"
+    args = ["--calibration", str(text), "-o", str(out), "--samples", "2", "--seq-len", "32"]
+    proc = run_mtk("imatrix", str(tiny_models["gpt-oss"]), *args)
+    assert proc.returncode == UnsupportedError.exit_code, proc.stderr
+    assert "gpt-oss" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

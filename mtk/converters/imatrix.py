@@ -232,7 +232,7 @@ def collect_imatrix(
             e, two_f, h = module.gate_up_proj.shape
             experts[_expert_names(family, mod_name)] = acc = _ExpertAccumulator(e, h, two_f // 2, device)
             hooks.append(module.register_forward_pre_hook(acc))
-    if family.expert_tensors and not experts:
+    if (family.expert_tensors or family.derived) and not experts:  # gpt-oss's experts are not that kind yet
         raise UnsupportedError(f"{family.gguf_arch}: the model's expert modules are not the fused kind mtk reads")
     try:
         with torch.inference_mode():
