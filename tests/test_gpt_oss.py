@@ -226,8 +226,9 @@ def test_mxfp4_export_is_llama_quantizes_byte_for_byte(tiny_models: dict[str, Pa
 
 
 def test_auto_type_and_broken_inputs(mxfp4_model: Path, tmp_path: Path) -> None:
-    """--type auto reads the float tensors only (a bf16 MXFP4 checkpoint is BF16, as gpt-oss-20b); a checkpoint
-    with blocks but no scales, and a GGUF with gate but no up experts, are invalid inputs."""
+    """--type auto reads the float tensors only (a bf16 MXFP4 checkpoint is BF16, as gpt-oss-20b), which holds
+    every MXFP4 value exactly (E2M1 times a power of two); a checkpoint with blocks but no scales, and a GGUF
+    with gate but no up experts, are invalid inputs."""
     import gguf
 
     bf16 = tmp_path / "bf16"
@@ -235,6 +236,12 @@ def test_auto_type_and_broken_inputs(mxfp4_model: Path, tmp_path: Path) -> None:
     state = load_file(bf16 / "model.safetensors")
     save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, bf16 / "model.safetensors")
     assert auto_type(bf16) == gguf.GGMLQuantizationType.BF16
+    gguf_export(bf16, tmp_path / "auto.gguf", rules=TypeRules(auto_type(bf16)))
+    auto = open_gguf(tmp_path / "auto.gguf")
+    for name, values in _expert_parts(bf16).items():
+        info = auto.by_name[name]
+        assert info.qtype == gguf.GGMLQuantizationType.BF16
+        assert torch.equal(auto.tensor_bytes(info).view(torch.bfloat16).reshape(info.shape).float(), values), name
     del state["model.layers.1.mlp.experts.down_proj_scales"]
     save_file(state, bf16 / "model.safetensors")
     with pytest.raises(InvalidFileError, match="down_proj_scales"):
