@@ -296,14 +296,34 @@ def test_k_quant_plans_from_the_checkpoint_equal_llama_quantize(tiny_models: dic
         assert mtk_plan(tiny_models["gpt-oss"], TypeRules(FILE_TYPE_NAMES[mix])) == theirs, mix
 
 
-def test_imatrix_refuses_gpt_oss_experts_with_exit_3(
+def test_imatrix_accounts_each_expert_and_the_export_uses_it(
     tiny_models: dict[str, Path], bible_text: str, tmp_path: Path
 ) -> None:
-    """mtk imatrix does not account gpt-oss's experts (biased, clamped SwiGLU) yet: one line, exit 3, no file."""
+    """mtk imatrix on gpt-oss: one row and one count per expert for gate/up/down, each token counted by the
+    top-k experts it picks (so the experts' sums add up to top-k times the router's, which sees every token);
+    an IQ4_NL export (32-value blocks fit the tiny experts) uses them and runs in llama.cpp."""
+    from mtk.converters.gguf_types import FILE_TYPE_NAMES
+    from mtk.converters.imatrix import read_imatrix
+
     text = tmp_path / "calibration.txt"
     text.write_text(bible_text[:20000], encoding="utf-8")
     out = tmp_path / "m.imatrix.gguf"
     args = ["--calibration", str(text), "-o", str(out), "--samples", "2", "--seq-len", "32"]
-    proc = run_mtk("imatrix", str(tiny_models["gpt-oss"]), *args)
-    assert proc.returncode == UnsupportedError.exit_code, proc.stderr
-    assert "gpt-oss" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    src = tiny_models["gpt-oss"]
+    assert run_mtk("imatrix", str(src), *args).returncode == 0
+    im = read_imatrix(out)
+    config = TINY["gpt-oss"].config
+    top_k, n_expert = config["num_experts_per_tok"], config["num_local_experts"]
+    for layer in range(config["num_hidden_layers"]):
+        gate, router = im.sums[f"blk.{layer}.ffn_gate_exps.weight"], im.sums[f"blk.{layer}.ffn_gate_inp.weight"]
+        down = im.sums[f"blk.{layer}.ffn_down_exps.weight"]
+        assert gate.shape == (n_expert, 64) and down.shape == (n_expert, config["intermediate_size"])
+        assert torch.equal(gate, im.sums[f"blk.{layer}.ffn_up_exps.weight"])
+        assert float(im.counts[f"blk.{layer}.ffn_down_exps.weight"].sum()) == top_k * 64
+        torch.testing.assert_close(gate.sum(0), top_k * router[0], rtol=1e-5, atol=1e-6)
+        assert bool((down > 0).any()) and bool(torch.isfinite(down).all())
+    result = gguf_export(
+        src, tmp_path / "m.gguf", rules=TypeRules(FILE_TYPE_NAMES["iq4_nl"]), imatrix=im, check=export_check(src, True)
+    )
+    assert not [n for n in result["imatrix"]["missing"] if "_exps" in n], result["imatrix"]
+    assert result["verification"]["logits"]["kl_mean"] < 0.02
