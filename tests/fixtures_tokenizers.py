@@ -9,6 +9,7 @@ Three kinds, each modelled on a family that ships GGUFs:
 | "gemma" | Gemma                | as "spm", without the prefix space     | <pad> <eos> <bos> <unk>, turns     |
 | "bert"  | bert-base-uncased    | WordPiece, lower case, accents off     | [PAD] [UNK] [CLS] [SEP] [MASK]     |
 | "bert-cased" | bert-base-cased | WordPiece, case and accents kept       | as "bert"                          |
+| "o200k" | gpt-oss (o200k)      | byte-level BPE, GPT-4o's split regex   | <|startoftext|> <|return|>, harmony |
 
 The SentencePiece-style kinds are built the way a SentencePiece BPE model is converted to `tokenizer.json`:
 a score per piece, and merges listing every split of every piece into two pieces, ordered by the piece's score.
@@ -26,8 +27,8 @@ from transformers import PreTrainedTokenizerFast
 
 from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "bert", "bert-cased"]
-KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma")
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "bert", "bert-cased"]
+KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "o200k")
 WORDPIECE_KINDS: tuple[TokenizerKind, ...] = ("bert", "bert-cased")
 
 # More texts the tests compare on: edge cases of the pre-tokenizers and of the space prefix.
@@ -73,6 +74,19 @@ _GEMMA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
+# A simplified harmony template (gpt-oss's chat format).
+_HARMONY_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+# o200k's split regex (GPT-4o, gpt-oss), as openai/gpt-oss-20b's tokenizer.json spells it.
+_O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # Qwen2's split regex, as its tokenizer.json spells it.
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -140,6 +154,7 @@ def build_tokenizer(kind: TokenizerKind, out_dir: Path) -> None:
         "bpe": _build_bytelevel_bpe,
         "spm": _build_llama_spm,
         "gemma": _build_gemma_spm,
+        "o200k": _build_o200k,
         "bert": lambda out: _build_wordpiece(out, lowercase=True),
         "bert-cased": lambda out: _build_wordpiece(out, lowercase=False),
     }
@@ -179,6 +194,40 @@ def _build_bytelevel_bpe(out_dir: Path) -> None:
         clean_up_tokenization_spaces=False,
         chat_template=_CHATML_TEMPLATE,
         model_max_length=2048,
+    )
+    fast.save_pretrained(out_dir)
+
+
+def _build_o200k(out_dir: Path) -> None:
+    """gpt-oss's tokenizer in small: o200k's split, its harmony specials, no BOS added, <|return|> ends."""
+    specials = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|start|>", "<|end|>", "<|message|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_O200K_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        min_frequency=1,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_lines(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|return|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        add_bos_token=False,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+        chat_template=_HARMONY_TEMPLATE,
+        model_max_length=131072,
     )
     fast.save_pretrained(out_dir)
 

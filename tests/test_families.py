@@ -341,6 +341,8 @@ def test_smollm3_runs_its_fourth_layer_without_rope_as_llama_cpp_does(
     r = run_mtk("gguf-export", str(other), "-o", str(tmp_path / "o.gguf"), "--no-verify")
     assert r.returncode == 3 and "no_rope_layers [1, 0, 1, 1]" in r.stderr, r.stderr
     assert not (tmp_path / "o.gguf").exists()
+
+
 REFUSED_MOE = [
     ("qwen3moe", {"mlp_only_layers": [1]}, "dense layers"),
     ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import FAMILY_NAMES, MOE, build_tiny_model
+from fixtures_models import FAMILY_NAMES, MOE, TINY, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.gguf import export_check, import_check
 from mtk.artifacts.hf import logits as hf_logits
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
+from mtk.converters.family import family_for_model_type
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_types
 from mtk.converters.hf_to_gguf import gguf_export
@@ -42,12 +43,12 @@ QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0
 CORE_TYPES = ("f32", "f16", "q8_0")
 FULL_GRID = ("llama", "phi3", "qwen2moe", "gemma3")
 # MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): MoE families only.
-MOE_FAMILIES = set(MOE)
+MOE_FAMILIES = set(MOE) | {f for f in FAMILY_NAMES if family_for_model_type(TINY[f].model_type).derived}
 GRID = [
     (f, t)
     for f in FAMILY_NAMES
     for t in TYPES
-    if (t in CORE_TYPES or f in FULL_GRID) and (t != "mxfp4" or f in MOE_FAMILIES)
+    if (t in CORE_TYPES or f in FULL_GRID or t == "mxfp4") and (t != "mxfp4" or f in MOE_FAMILIES)
 ]
 
 

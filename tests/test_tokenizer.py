@@ -190,7 +190,10 @@ EXPECTED_METADATA = {
     "bpe": ("gpt2", "qwen2", None, (None, 2, None, 0), False, {0: 3, 1: 3, 2: 3, 3: 1, 1000: 4}),
     "spm": ("llama", None, True, (1, 2, 0, None), True, {0: 2, 1: 3, 2: 3, 3: 6, 258: 6, 259: 1}),
     "gemma": ("llama", None, False, (2, 1, 3, 0), True, {0: 3, 3: 2, 5: 3, 6: 6, 261: 6, 262: 1}),
+    "o200k": ("gpt2", "gpt-4o", None, (0, 2, None, 1), False, {0: 3, 2: 3, 5: 3, 6: 1}),
 }
+# Byte-level vocabularies: tokens that no merge makes besides the 256 bytes (specials, <tool_call>).
+UNMERGED = {"bpe": 3 + 1, "o200k": 6}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -206,7 +209,7 @@ def test_metadata_describes_the_tokenizer(kind: str, converted) -> None:
     assert len(metadata[K.TOKEN_TYPE]) == len(metadata[K.LIST])
     assert metadata[K.CHAT_TEMPLATE].startswith("{")
     if model == "gpt2":
-        assert len(metadata[K.MERGES]) == len(metadata[K.LIST]) - 256 - 3 - 1  # bytes, specials, <tool_call>
+        assert len(metadata[K.MERGES]) == len(metadata[K.LIST]) - 256 - UNMERGED[kind]
     else:
         scores = metadata[K.SCORES]
         assert len(scores) == len(metadata[K.LIST]) and max(scores) == 0.0

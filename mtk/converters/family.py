@@ -19,6 +19,9 @@ transforms that differ between families are flags here, applied by the converter
   concatenated (``mlp.experts.gate_up_proj`` (E, 2F, D), gate first; ``mlp.experts.down_proj`` (E, D, F)),
   and writes that layout when saving with ``save_original_format=False``. gguf-export reads both layouts;
   gguf-import writes the per-expert one, which transformers 5 loads (fusing it) and saves itself.
+- ``derived``: GGUF tensors cut from one HF tensor (or a packed pair) by a family's own functions, and joined
+  back on import: gpt-oss keeps its experts as one (E, D, 2F) ``gate_up_proj`` with gate and up interleaved,
+  which llama.cpp stores as two (E, F, D) tensors.
 
 Several families may share a GGUF architecture (Mixtral is llama.cpp's ``llama`` with experts): each is
 registered under its own ``name``, and :func:`family_for_gguf` tells them apart by whether the GGUF has experts.
@@ -27,14 +30,18 @@ registered under its own ``name``, and :func:`family_for_gguf` tells them apart 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mtk.converters import rope
 from mtk.converters.rope import RopeLayout, Synthesised
 from mtk.errors import UnsupportedError
 from mtk.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from gguf import GGMLQuantizationType
 
 Metadata = Mapping[str, Any]
 
@@ -147,7 +154,7 @@ LLAMA_PLAN = LayerPlan(
     ),
 )
 
-TokenizerKind = Literal["bpe", "spm", "gemma"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k"]
 # The shape every tiny test checkpoint shares unless its row overrides it.
 TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
@@ -175,6 +182,24 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
+class Derived:
+    """GGUF tensors cut from HF tensors by a family's functions, and joined back on import.
+
+    ``sources``: the HF templates read (one, or a packed checkpoint's blocks and scales); ``parts``: the GGUF
+    templates written. ``split`` maps the HF tensors (float32, or the checkpoint's own dtype when ``packed``)
+    to one GGUF-layout tensor per part: float32, or, when ``packed`` names a GGML type, that type's block
+    bytes (uint8, rows of whole blocks), written unchanged when the plan picks that type. ``join`` maps the
+    GGUF parts (float32) back to the one HF tensor (``sources[0]``); None: import refuses them.
+    """
+
+    sources: tuple[str, ...]
+    parts: tuple[str, ...]
+    split: Callable[..., Sequence[torch.Tensor]]
+    join: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    packed: GGMLQuantizationType | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -190,6 +215,8 @@ class Family:
     # transformers 5's fused layout (export only): HF template -> the GGUF templates it holds, concatenated
     # along its rows (dim -2) in this order; a single template is a rename (Mixtral's router).
     fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # GGUF tensors cut from one HF tensor (gpt-oss's fused experts): the family's Derived rows.
+    derived: tuple[Derived, ...] = ()
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
@@ -240,6 +267,24 @@ class Family:
                 return gguf_ts, {k: int(v) for k, v in m.groupdict().items()}
         return None
 
+    def derived_source(self, name: str) -> tuple[Derived, dict[str, int]] | None:
+        """The Derived row an HF tensor name feeds (as any of its sources) and its indices, or None."""
+        for row in self.derived:
+            for template in row.sources:
+                m = _template_rx(template).fullmatch(name)
+                if m:
+                    return row, {k: int(v) for k, v in m.groupdict().items()}
+        return None
+
+    def derived_part(self, name: str) -> tuple[Derived, int, dict[str, int]] | None:
+        """The Derived row a GGUF tensor name is a part of, the part's index and the indices, or None."""
+        for row in self.derived:
+            for i, template in enumerate(row.parts):
+                m = _template_rx(template).fullmatch(name)
+                if m:
+                    return row, i, {k: int(v) for k, v in m.groupdict().items()}
+        return None
+
     def export_hparams(self, config: Any) -> dict[str, Any]:
         """GGUF hyper-parameter keys (without the "{arch}." prefix) from a transformers config."""
         out = {}
@@ -284,6 +329,14 @@ def _compile(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], tuple[
     return _CACHE[items]
 
 
+def _template_rx(template: str) -> re.Pattern[str]:
+    if template not in _RX_CACHE:
+        rx = re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)").replace(r"\{xid\}", r"(?P<xid>\d+)")
+        _RX_CACHE[template] = re.compile(rx)
+    return _RX_CACHE[template]
+
+
+_RX_CACHE: dict[str, re.Pattern[str]] = {}
 _HF_CACHE: dict[tuple[tuple[str, str], ...], dict[re.Pattern[str], str]] = {}
 
 

@@ -20,7 +20,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from mtk.converters import rope
-from mtk.converters.family import Family, family_for_gguf
+from mtk.converters.family import Derived, Family, family_for_gguf
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.gguf_reader import GGUFModel, GGUFTensorInfo, open_gguf
@@ -42,6 +42,9 @@ class PlannedTensor:
     source: GGUFTensorInfo
     gguf_template: str
     expert: int | None = None
+    # A family's Derived row joins these GGUF tensors (``source`` is the first) into this one HF tensor.
+    derived: Derived | None = None
+    parts: tuple[GGUFTensorInfo, ...] = ()
 
 
 def gguf_family(model: GGUFModel) -> Family:
@@ -142,9 +145,24 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     """
     plan: list[PlannedTensor] = []
     per_block: dict[int, set[str]] = {}
+    joined: dict[str, dict[int, GGUFTensorInfo]] = {}  # HF name of a Derived row -> its parts found so far
     for info in model.tensors:
         if info.name in rope.ROPE_TENSORS:
             continue  # read into rope_parameters by hf_config
+        part = family.derived_part(info.name)
+        if part is not None:
+            row, i, idx = part
+            hf_name = row.sources[0].format(**idx)
+            if hf_name not in joined:
+                joined[hf_name] = {}
+                plan.append(PlannedTensor(hf_name, (), info, row.parts[i], derived=row))  # shape set below
+            joined[hf_name][i] = info
+            if not 0 <= idx["bid"] < cfg["num_hidden_layers"]:
+                raise InvalidFileError(
+                    f"{model.path}: tensor {quoted(info.name)} is past the model's {cfg['num_hidden_layers']} layers"
+                )
+            per_block.setdefault(idx["bid"], set()).add(row.parts[i])
+            continue
         found = family.gguf_to_hf(info.name)
         if found is None:
             raise UnsupportedError(
@@ -168,6 +186,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
             (1, info.shape[0]) if gguf_t.endswith("ffn_gate_inp_shexp.weight") and len(info.shape) == 1 else info.shape
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
+    plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
     layouts = {frozenset(v) for v in per_block.values()}
     if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > 1:
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
@@ -175,6 +194,22 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         if required not in model.by_name:
             raise InvalidFileError(f"{model.path}: GGUF lacks {required}")
     return plan
+
+
+def _join_plan(path: Path, p: PlannedTensor, found: dict[int, GGUFTensorInfo]) -> PlannedTensor:
+    """A Derived HF tensor's plan: every part present, its shape from the join of empty tensors of theirs."""
+    row = p.derived
+    assert row is not None
+    if row.join is None or len(found) != len(row.parts):
+        missing = [t for i, t in enumerate(row.parts) if i not in found]
+        why = f"lacks {missing[0]}" if missing else f"has {p.source.name}, which gguf-import cannot join"
+        raise InvalidFileError(f"{path}: GGUF {why} ({p.hf_name} is made of {', '.join(row.parts)})")
+    parts = tuple(found[i] for i in range(len(row.parts)))
+    try:
+        shape = tuple(row.join([torch.empty(t.shape, device="meta") for t in parts]).shape)
+    except RuntimeError as exc:
+        raise InvalidFileError(f"{path}: GGUF parts of {p.hf_name} do not fit together: {exc}") from None
+    return PlannedTensor(p.hf_name, shape, parts[0], p.gguf_template, derived=row, parts=parts)
 
 
 def _check_shape(path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any]) -> None:
@@ -235,6 +270,10 @@ def iter_hf_tensors(
     current: GGUFTensorInfo | None = None
     full: torch.Tensor | None = None
     for p in plan:
+        if p.derived is not None and p.derived.join is not None:
+            parts = [dequantize(model.tensor_bytes(t).to(device), t.qtype, t.shape).float() for t in p.parts]
+            yield p, p.derived.join(parts).to(dtype).cpu()
+            continue
         if p.source is not current:
             current = p.source
             raw = model.tensor_bytes(current).to(device)

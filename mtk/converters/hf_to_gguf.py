@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.converters import rope
-from mtk.converters.family import Family, Synthesised, family_for_hf
+from mtk.converters.family import Derived, Family, Synthesised, family_for_hf
 from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
 from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
@@ -60,6 +60,9 @@ class ExportTensor:
     sources: tuple[str, ...]
     synthesised: Synthesised | None = None
     rows: tuple[int, int] | None = None
+    # Part ``part`` of a family's Derived row, cut from ``sources`` (its HF tensors).
+    derived: Derived | None = None
+    part: int = 0
 
 
 def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRules) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def shape_from_config(family: Family, config: Any) -> ModelShape:
         config.num_hidden_layers,
         heads,
         getattr(config, "num_key_value_heads", None) or heads,
-        experts if family.expert_tensors else 0,
+        experts if family.expert_tensors or family.derived else 0,
     )
 
 
@@ -127,8 +130,13 @@ def plan_hf(
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
     fused: dict[str, tuple[int, int]] = {}
+    derived: dict[str, ExportTensor] = {}
     for hf_name in ckpt.names():
         if hf_name.endswith(family.dropped):
+            continue
+        row = family.derived_source(hf_name)
+        if row is not None:
+            derived.update(_derived_parts(ckpt, *row))
             continue
         found = _gguf_names(family, hf_name)
         if found is None:
@@ -152,14 +160,34 @@ def plan_hf(
             shapes[name] = _row_block(ckpt, members[0], shape, fused[name][1])
         else:
             shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
+    shapes.update({name: t.shape for name, t in derived.items()})
     types = plan_types(list(shapes.items()), model, rules)
     made = [ExportTensor(n, n, types[n], shapes[n], (), synthesised=s) for n, s in synthesised.items()]
-    return made + [
+    planned = [
         ExportTensor(
             name, templates[name], types[name], shapes[name], tuple(m[i] for i in sorted(m)), rows=fused.get(name)
         )
         for name, m in groups.items()
     ]
+    return made + planned + [replace(t, qtype=types[name]) for name, t in derived.items()]
+
+
+def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dict[str, ExportTensor]:
+    """The GGUF tensors of one Derived row (their shapes from its split of empty tensors of the sources')."""
+    sources = tuple(t.format(**idx) for t in row.sources)
+    missing = [s for s in sources if s not in ckpt.names()]
+    if missing:
+        raise InvalidFileError(f"{ckpt.path}: the checkpoint lacks {quoted(missing[0])}")
+    empty = [torch.empty(ckpt.shape(s), dtype=ckpt.dtype(s), device="meta") for s in sources]
+    out = {}
+    for i, (template, part) in enumerate(zip(row.parts, row.split(*empty), strict=True)):
+        shape = tuple(part.shape)
+        if row.packed is not None:  # rows of whole blocks: the logical row is longer than its bytes
+            size, type_size = GGML_QUANT_SIZES[row.packed]
+            shape = (*shape[:-1], shape[-1] // type_size * size)
+        name = template.format(**idx)
+        out[name] = ExportTensor(name, template, Q.F32, shape, sources, derived=row, part=i)
+    return out
 
 
 def _gguf_names(family: Family, hf_name: str) -> list[tuple[str, str, int, tuple[int, int] | None]] | None:
@@ -197,6 +225,9 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
     """The float32 GGUF-layout tensor for one planned tensor of an HF source."""
     if t.synthesised is not None:
         return t.synthesised.make().to(device=device, dtype=torch.float32)
+    if t.derived is not None:
+        dtype = None if t.derived.packed is not None else torch.float32  # packed bytes stay bytes
+        return t.derived.split(*(ckpt.get(s).to(device=device, dtype=dtype) for s in t.sources))[t.part]
     parts = [ckpt.get(s).to(device=device, dtype=torch.float32) for s in t.sources]
     if t.rows is not None:
         i, n = t.rows
@@ -265,7 +296,14 @@ class _Source:
             out = encode(dequantize(raw.to(self.device), info.qtype, info.shape), t.qtype, importance)
             self.gguf.release(info)
             return out, False
-        out = encode(hf_tensor(self.family, t, self.ckpt, self.config, self.device), t.qtype, importance)
+        w = hf_tensor(self.family, t, self.ckpt, self.config, self.device)
+        packed = t.derived.packed if t.derived is not None else None
+        if packed is not None and t.qtype == packed:
+            out = w.reshape(-1)  # already the bytes of that GGUF type (an MXFP4 checkpoint's experts)
+        else:
+            if packed is not None:
+                w = dequantize(w.reshape(-1), packed, t.shape).float()
+            out = encode(w, t.qtype, importance)
         for s in t.sources:
             self.ckpt.release(s)
         return out, False
@@ -428,7 +466,10 @@ def parse_size(text: str) -> int:
 
 
 def auto_type(source: Path | str) -> GGMLQuantizationType:
-    """``--type auto``, as convert_hf_to_gguf: BF16 for a bf16 checkpoint, else F16; a GGUF keeps its type."""
+    """``--type auto``, as convert_hf_to_gguf: BF16 for a bf16 checkpoint, else F16; a GGUF keeps its type.
+
+    Packed integer tensors (an MXFP4 checkpoint's expert blocks) do not count: gpt-oss-20b is a bf16 checkpoint.
+    """
     source = Path(source)
     if source.is_file():
         model = open_gguf(source)
@@ -438,5 +479,5 @@ def auto_type(source: Path | str) -> GGMLQuantizationType:
                 counts[t.qtype] = counts.get(t.qtype, 0) + 1
         return max(counts, key=lambda k: counts[k]) if counts else Q.F16
     ckpt = HFCheckpoint(source)
-    dtypes = {ckpt.dtype(n) for n in ckpt.names() if len(ckpt.shape(n)) > 1}
+    dtypes = {ckpt.dtype(n) for n in ckpt.names() if len(ckpt.shape(n)) > 1 and ckpt.dtype(n).is_floating_point}
     return Q.BF16 if dtypes == {torch.bfloat16} else Q.F16

@@ -10,9 +10,9 @@ mtk runs the Hugging Face model in transformers, one calibration sample (a chunk
 a time, with forward pre-hooks on its matrix modules (``nn.Linear``, MoE routers); the hooks accumulate in
 float64 on the activations' device, so memory holds the model, one chunk's activations and one vector per
 matrix. Module names map to GGUF tensor names through the family tables (:mod:`mtk.converters.family`).
-Mixture-of-experts layers (transformers' fused experts modules) are accounted per expert, as llama.cpp does
-for its 3-D expert tensors: ``in_sum2`` (n_expert, cols) and ``counts`` (n_expert,) of the (token, chosen
-expert) pairs.
+Mixture-of-experts layers (transformers' fused experts modules, gpt-oss's too) are accounted per expert, as
+llama.cpp does for its 3-D expert tensors: ``in_sum2`` (n_expert, cols) and ``counts`` (n_expert,) of the
+(token, chosen expert) pairs.
 
 File format (llama.cpp's GGUF imatrix, tools/imatrix/imatrix.cpp ``save_imatrix``): metadata
 ``general.type = "imatrix"``, ``imatrix.datasets`` (array of strings), ``imatrix.chunk_count`` and
@@ -164,17 +164,30 @@ class _ExpertAccumulator:
             if not 0 <= e < self.counts.shape[0]:
                 continue  # transformers' padding id for dropped tokens
             x = hidden[(top_k == e).any(-1)]
-            gate, up = torch.nn.functional.linear(x, module.gate_up_proj[e]).chunk(2, dim=-1)
-            h = (module.act_fn(gate) * up).double()
+            h = _down_input(module, e, x).double()
             xd = x.double()
             self.sums_in[e] += (xd * xd).sum(0)
             self.sums_down[e] += (h * h).sum(0)
             self.counts[e] += x.shape[0]
 
 
+def _down_input(module: torch.nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+    """What expert ``e``'s down projection reads for tokens ``x`` (T, H): ``act(gate) * up``, or gpt-oss's
+    clamped SwiGLU (its own ``_apply_gate``) of its biased, input-major, interleaved ``gate_up_proj`` (E, H, 2F)."""
+    if _is_gpt_oss_experts(module):
+        return module._apply_gate(x @ module.gate_up_proj[e] + module.gate_up_proj_bias[e])
+    gate, up = torch.nn.functional.linear(x, module.gate_up_proj[e]).chunk(2, dim=-1)
+    return module.act_fn(gate) * up
+
+
+def _is_gpt_oss_experts(module: torch.nn.Module) -> bool:
+    return hasattr(module, "_apply_gate") and hasattr(module, "gate_up_proj_bias")
+
+
 def _is_fused_experts(module: torch.nn.Module) -> bool:
     w = getattr(module, "gate_up_proj", None)
-    return isinstance(w, torch.nn.Parameter) and w.dim() == 3 and hasattr(module, "act_fn")
+    kind = hasattr(module, "act_fn") or _is_gpt_oss_experts(module)
+    return isinstance(w, torch.nn.Parameter) and w.dim() == 3 and kind
 
 
 def matrix_gguf_names(model: torch.nn.Module, family: Any) -> dict[str, str]:
@@ -199,7 +212,9 @@ def _expert_names(family: Any, mod_name: str) -> tuple[str, str, str]:
     """GGUF names of a fused-experts module's gate, up and down tensors (from the family's expert table)."""
     bid = int(mod_name.split("layers.")[1].split(".")[0])
     by_role = {}
-    for template in family.expert_tensors:
+    # Per-expert tables, or the parts a family cuts from its fused tensors (gpt-oss).
+    parts = [t for row in getattr(family, "derived", ()) for t in row.parts if t.endswith(".weight")]
+    for template in (*family.expert_tensors, *parts):
         for role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
             if f".{role}." in template:
                 by_role[role] = template.format(bid=bid)
@@ -230,9 +245,11 @@ def collect_imatrix(
     for mod_name, module in modules.items():
         if _is_fused_experts(module):
             e, two_f, h = module.gate_up_proj.shape
+            if _is_gpt_oss_experts(module):
+                e, h, two_f = module.gate_up_proj.shape
             experts[_expert_names(family, mod_name)] = acc = _ExpertAccumulator(e, h, two_f // 2, device)
             hooks.append(module.register_forward_pre_hook(acc))
-    if family.expert_tensors and not experts:
+    if (family.expert_tensors or family.derived) and not experts:
         raise UnsupportedError(f"{family.gguf_arch}: the model's expert modules are not the fused kind mtk reads")
     try:
         with torch.inference_mode():
