@@ -147,7 +147,19 @@ def _qwen3moe_config(meta: Metadata, arch: str) -> dict[str, Any]:
     return {"norm_topk_prob": True}  # the config class defaults to false; llama.cpp always renormalises
 
 
-# No layer plan yet, so quantize refuses it (see Qwen2-MoE).
+# Qwen2-MoE's plan without the shared expert: attention, then every routed expert ({xid}); the router stays float.
+QWEN3MOE_PLAN = LayerPlan(
+    sequential=(QKV, ("self_attn.o_proj",), _EXPERT, ("mlp.experts.{xid}.down_proj",)),
+    awq=(
+        ScaleGroup("input_layernorm", QKV, "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup("post_attention_layernorm", _EXPERT, "mlp", compensate=("mlp.gate",)),
+        ScaleGroup("mlp.experts.{xid}.up_proj", ("mlp.experts.{xid}.down_proj",), "mlp.experts.{xid}.down_proj"),
+    ),
+    experts=ExpertPlan(keep_float=("mlp.gate",)),
+)
+
+# Quantized as compressed-tensors only, as Qwen2-MoE.
 QWEN3MOE = register(
     Family(
         "qwen3moe",
@@ -167,6 +179,7 @@ QWEN3MOE = register(
         fused_tensors=FUSED_EXPERTS,
         extra_config=_qwen3moe_config,
         export_config=_qwen3moe_gguf,
+        layer_plan=QWEN3MOE_PLAN,
         tiny=(
             # Every layer MoE with renormalised top-k weights, Q/K norms, an explicit head_dim, RoPE base 1e6,
             # no shared expert (the real one: 128 experts, 8 per token, 768 wide beside a dense width of 6144).
