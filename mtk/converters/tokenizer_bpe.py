@@ -1,15 +1,18 @@
-"""Byte-level BPE ("gpt2" in GGUF): llama.cpp's pre-tokenizer types as `tokenizers` pipelines, both ways.
+"""BPE ("gpt2" and "gemma4" in GGUF): llama.cpp's pre-tokenizer types as `tokenizers` pipelines, both ways.
 
 llama.cpp does not store a BPE tokenizer's pre-tokenizer in the GGUF; it stores a name, `tokenizer.ggml.pre`,
 and `llama-vocab.cpp` maps the name to a list of regexes that split the text one after the other (pieces a
 regex does not match are kept as pieces too), then maps every byte to a printable character (GPT-2's byte
 encoding) and applies the ranked merges inside each piece. In `tokenizers` the same pipeline is
-`Sequence([Split(regex_1, "isolated"), ..., ByteLevel(use_regex=False)])` with a BPE model.
+`Sequence([Split(regex_1, "isolated"), ..., ByteLevel(use_regex=False)])` with a BPE model. A few types
+(Gemma 4's) skip the byte encoding: spaces become ▁, merges run on raw UTF-8 and missing characters become
+<0xNN> byte pieces, a BPE with byte fallback in `tokenizers`.
 
 The regexes below are copied verbatim from llama.cpp's `llama-vocab.cpp` (the version vendored by
-llama-cpp-python 0.3.36), so the Hugging Face side splits exactly where llama.cpp does; Oniguruma (the
-`tokenizers` regex engine) reads them with the same meaning. Going from Hugging Face to GGUF, a tokenizer's
-own regexes are rewritten to llama.cpp's spelling (`_HF_SPELLINGS`) and looked up in the table.
+llama-cpp-python 0.3.36). Oniguruma (the `tokenizers` regex engine) reads most of them with llama.cpp's meaning;
+where llama.cpp runs something else (code in `unicode.cpp` named by a pseudo-regex, letter classes collapsed),
+`_as_run` gives the regex that splits as llama.cpp does. Going from Hugging Face to GGUF, a tokenizer's own
+regexes are rewritten to llama.cpp's spelling (`_HF_SPELLINGS`) and looked up in the table by what they run.
 """
 
 from __future__ import annotations
