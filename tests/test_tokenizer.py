@@ -41,6 +41,7 @@ from mtk.converters.tokenizer import (
     write_hf_tokenizer,
 )
 from mtk.converters.tokenizer_bpe import (
+    DEEPSEEK_LLM,
     PRE_TOKENIZER_TYPES,
     PRE_TOKENIZERS_BY_NAME,
     PreTokenizerType,
@@ -335,6 +336,35 @@ HF_PRE_TOKENIZERS = {
             _BYTE_LEVEL,
         ],
         True,
+        False,
+    ),
+    # deepseek-llm-7b-base: its letter class as llama.cpp copied it; CR and LF as the JSON file holds them.
+    "deepseek-llm": (
+        None,
+        [
+            _split("[\r\n]"),
+            _split(DEEPSEEK_LLM[1]),
+            _split(DEEPSEEK_LLM[2]),
+            _split(r"\s+$"),
+            _split("[一-龥ࠀ-一가-\ud7ff]+"),
+            {"type": "Digits", "individual_digits": False},
+            _BYTE_LEVEL,
+        ],
+        False,
+        False,
+    ),
+    # Tiny Aya: GPT-4o's regex, which llama.cpp runs without cases, after digits in threes.
+    "tiny_aya": (
+        None,
+        [
+            _split(r"\d{1,3}(?=(?:\d{3})*\b)"),
+            _split(
+                f"{_HF_CASED}{_HF_CONTRACTIONS}?|{_HF_UNCASED}{_HF_CONTRACTIONS}?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            ),
+            _BYTE_LEVEL,
+        ],
+        False,
         False,
     ),
 }

@@ -306,7 +306,7 @@ def _index(rows: Sequence[PreTokenizerType]) -> dict[str, PreTokenizerType]:
 PRE_TOKENIZERS_BY_NAME: dict[str, PreTokenizerType] = _index(PRE_TOKENIZER_TYPES)
 
 # How Hugging Face tokenizer.json files spell llama.cpp's regexes: llama.cpp rewrote the case-insensitive
-# contractions (everywhere, see _canonical) and the \p{Lu}-style classes, which its own regex engine lacks.
+# contractions (everywhere, see _runs) and the \p{Lu}-style classes, which its own regex engine lacks.
 _HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 _HF_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 _HF_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
@@ -395,14 +395,15 @@ def identify_raw_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: 
         raise UnsupportedError(f"a raw-text BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form")
     if not tokenizer_json["model"].get("byte_fallback"):
         raise UnsupportedError("a raw-text BPE tokenizer without byte fallback has no GGUF form")
-    regexes = tuple(_as_run(_canonical(step["pattern"]["Regex"])) for step in _steps(tokenizer_json["pre_tokenizer"]))
+    regexes = [step["pattern"]["Regex"] for step in _steps(tokenizer_json["pre_tokenizer"])]
+    runs = _runs(regexes)
     rows = [
         row
         for row in PRE_TOKENIZER_TYPES
-        if not row.byte_encode and row.escape_spaces == escape and row.splits == regexes
+        if not row.byte_encode and row.escape_spaces == escape and _matches(row, runs)
     ]
     if not rows:
-        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {list(regexes)}")
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {regexes}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
 
     def fit(row: PreTokenizerType) -> tuple[bool, bool]:
@@ -432,10 +433,11 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
         # Qwen's NFC is accepted (llama.cpp skips it; it changes only text that is not NFC already).
         kind = tokenizer_json["normalizer"].get("type")
         raise UnsupportedError(f"a byte-level BPE tokenizer with a {kind} normalizer has no GGUF form")
-    regexes = tuple(_as_run(_canonical(r)) for r in _split_regexes(tokenizer_json.get("pre_tokenizer")))
-    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and row.splits == regexes]
+    regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
+    runs = _runs(regexes)
+    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and _matches(row, runs)]
     if not rows:
-        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {list(regexes)}")
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {regexes}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
 
     def fit(row: PreTokenizerType) -> tuple[bool, bool]:
@@ -444,10 +446,19 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
     return min(rows, key=fit)  # min keeps the first of equally good rows
 
 
-def _canonical(regex: str) -> str:
-    # Some tokenizer.json files hold CR and LF themselves where others write \r and \n.
-    regex = regex.replace("\r", r"\r").replace("\n", r"\n").replace(_HF_CONTRACTIONS, _CONTRACTIONS)
-    return _HF_SPELLINGS.get(regex, regex)
+def _runs(regexes: Sequence[str]) -> tuple[frozenset[str], ...]:
+    """For each tokenizer.json regex, what llama.cpp may run for it: the regex itself, or llama.cpp's rewrite
+    of it (GPT-4o's case classes are rewritten for gpt-4o but run collapsed for tiny_aya)."""
+    runs = []
+    for regex in regexes:
+        # Some tokenizer.json files hold CR and LF themselves where others write \r and \n.
+        regex = regex.replace("\r", r"\r").replace("\n", r"\n").replace(_HF_CONTRACTIONS, _CONTRACTIONS)
+        runs.append(frozenset({_as_run(regex), _as_run(_HF_SPELLINGS.get(regex, regex))}))
+    return tuple(runs)
+
+
+def _matches(row: PreTokenizerType, runs: tuple[frozenset[str], ...]) -> bool:
+    return len(row.splits) == len(runs) and all(split in run for split, run in zip(row.splits, runs, strict=True))
 
 
 def _steps(pre_tokenizer: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
