@@ -241,7 +241,7 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     if model.get("type") != "BPE":
         raise UnsupportedError(
             f"a {model.get('type')} tokenizer has no GGUF form in mtk; supported: byte-level BPE, "
-            "SentencePiece-style BPE"
+            "SentencePiece-style BPE, raw-text BPE (Gemma 4), WordPiece"
         )
     model_config = _read_json(hf_dir / "config.json") or {}
     tokens, added, gaps = _id_to_token(tokenizer_json, int(model_config.get("vocab_size") or 0))
