@@ -252,6 +252,8 @@ def _unsplit_metadata(
     if not pre.byte_encode:
         types[: len(RAW_SPECIALS)] = [int(TokenType.CONTROL)] * len(RAW_SPECIALS)
         types[len(RAW_SPECIALS) : len(RAW_SPECIALS) + 256] = [int(TokenType.BYTE)] * 256
+    if pre.drops_whitespace:
+        model = "whitespace"
     metadata = {K.MODEL: model, K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: merges}
     metadata[K.ADD_BOS] = False
     if not pre.byte_encode:  # llama.cpp adds bos for Gemma 4's types whatever the GGUF says
@@ -270,7 +272,15 @@ def test_pre_tokenizer_is_identified_back(pre, unsplit_vocab, tmp_path) -> None:
     write_hf_tokenizer(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
     # The Hugging Face files name the same llama.cpp behaviour (an alias may come back as its first name).
     same = PRE_TOKENIZERS_BY_NAME[_pre_name(gguf_tokenizer_metadata(tmp_path))]
-    behaviour = ("splits", "ignore_merges", "clean_spaces", "byte_encode", "escape_spaces", "gemma4")
+    behaviour = (
+        "splits",
+        "ignore_merges",
+        "clean_spaces",
+        "byte_encode",
+        "escape_spaces",
+        "gemma4",
+        "drops_whitespace",
+    )
     assert [getattr(same, field) for field in behaviour] == [getattr(pre, field) for field in behaviour]
 
 
@@ -438,6 +448,16 @@ def test_gemma4_checkpoint_exports_as_gemma4(hf_dirs, tmp_path) -> None:
     for text in sorted({line for whole in TEXTS for line in whole.split("\n")}):
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
         assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
+@pytest.mark.llama
+@requires_llama
+def test_whitespace_model_lowercases_like_llama_cpp(unsplit_vocab, tmp_path) -> None:
+    """tokenizer.ggml.model "whitespace" told to lower-case (its "whitespace" type otherwise keeps case)."""
+    metadata = _unsplit_metadata(PRE_TOKENIZERS_BY_NAME["whitespace"], unsplit_vocab)
+    metadata[NORMALIZER_LOWERCASE] = True
+    _check_both_ways(metadata, tmp_path)
+    assert gguf_tokenizer_metadata(tmp_path)[NORMALIZER_LOWERCASE] is True
 
 
 # ---------------------------------------------------------------------------------------------- WordPiece

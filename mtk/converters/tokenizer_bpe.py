@@ -173,6 +173,8 @@ class PreTokenizerType:
     escape_spaces: bool = False
     # Gemma 4: a piece of newlines only that is a vocabulary entry is taken whole, and bos is always added.
     gemma4: bool = False
+    # Only for tokenizer.ggml.model "whitespace", which drops whitespace (and may lower-case) before splitting.
+    drops_whitespace: bool = False
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -180,8 +182,8 @@ class PreTokenizerType:
         return tuple(_as_run(regex) for regex in self.regexes)
 
 
-# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name,
-# but "whitespace": it belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
+# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name.
+# "whitespace" belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
 # vocabulary llama.cpp aborts at the first run of two spaces. Names sharing regexes are listed most common
 # first: Hugging Face -> GGUF picks the first row whose ignore_merges and clean_spaces agree with the tokenizer's.
 _Row = PreTokenizerType
@@ -290,6 +292,7 @@ PRE_TOKENIZER_TYPES: tuple[PreTokenizerType, ...] = (
         add_bos=True,
     ),
     _Row("sarvam-moe", (NEWLINES,), "Sarvam MoE", clean_spaces=False, byte_encode=False, escape_spaces=True),
+    _Row("whitespace", (r"\S+",), "Jina embeddings v2 zh", byte_encode=False, drops_whitespace=True),
     _Row("tekken", (TEKKEN,), "Mistral Tekken", ignore_merges=True, clean_spaces=False, add_bos=True),
 )
 
@@ -332,9 +335,11 @@ def pre_tokenizer_type(name: str) -> PreTokenizerType:
         raise UnsupportedError(f"GGUF pre-tokenizer {quoted(name)} is not supported; supported: {known}") from None
 
 
-def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType) -> Tokenizer:
+def build_tokenizer(
+    tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType, lowercase: bool = False
+) -> Tokenizer:
     """A `tokenizers` BPE with the vocabulary (ids = positions) and ranked merges ("a b"): byte-level, or on raw
-    UTF-8 with byte fallback for the types that ask for it."""
+    UTF-8 with byte fallback for the types that ask for it (lower-cased first if `lowercase`, for "whitespace")."""
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise InvalidFileError("tokenizer.ggml.tokens holds the same token twice")
@@ -367,7 +372,13 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
         )
         tokenizer.decoder = decoders.ByteLevel()
         return tokenizer
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    # The whitespace model's \S+ split is a no-op once whitespace is gone.
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.WhitespaceSplit() if pre.drops_whitespace else pre_tokenizers.Sequence(splits)
+    )
+    if lowercase:
+        # llama.cpp lower-cases code point by code point: İ becomes i, where Unicode's (and Lowercase's) i̇.
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("\u0130", "i"), normalizers.Lowercase()])
     steps = [decoders.ByteFallback(), decoders.Fuse()]
     if pre.escape_spaces:
         tokenizer.normalizer = normalizers.Replace(" ", SPACE)
@@ -379,6 +390,29 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
 def is_byte_level(tokenizer_json: Mapping[str, Any]) -> bool:
     """Whether a tokenizer.json maps bytes to GPT-2's printable characters before its model."""
     return any(step.get("type") == "ByteLevel" for step in _steps(tokenizer_json.get("pre_tokenizer")))
+
+
+_LLAMA_CPP_LOWERCASE = {
+    "type": "Sequence",
+    "normalizers": [{"type": "Replace", "pattern": {"String": "\u0130"}, "content": "i"}, {"type": "Lowercase"}],
+}
+
+
+def whitespace_lowercase(tokenizer_json: Mapping[str, Any]) -> bool | None:
+    """For a BPE tokenizer.json that splits at whitespace only (llama.cpp's "whitespace" model): whether it
+    lower-cases; None for any other tokenizer.json."""
+    if tokenizer_json.get("pre_tokenizer") != {"type": "WhitespaceSplit"}:
+        return None
+    if not tokenizer_json["model"].get("byte_fallback"):
+        raise UnsupportedError("a whitespace-split BPE tokenizer without byte fallback has no GGUF form")
+    norm = tokenizer_json.get("normalizer")
+    if norm == _LLAMA_CPP_LOWERCASE:
+        norm = {"type": "Lowercase"}  # the form build_tokenizer writes
+    if norm not in (None, {"type": "Lowercase"}):
+        raise UnsupportedError(
+            f"a whitespace-split BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form"
+        )
+    return norm is not None
 
 
 def is_raw_bpe(tokenizer_json: Mapping[str, Any]) -> bool:
@@ -400,7 +434,7 @@ def identify_raw_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: 
     rows = [
         row
         for row in PRE_TOKENIZER_TYPES
-        if not row.byte_encode and row.escape_spaces == escape and _matches(row, runs)
+        if not row.byte_encode and not row.drops_whitespace and row.escape_spaces == escape and _matches(row, runs)
     ]
     if not rows:
         raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {regexes}")
