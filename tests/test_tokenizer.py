@@ -582,6 +582,8 @@ def _bpe_metadata(converted, **changes: Any) -> dict[str, Any]:
     [
         ({K.MODEL: "t5"}, "GGUF tokenizer model 't5' is not supported"),
         ({K.PRE: "no-such-pre"}, "GGUF pre-tokenizer 'no-such-pre' is not supported"),
+        ({K.PRE: "whitespace"}, "GGUF tokenizer model 'gpt2' with pre-tokenizer 'whitespace'"),
+        ({K.MODEL: "whitespace"}, "GGUF tokenizer model 'whitespace' with pre-tokenizer 'qwen2'"),
     ],
 )
 def test_unsupported_gguf_tokenizers_are_refused(changes, message, converted, tmp_path) -> None:
