@@ -136,18 +136,43 @@ def test_gemma3_keeps_per_layer_type_rope_through_the_table() -> None:
     full = {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}
     config = SimpleNamespace(rope_parameters={"full_attention": full, "sliding_attention": sliding})
     meta = rope.gguf_metadata(layout, config, "gemma3")
+    # As llama.cpp's converter writes a Gemma 3 4B-27B config: the global layers' base and scaling, the sliding base.
     assert meta == {
         "gemma3.rope.freq_base": 1e6,
         "gemma3.rope.scaling.type": "linear",
         "gemma3.rope.scaling.factor": 8.0,
+        "gemma3.rope.freq_base_swa": 10000.0,
     }
     assert rope.hf_parameters(layout, meta, "gemma3", (), NO_TENSORS) == config.rope_parameters
-    # llama.cpp runs sliding layers at base 10000 whatever the config says: another base is refused.
-    other = SimpleNamespace(
-        rope_parameters={"full_attention": full, "sliding_attention": {**sliding, "rope_theta": 5e4}}
-    )
+    # Another sliding base goes to rope.freq_base_swa; llama.cpp never scales sliding layers: scaling is refused.
+    other = {"full_attention": full, "sliding_attention": {**sliding, "rope_theta": 5e4}}
+    meta = rope.gguf_metadata(layout, SimpleNamespace(rope_parameters=other), "gemma3")
+    assert meta["gemma3.rope.freq_base_swa"] == 5e4
+    assert rope.hf_parameters(layout, meta, "gemma3", (), NO_TENSORS) == other
+    scaled = SimpleNamespace(rope_parameters={"full_attention": full, "sliding_attention": full})
     with pytest.raises(UnsupportedError, match="sliding_attention"):
-        rope.gguf_metadata(layout, other, "gemma3")
+        rope.gguf_metadata(layout, scaled, "gemma3")
+
+
+def test_gemma3_sliding_rope_base_reaches_llama_cpp(tmp_path: Path) -> None:
+    """A sliding base other than llama.cpp's default (10000) in rope.freq_base_swa: llama.cpp agrees with
+    transformers on the layers that use it, and the import gives the same rope_parameters back."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    params = {
+        "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+    }
+    src = build_tiny_model("gemma3", tmp_path / "src", rope_parameters=params)
+    out = tmp_path / "m.gguf"
+    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
+    m = result["verification"]["logits"]
+    assert m["max_abs"] < 3e-3 and m["top1"] == 1.0, m
+    assert open_gguf(out).metadata["gemma3.rope.freq_base_swa"] == 100.0
+    gguf_import(out, tmp_path / "hf")
+    assert AutoConfig.from_pretrained(tmp_path / "hf").rope_parameters == params
 
 
 def test_synthesised_tensors_are_planned_written_and_refused_on_import(

@@ -29,7 +29,7 @@ from mtk.formats.gguf_writer import write_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
 Q = gguf.GGMLQuantizationType
-GELU_FAMILIES = {"gemma2", "gemma3"}
+GELU_FAMILIES = {f for f in FAMILY_NAMES if f.startswith("gemma")}
 
 
 def llama_vs_hf(gguf_path: Path, hf_dir: Path) -> dict[str, float]:

@@ -104,6 +104,8 @@ def quantize_command(
             format=format_, calibration=calibration, samples=samples, seq_len=seq_len, device=device.value,
             verify=verify, overwrite=overwrite, progress=bar.update,
         ).to_dict()  # fmt: skip
+    if result.get("note"):
+        info(f"note: {result['note']}")
     v = result.get("verification")
     if v:
         m, q = v["logits"], v["quality"]

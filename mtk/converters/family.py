@@ -22,12 +22,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from mtk.converters import rope
 from mtk.converters.rope import RopeLayout, Synthesised
 from mtk.errors import UnsupportedError
 from mtk.registry import Registry
+
+if TYPE_CHECKING:
+    from mtk.formats.checkpoint import HFCheckpoint
 
 Metadata = Mapping[str, Any]
 
@@ -131,6 +135,31 @@ class TinyModel:
     special_tokens: tuple[str, ...] = ()
 
 
+# Where multimodal checkpoints keep their text tower, and the causal LM's names for it: transformers 5 saves
+# model.language_model.* and lm_head.*, transformers 4 saved language_model.model.* and language_model.lm_head.*.
+TEXT_TOWER_PREFIXES: dict[str, str] = {
+    "model.language_model.": "model.",
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+    "lm_head.": "lm_head.",
+}
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A multimodal architecture whose text tower is the family's causal LM (its other towers are left out)."""
+
+    hf_architecture: str  # e.g. "Gemma3ForConditionalGeneration"
+    prefixes: Mapping[str, str] = field(default_factory=lambda: dict(TEXT_TOWER_PREFIXES))
+
+    def rename(self, name: str) -> str | None:
+        """A text tower tensor's name in the causal LM; None for the other towers' tensors."""
+        for old, new in self.prefixes.items():
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return None
+
+
 @dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
@@ -158,6 +187,8 @@ class Family:
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
+    # Multimodal architectures whose text tower gguf-export and quantize convert as this family.
+    towers: tuple[Tower, ...] = ()
     tiny: tuple[TinyModel, ...] = ()
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
@@ -251,12 +282,32 @@ def all_families() -> list[Family]:
 
 def family_for_hf(architecture: str) -> Family:
     for fam in all_families():
-        if architecture == fam.hf_architecture or architecture in fam.also_exports:
+        if architecture in (fam.hf_architecture, *fam.also_exports, *(t.hf_architecture for t in fam.towers)):
             return fam
     known = sorted(
-        {a for n in FAMILIES.names() for a in (FAMILIES.get(n).hf_architecture, *FAMILIES.get(n).also_exports)}
+        {
+            a
+            for f in all_families()
+            for a in (f.hf_architecture, *f.also_exports, *(t.hf_architecture for t in f.towers))
+        }
     )
     raise UnsupportedError(f"unsupported architecture {architecture!r}; supported: {', '.join(known)}")
+
+
+def open_checkpoint(path: Path | str) -> tuple[HFCheckpoint, str | None]:
+    """An HF checkpoint as the causal LM mtk converts, and a one-line note when that is not all of it: a
+    multimodal checkpoint (Gemma3ForConditionalGeneration) becomes a view of its text tower, the rest left out."""
+    from mtk.formats.checkpoint import HFCheckpoint  # torch: not at import time
+
+    ckpt = HFCheckpoint(path)
+    arch = ckpt.architecture
+    for fam in all_families():
+        tower = next((t for t in fam.towers if t.hf_architecture == arch), None)
+        if tower is not None:
+            left = ckpt.text_tower(tower.rename, fam.hf_architecture)
+            what = f"{len(left)} tensors of its other towers (vision), e.g. {left[0]}" if left else "no other tensors"
+            return ckpt, f"{arch}: converted its text tower as {fam.hf_architecture}; left out {what}"
+    return ckpt, None
 
 
 def family_for_model_type(model_type: str) -> Family:

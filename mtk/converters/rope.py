@@ -12,9 +12,12 @@ Llama 3's RoPE has no GGUF keys: llama.cpp's converter stores one factor per fre
 ``l_i < O / H``, F where ``l_i > O / L``, and ``1 / ((1 - s) / F + s)`` with ``s = (O / l_i - L) / (H - L)``
 between. Only the llama architecture's loader reads that tensor (``RopeLayout.freq_factors``).
 
-llama.cpp has one RoPE per model. Families whose transformers config gives each layer type its own
-parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) keep the full-attention ones
-in the GGUF; the other layer types are fixed by llama.cpp, and :class:`RopeLayout` says what they are.
+llama.cpp has one RoPE per model, and a base for sliding-window layers. Families whose transformers config
+gives each layer type its own parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``)
+keep the full-attention ones in the GGUF's RoPE keys; llama.cpp runs the other layer types unscaled, and
+:class:`RopeLayout` says with which parameters. Gemma 3's sliding layers take their base from
+``{arch}.rope.freq_base_swa`` (10000 when absent) and never the scaling: the 4B-27B configs scale their global
+layers linearly by 8 and leave the sliding ones at base 10000, which is what llama.cpp does.
 """
 
 from __future__ import annotations
@@ -188,6 +191,8 @@ class RopeLayout:
     freq_factors: bool = False
     # Layer types llama.cpp runs with RoPE it fixes itself, and their parameters (Gemma 3's sliding layers).
     fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The fixed layer type whose base llama.cpp reads from rope.freq_base_swa (its scaling stays fixed).
+    swa_base: str | None = None
 
 
 def config_parameters(config: Any) -> dict[str, Any]:
@@ -206,12 +211,15 @@ def gguf_metadata(layout: RopeLayout, config: Any, arch: str) -> dict[str, Any]:
     per_type = getattr(config, "rope_parameters", None) or {}
     for layer_type, fixed in layout.fixed.items():
         given = per_type.get(layer_type)
-        if given is not None and _differs(given, fixed):
+        if given is not None and _differs(given, fixed, theta=layer_type != layout.swa_base):
             raise UnsupportedError(
                 f"RoPE of {layer_type} layers {dict(given)} differs from what llama.cpp uses for them ({dict(fixed)})"
             )
     row = _export_row(layout, rope, arch)
     keys = {"rope.freq_base": float(rope["rope_theta"]), **row.write(rope)}  # type: ignore[misc]
+    if layout.swa_base is not None:
+        given = per_type.get(layout.swa_base) or {}
+        keys["rope.freq_base_swa"] = float(given.get("rope_theta", layout.fixed[layout.swa_base]["rope_theta"]))
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
@@ -239,9 +247,11 @@ def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
     return row
 
 
-def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any]) -> bool:
-    kind = given.get("rope_type", "default")
-    return kind != fixed["rope_type"] or float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
+def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any], *, theta: bool) -> bool:
+    """Whether a layer type's parameters are not the ones llama.cpp fixes (its base too, unless a key holds it)."""
+    if given.get("rope_type", "default") != fixed["rope_type"]:
+        return True
+    return theta and float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
 
 
 def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeType:
@@ -272,4 +282,7 @@ def hf_parameters(
     }
     if not layout.fixed:
         return rope
-    return {GGUF_LAYER_TYPE: rope, **{k: dict(v) for k, v in layout.fixed.items()}}
+    fixed = {k: dict(v) for k, v in layout.fixed.items()}
+    if layout.swa_base is not None and f"{arch}.rope.freq_base_swa" in meta:
+        fixed[layout.swa_base]["rope_theta"] = float(meta[f"{arch}.rope.freq_base_swa"])
+    return {GGUF_LAYER_TYPE: rope, **fixed}

@@ -143,6 +143,7 @@ ARCH_KEYS: dict[str, ValueKind] = {
     "attn_logit_softcapping": FLOAT,
     "final_logit_softcapping": FLOAT,
     "rope.freq_base": FLOAT,
+    "rope.freq_base_swa": FLOAT,
     "rope.dimension_count": UINT,
     "rope.scaling.type": STR,
     "rope.scaling.factor": FLOAT,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mtk.converters.family import LayerPlan, layer_plan
+from mtk.converters.family import LayerPlan, layer_plan, open_checkpoint
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -83,8 +83,10 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     return cfg.format_row.quantization_config(cfg)
 
 
-def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
-    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig) -> None:
+    """config.json (a text tower's own config for a multimodal source) with the format's quantization_config."""
+    src = ckpt.path
+    config = dict(ckpt.config)
     qc = quantization_config(cfg)
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
@@ -116,7 +118,7 @@ def quantize(
     start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
-    ckpt = HFCheckpoint(model_dir)
+    ckpt, note = open_checkpoint(model_dir)
     plan = layer_plan(str(ckpt.config.get("model_type")))
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
@@ -140,9 +142,10 @@ def quantize(
                 _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(model_dir, tmp, cfg)
+        _copy_config(ckpt, tmp, cfg)
         verification = check(tmp) if check else None
     result = {
+        **({"note": note} if note else {}),
         "input": str(model_dir),
         "output": str(out_dir),
         "method": cfg.method,

@@ -21,6 +21,7 @@ from mtk.converters.family import (
     register,
 )
 from mtk.converters.rope import RopeLayout
+from mtk.errors import UnsupportedError
 
 GEMMA_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -38,7 +39,7 @@ GEMMA_TENSORS = {
     "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
 }
 GEMMA_HPARAMS = {**COMMON_HPARAMS, "attention.sliding_window": "sliding_window"}
-# llama.cpp's Gemma 3 runs its sliding-window layers with this RoPE base and every sixth layer global.
+# llama.cpp's Gemma 3 runs its sliding-window layers with this RoPE base by default and every sixth layer global.
 GEMMA3_SWA_ROPE_BASE = 10000.0
 GEMMA3_SWA_PATTERN = 6
 
@@ -60,13 +61,16 @@ def _gemma2_config(meta: Metadata, arch: str) -> dict[str, Any]:
     }
 
 
+def _gemma3_layer_types(n_layers: int) -> list[str]:
+    """llama.cpp's Gemma 3 layers: every sixth global, the others sliding (its default pattern)."""
+    return ["full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention" for i in range(n_layers)]
+
+
 def _gemma3_config(meta: Metadata, arch: str) -> dict[str, Any]:
-    n_layers = meta[f"{arch}.block_count"]
     return {
         "query_pre_attn_scalar": _query_scale(meta, arch),
-        "layer_types": [
-            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
-        ],
+        "layer_types": _gemma3_layer_types(meta[f"{arch}.block_count"]),
+        "final_logit_softcapping": meta.get(f"{arch}.final_logit_softcapping"),
         "tie_word_embeddings": True,
     }
 
@@ -77,6 +81,17 @@ def _gemma2_export(config: Any) -> dict[str, Any]:
         if getattr(config, key, None) is not None:
             out[key] = float(getattr(config, key))
     return out
+
+
+def _gemma3_export(config: Any) -> dict[str, Any]:
+    """final_logit_softcapping when set (llama.cpp's gemma3 loader reads it; attention softcapping is gone)."""
+    types = list(getattr(config, "layer_types", None) or [])
+    if config.sliding_window and types and types != _gemma3_layer_types(config.num_hidden_layers):
+        raise UnsupportedError(
+            f"Gemma 3 layer_types {types} are not llama.cpp's pattern (every {GEMMA3_SWA_PATTERN}th layer global)"
+        )
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return {"final_logit_softcapping": float(softcap)} if softcap is not None else {}
 
 
 # Gemma's norms compute x * (1 + w), and the feed-forward's is called pre_feedforward_layernorm.
@@ -120,12 +135,35 @@ GEMMA3 = register(
         GEMMA_HPARAMS,
         norm_shift=1.0,
         extra_config=_gemma3_config,
-        # The GGUF's RoPE keys are the global layers' (base 1e6 by default); llama.cpp fixes the sliding ones.
+        export_config=_gemma3_export,
+        # The GGUF's RoPE keys are the global layers' (base 1e6 by default); the sliding ones run unscaled with
+        # the base in rope.freq_base_swa (as llama.cpp's converter writes it; 10000 when absent).
         rope=RopeLayout(
             default_theta=1_000_000.0,
             fixed={"sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_SWA_ROPE_BASE}},
+            swa_base="sliding_attention",
         ),
         layer_plan=GEMMA_PLAN,
-        tiny=(TinyModel("gemma3", "google/gemma-3-1b-pt", "gemma3_text", "gemma", _GEMMA_TINY),),
+        tiny=(
+            TinyModel("gemma3", "google/gemma-3-1b-pt", "gemma3_text", "gemma", _GEMMA_TINY),
+            # The 4B/12B/27B text config: linear RoPE scaling (factor 8) on the global layers only, base 10000 on
+            # the sliding ones, every sixth layer global, and heads wider than hidden_size / heads (256 vs 320 in
+            # the 4B; here 32 vs 16), a window shorter than the verification prompts.
+            TinyModel(
+                "gemma3-4b",
+                "google/gemma-3-4b-it",
+                "gemma3_text",
+                "gemma",
+                {
+                    "num_hidden_layers": 6,
+                    "head_dim": 32,
+                    "query_pre_attn_scalar": 32,
+                    "sliding_window": 16,
+                    "rope_theta": 1_000_000.0,
+                    "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+                    "rope_local_base_freq": 10_000.0,
+                },
+            ),
+        ),
     )
 )
