@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import TINY
+from fixtures_models import TINY, tiny_config
 from gguf import GGMLQuantizationType
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -18,7 +18,6 @@ import mtk.converters.hf_to_gguf as hf_to_gguf
 from mtk.artifacts.gguf import export_check, import_check
 from mtk.converters import rope
 from mtk.converters.family import (
-    TINY_SHAPE,
     Synthesised,
     all_families,
     family_for_gguf,
@@ -53,13 +52,14 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     tiny = TINY[name]
     assert "/" in tiny.mirrors
     fam = family_for_model_type(tiny.model_type)
-    config = AutoConfig.for_model(tiny.model_type, **{**TINY_SHAPE, **tiny.config}, vocab_size=96, pad_token_id=None)
+    config = tiny_config(tiny, vocab_size=96, pad_token_id=None)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
     if fam.layer_plan is None:
         return
     plan = fam.layer_plan
-    layer = model.model.layers[0]
+    layers = model.get_decoder().layers  # a multimodal model's text tower
+    layer = layers[0]
     linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
     assert sorted(n for group in plan.sequential for n in group) == linears
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
         folded = 0
-        for block in model.model.layers:
+        for block in layers:
             for group in plan.awq:
                 assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
@@ -230,3 +230,33 @@ def test_llama3_rope_exports_rope_freqs_that_llama_cpp_runs_and_imports_back(tmp
     qwen = SimpleNamespace(rope_parameters=params, head_dim=16)
     with pytest.raises(UnsupportedError, match="qwen2 loader does not read rope_freqs.weight"):
         family_for_gguf("qwen2").synthesised(qwen)
+
+
+def test_multimodal_checkpoint_converts_its_text_tower_and_says_what_it_left_out(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Gemma3ForConditionalGeneration: gguf-export writes the text tower alone (no vision tensor), says so in one
+    stderr line and in the result; gguf-import gives a text-only Gemma3ForCausalLM."""
+    import json
+
+    from safetensors import safe_open
+
+    src = tiny_models["gemma3-4b"]
+    with safe_open(src / "model.safetensors", "pt") as f:
+        stored = list(f.keys())
+    vision = [n for n in stored if not n.startswith("language_model.")]
+    assert vision and all(n.startswith(("vision_tower.", "multi_modal_projector.")) for n in vision)
+    out = tmp_path / "m.gguf"
+    r = run_mtk("--json", "gguf-export", str(src), "-o", str(out), "--type", "f32", "--no-verify")
+    assert r.returncode == 0, r.stderr
+    note = json.loads(r.stdout)["note"]
+    assert note.startswith("Gemma3ForConditionalGeneration: converted its text tower as Gemma3ForCausalLM")
+    assert f"left out {len(vision)} tensors" in note
+    assert [line for line in r.stderr.splitlines() if line.startswith("note: ")] == [f"note: {note}"]
+    g = open_gguf(out)
+    assert g.architecture == "gemma3" and all(t.name.startswith(("blk.", "token_embd", "output")) for t in g.tensors)
+    assert len(g.tensors) == len(stored) - len(vision)  # tied head: no output.weight in either
+    r = run_mtk("--json", "gguf-import", str(out), "-o", str(tmp_path / "hf"), "--no-verify")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and "vision_config" not in config

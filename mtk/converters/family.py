@@ -133,6 +133,9 @@ class TinyModel:
     config: Mapping[str, Any] = field(default_factory=dict)  # over TINY_SHAPE
     # Special tokens llama.cpp expects in the vocabulary (it recognises Phi-3 by name and wants its chat tokens).
     special_tokens: tuple[str, ...] = ()
+    # A multimodal checkpoint's own config fields (vision_config ...); TINY_SHAPE and ``config`` then form its
+    # text_config. None: a causal LM.
+    outer: Mapping[str, Any] | None = None
 
 
 # Where multimodal checkpoints keep their text tower, and the causal LM's names for it: transformers 5 saves
@@ -150,6 +153,7 @@ class Tower:
     """A multimodal architecture whose text tower is the family's causal LM (its other towers are left out)."""
 
     hf_architecture: str  # e.g. "Gemma3ForConditionalGeneration"
+    model_type: str  # its transformers model_type, e.g. "gemma3" (the text tower's is the family's)
     prefixes: Mapping[str, str] = field(default_factory=lambda: dict(TEXT_TOWER_PREFIXES))
 
     def rename(self, name: str) -> str | None:
@@ -301,18 +305,27 @@ def open_checkpoint(path: Path | str) -> tuple[HFCheckpoint, str | None]:
 
     ckpt = HFCheckpoint(path)
     arch = ckpt.architecture
+    found = text_tower(arch)
+    if found is None:
+        return ckpt, None
+    fam, tower = found
+    left = ckpt.text_tower(tower.rename, fam.hf_architecture)
+    what = f"{len(left)} tensors of its other towers (vision), e.g. {left[0]}" if left else "no other tensors"
+    return ckpt, f"{arch}: converted its text tower as {fam.hf_architecture}; left out {what}"
+
+
+def text_tower(architecture: str) -> tuple[Family, Tower] | None:
+    """The family and tower of a multimodal HF architecture whose text tower mtk converts; None for others."""
     for fam in all_families():
-        tower = next((t for t in fam.towers if t.hf_architecture == arch), None)
-        if tower is not None:
-            left = ckpt.text_tower(tower.rename, fam.hf_architecture)
-            what = f"{len(left)} tensors of its other towers (vision), e.g. {left[0]}" if left else "no other tensors"
-            return ckpt, f"{arch}: converted its text tower as {fam.hf_architecture}; left out {what}"
-    return ckpt, None
+        for tower in fam.towers:
+            if tower.hf_architecture == architecture:
+                return fam, tower
+    return None
 
 
 def family_for_model_type(model_type: str) -> Family:
     for fam in all_families():
-        if model_type in fam.model_types:
+        if model_type in (*fam.model_types, *(t.model_type for t in fam.towers)):
             return fam
     known = sorted(t for f in all_families() for t in f.model_types)
     raise UnsupportedError(f"unsupported model type {model_type!r}; supported: {', '.join(known)}")

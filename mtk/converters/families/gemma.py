@@ -18,6 +18,7 @@ from mtk.converters.family import (
     Metadata,
     ScaleGroup,
     TinyModel,
+    Tower,
     register,
 )
 from mtk.converters.rope import RopeLayout
@@ -107,6 +108,15 @@ GEMMA_PLAN = LayerPlan(
 )
 # Explicit head_dim, query_pre_attn_scalar equal to it, tied embeddings (as the real 2B / 1B configs).
 _GEMMA_TINY = {"head_dim": 16, "query_pre_attn_scalar": 16}
+# A one-layer SigLIP: 28-pixel images of 2 x 2 patches, pooled to 4 soft tokens.
+_TINY_SIGLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 28,
+    "patch_size": 14,
+}
 
 GEMMA2 = register(
     Family(
@@ -144,15 +154,17 @@ GEMMA3 = register(
             swa_base="sliding_attention",
         ),
         layer_plan=GEMMA_PLAN,
+        towers=(Tower("Gemma3ForConditionalGeneration", "gemma3"),),
         tiny=(
             TinyModel("gemma3", "google/gemma-3-1b-pt", "gemma3_text", "gemma", _GEMMA_TINY),
-            # The 4B/12B/27B text config: linear RoPE scaling (factor 8) on the global layers only, base 10000 on
-            # the sliding ones, every sixth layer global, and heads wider than hidden_size / heads (256 vs 320 in
-            # the 4B; here 32 vs 16), a window shorter than the verification prompts.
+            # The 4B/12B/27B downloads: a Gemma3ForConditionalGeneration (a SigLIP vision tower, left out) whose
+            # text config scales the global layers' RoPE linearly (factor 8) and not the sliding ones' (base
+            # 10000), makes every sixth layer global, and has heads wider than hidden_size / heads (256 vs 320 in
+            # the 4B; here 32 vs 16); the window is shorter than the verification prompts.
             TinyModel(
                 "gemma3-4b",
                 "google/gemma-3-4b-it",
-                "gemma3_text",
+                "gemma3",
                 "gemma",
                 {
                     "num_hidden_layers": 6,
@@ -163,6 +175,7 @@ GEMMA3 = register(
                     "rope_scaling": {"rope_type": "linear", "factor": 8.0},
                     "rope_local_base_freq": 10_000.0,
                 },
+                outer={"vision_config": _TINY_SIGLIP, "mm_tokens_per_image": 4},
             ),
         ),
     )
