@@ -66,7 +66,7 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
+    rotary = int(head_dim * rope.rotary_fraction(config))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",

@@ -205,6 +205,13 @@ def config_parameters(config: Any) -> dict[str, Any]:
     return rope
 
 
+def rotary_fraction(config: Any) -> float:
+    """The share of each head that RoPE turns: transformers 5 keeps it in rope_parameters, older configs beside."""
+    return float(
+        getattr(config, "partial_rotary_factor", None) or config_parameters(config).get("partial_rotary_factor") or 1.0
+    )
+
+
 def gguf_metadata(layout: RopeLayout, config: Any, arch: str) -> dict[str, Any]:
     """``{arch}.rope.freq_base`` and the scaling keys for a transformers config (export)."""
     rope = config_parameters(config)
