@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from fixtures_tokenizers import build_tokenizer
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from mtk.converters.family import TINY_SHAPE, TinyModel, family_for_model_type, tiny_models
+from mtk.runtime import auto_model_class
 
 TINY: dict[str, TinyModel] = {t.name: t for t in tiny_models()}
 FAMILY_NAMES = tuple(TINY)
@@ -33,7 +34,7 @@ def tiny_config(tiny: TinyModel, **fields: Any) -> Any:
 
 def text_state_dict(family: str, model_dir: Path) -> dict[str, torch.Tensor]:
     """The float32 weights of the causal LM a tiny checkpoint holds, by its names (a multimodal one's text tower)."""
-    state = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    state = auto_model_class(TINY[family].model_type).from_pretrained(model_dir, dtype=torch.float32).state_dict()
     if TINY[family].outer is None:
         return state
     tower = next(
@@ -58,7 +59,7 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: 
     }
     config = tiny_config(tiny, **overrides, vocab_size=len(tok), pad_token_id=None, **ids)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = auto_model_class(config.model_type).from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1 and "norm" in name:

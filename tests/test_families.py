@@ -12,7 +12,7 @@ import torch
 from conftest import run_mtk
 from fixtures_models import TINY, tiny_config
 from gguf import GGMLQuantizationType
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 import mtk.converters.hf_to_gguf as hf_to_gguf
 from mtk.artifacts.gguf import export_check, import_check
@@ -29,6 +29,7 @@ from mtk.converters.gguf_types import TypeRules
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.quantizers.awq import _applicable, apply_scales
+from mtk.runtime import auto_model_class
 
 
 def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> None:
@@ -54,7 +55,8 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     fam = family_for_model_type(tiny.model_type)
     config = tiny_config(tiny, vocab_size=96, pad_token_id=None)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
+    auto = auto_model_class(config.model_type)
+    model = auto.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
     if fam.layer_plan is None:
         return
     plan = fam.layer_plan

@@ -16,6 +16,7 @@ from fixtures_models import FAMILY_NAMES, build_tiny_model, text_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.gguf import import_check
+from mtk.artifacts.hf import load as hf_load
 from mtk.artifacts.hf import logits as hf_logits
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
@@ -34,7 +35,7 @@ GELU_FAMILIES = {f for f in FAMILY_NAMES if f.startswith("gemma")}
 
 def llama_vs_hf(gguf_path: Path, hf_dir: Path) -> dict[str, float]:
     """Logit metrics of transformers on ``hf_dir`` against llama.cpp on ``gguf_path`` over PROMPTS."""
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model = hf_load(hf_dir)  # a multimodal source too
     llm = LlamaCpp(gguf_path)
     ref, cand = [], []
     for prompt in PROMPTS:

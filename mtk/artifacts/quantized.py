@@ -104,13 +104,12 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
       (VerificationError) beyond the format's tolerance (``CheckpointFormat.tolerance``).
     - Quality: against the unquantized source model, for the caller (or a test) to bound.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source))
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     runtime = _logits(load(path), prompts)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    model = hf.load(source)
     src = _logits(model, prompts)
     held = _logits(hold_file_weights(_file_model(model, path), path), prompts)  # now with the files' weights
     metrics = logit_metrics(held, runtime)

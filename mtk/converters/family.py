@@ -309,9 +309,18 @@ def open_checkpoint(path: Path | str) -> tuple[HFCheckpoint, str | None]:
     if found is None:
         return ckpt, None
     fam, tower = found
-    left = ckpt.text_tower(tower.rename, fam.hf_architecture)
+    text_arch = _causal_lm(ckpt.config.get("text_config"), fam.hf_architecture)
+    left = ckpt.text_tower(tower.rename, text_arch)
     what = f"{len(left)} tensors of its other towers (vision), e.g. {left[0]}" if left else "no other tensors"
-    return ckpt, f"{arch}: converted its text tower as {fam.hf_architecture}; left out {what}"
+    return ckpt, f"{arch}: converted its text tower as {text_arch}; left out {what}"
+
+
+def _causal_lm(text_config: Any, default: str) -> str:
+    """transformers' causal LM class for a text_config's model_type (Mistral3's text tower is a MistralForCausalLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = text_config.get("model_type") if isinstance(text_config, dict) else None
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, default)
 
 
 def text_tower(architecture: str) -> tuple[Family, Tower] | None:

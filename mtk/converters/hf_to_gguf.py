@@ -209,7 +209,7 @@ class _Source:
             return
         self.ckpt, self.note = open_checkpoint(path)
         self.config = self.ckpt.transformers_config()
-        self.family = family_for_hf(self.ckpt.architecture)
+        self.family = family_for_hf(self.ckpt.source_architecture)
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)

@@ -132,6 +132,8 @@ def resolve_task(config: Any, task: Task) -> Task:
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and getattr(config, "is_decoder", True)
+    # A multimodal model whose text tower mtk exports (Mistral3ForConditionalGeneration) is one too.
+    causal = causal or text_tower((getattr(config, "architectures", None) or [""])[0]) is not None
     if task == "auto":
         if causal:
             return "text-generation-with-past"
@@ -144,11 +146,14 @@ def resolve_task(config: Any, task: Task) -> Task:
 
 
 def _load(model_dir: Path, task: Task) -> Any:
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    from mtk.runtime import auto_model_class
+
     hf_logging.disable_progress_bar()
-    auto = AutoModel if task == "feature-extraction" else AutoModelForCausalLM
+    model_type = str(json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type"))
+    auto = AutoModel if task == "feature-extraction" else auto_model_class(model_type)
     # Eager attention: it lowers to plain MatMul/Softmax, and Gemma 2 softcaps attention scores only there.
     model = auto.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
     found = text_tower(type(model).__name__)

@@ -78,10 +78,25 @@ def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
+# YaRN fields besides the factor that llama.cpp reads, and their GGUF keys (beta defaults: 32 and 1 in both).
+YARN_BETAS = {"beta_fast": "rope.scaling.yarn_beta_fast", "beta_slow": "rope.scaling.yarn_beta_slow"}
+
+
 def _yarn_write(p: Params) -> dict[str, Any]:
+    """The scaling keys; ``mscale_all_dim`` as llama.cpp's yarn_log_multiplier, which it pairs with an mscale of 1
+    (transformers' attention factor is then ``mscale(factor, 1) / mscale(factor, mscale_all_dim)``, as llama.cpp's)."""
     out: dict[str, Any] = {"rope.scaling.type": "yarn", "rope.scaling.factor": float(p["factor"])}
     if p.get("original_max_position_embeddings"):
         out["rope.scaling.original_context_length"] = int(p["original_max_position_embeddings"])
+    for field_name, key in YARN_BETAS.items():
+        if p.get(field_name) is not None:
+            out[key] = float(p[field_name])
+    if p.get("attention_factor") is not None:
+        raise UnsupportedError("yarn RoPE with an explicit attention_factor is not supported by gguf-export yet")
+    if p.get("mscale") and p.get("mscale_all_dim"):
+        if float(p["mscale"]) != 1.0:
+            raise UnsupportedError(f"yarn RoPE with mscale {p['mscale']} (llama.cpp assumes 1) is not supported")
+        out["rope.scaling.yarn_log_multiplier"] = float(p["mscale_all_dim"])
     return out
 
 
@@ -89,7 +104,14 @@ def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any
     key = f"{arch}.rope.scaling.original_context_length"
     if key not in meta:
         raise InvalidFileError(f"yarn RoPE scaling without {key}")
-    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    out = {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    for field_name, gguf_key in YARN_BETAS.items():
+        if f"{arch}.{gguf_key}" in meta:
+            out[field_name] = float(meta[f"{arch}.{gguf_key}"])
+    if f"{arch}.rope.scaling.yarn_log_multiplier" in meta:
+        out["mscale"] = 1.0
+        out["mscale_all_dim"] = float(meta[f"{arch}.rope.scaling.yarn_log_multiplier"])
+    return out
 
 
 # Meta's Llama 3.x values, and llama.cpp's converter's defaults.

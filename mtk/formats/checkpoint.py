@@ -104,6 +104,11 @@ class HFCheckpoint:
             raise InvalidFileError(f"{self.path / 'config.json'}: architectures is not a list of names")
         return archs[0] if archs else str(self.config.get("model_type", "unknown"))
 
+    @property
+    def source_architecture(self) -> str:
+        """The folder's own architecture (a text tower view's multimodal one)."""
+        return self._tower_of or self.architecture
+
     def text_tower(self, rename: Callable[[str], str | None], architecture: str) -> list[str]:
         """Make this checkpoint a view of a multimodal checkpoint's text tower, an ``architecture`` causal LM.
 
