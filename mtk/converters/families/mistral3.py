@@ -70,14 +70,31 @@ MISTRAL3 = register(
         layer_plan=LLAMA_PLAN,
         towers=(Tower("Mistral3ForConditionalGeneration", "mistral3"),),
         tiny=(
+            # Mistral Small 3.1 24B: a plain Mistral text tower (model_type mistral) with RoPE base 1e9, an explicit
+            # head_dim (128 where 5120 / 32 heads gives 160; here 32 where 64 / 4 gives 16), an untied head, and
+            # the Tekken byte-level BPE vocabulary.
+            TinyModel(
+                "mistral3",
+                "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+                "mistral3",
+                "bpe",
+                {
+                    "model_type": "mistral",
+                    "head_dim": 32,
+                    "rope_theta": 1e9,
+                    "sliding_window": None,
+                    "tie_word_embeddings": False,
+                },
+                outer={"vision_config": _TINY_PIXTRAL, "spatial_merge_size": 1, "tie_word_embeddings": False},
+            ),
             # Ministral 3 8B: YaRN x16 from an original context (16384; here 16, inside the prompts) with Llama 4's
             # attention temperature (beta 0.1) past it, an explicit head_dim (here 32, twice width / heads), an
-            # untied head.
+            # untied head, Tekken.
             TinyModel(
                 "ministral3",
                 "mistralai/Ministral-3-8B-Instruct-2512",
                 "mistral3",
-                "spm",
+                "bpe",
                 {
                     "model_type": "ministral3",
                     "head_dim": 32,
