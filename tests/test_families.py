@@ -262,3 +262,14 @@ def test_multimodal_checkpoint_converts_its_text_tower_and_says_what_it_left_out
     assert r.returncode == 0, r.stderr
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and "vision_config" not in config
+    # quantize writes the text tower alone too, and says so.
+    q = tmp_path / "rtn"
+    args = ("--json", "quantize", str(src), "-o", str(q), "--method", "rtn", "--group-size", "32", "--no-verify")
+    r = run_mtk(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["note"] == note and f"note: {note}" in r.stderr.splitlines()
+    config = json.loads((q / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["model_type"] == "gemma3_text"
+    with safe_open(q / "model.safetensors", "pt") as f:
+        written = list(f.keys())
+    assert written and not [n for n in written if "vision" in n or "multi_modal" in n]
