@@ -117,6 +117,8 @@ def quantize_command(
             moe_calibration=moe_calibration, device=device.value, verify=verify, overwrite=overwrite,
             progress=bar.update,
         ).to_dict()  # fmt: skip
+    if result.get("note"):
+        info(f"note: {result['note']}")
     v = result.get("verification")
     if v:
         m, q = v["logits"], v["quality"]

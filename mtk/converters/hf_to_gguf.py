@@ -19,7 +19,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.converters import rope
-from mtk.converters.family import Derived, Family, Synthesised, family_for_hf
+from mtk.converters.family import Derived, Family, Synthesised, family_for_hf, open_checkpoint
 from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
 from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
@@ -71,7 +71,7 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
+    rotary = int(head_dim * rope.rotary_fraction(config))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",
@@ -264,6 +264,7 @@ class _Source:
     def __init__(self, path: Path, rules: TypeRules, device: torch.device) -> None:
         self.device = device
         self.gguf: GGUFModel | None = None
+        self.note: str | None = None  # what of the source is left out (a multimodal model's other towers)
         if path.is_file():
             self.gguf = open_gguf(path)
             self.plan = plan_gguf(self.gguf, rules)
@@ -274,9 +275,9 @@ class _Source:
             self.array_types = dict(self.gguf.array_types)
             self.architecture = self.gguf.architecture
             return
-        self.ckpt = HFCheckpoint(path)
+        self.ckpt, self.note = open_checkpoint(path)
         self.config = self.ckpt.transformers_config()
-        self.family = family_for_hf(self.ckpt.architecture)
+        self.family = family_for_hf(self.ckpt.source_architecture)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
@@ -337,7 +338,9 @@ def _summary(src: _Source, rules: TypeRules, total_bytes: int) -> dict[str, Any]
         types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
     data = sum(PlannedGGUFTensor(t.name, t.qtype, t.shape).nbytes for t in src.plan)
     params = sum(math.prod(t.shape) for t in src.plan)
+    note = {"note": src.note} if src.note else {}
     return {
+        **note,
         "architecture": src.architecture,
         "file_type": rules.file_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"),
         "types": types,

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from mtk.converters.family import text_tower
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
@@ -131,6 +132,8 @@ def resolve_task(config: Any, task: Task) -> Task:
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and getattr(config, "is_decoder", True)
+    # A multimodal model whose text tower mtk exports (Mistral3ForConditionalGeneration) is one too.
+    causal = causal or text_tower((getattr(config, "architectures", None) or [""])[0]) is not None
     if task == "auto":
         if causal:
             return "text-generation-with-past"
@@ -143,13 +146,34 @@ def resolve_task(config: Any, task: Task) -> Task:
 
 
 def _load(model_dir: Path, task: Task) -> Any:
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    from mtk.runtime import auto_model_class
+
     hf_logging.disable_progress_bar()
-    auto = AutoModel if task == "feature-extraction" else AutoModelForCausalLM
+    model_type = str(json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type"))
+    auto = AutoModel if task == "feature-extraction" else auto_model_class(model_type)
     # Eager attention: it lowers to plain MatMul/Softmax, and Gemma 2 softcaps attention scores only there.
-    return auto.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
+    model = auto.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
+    found = text_tower(type(model).__name__)
+    return model if found is None else _text_model(model, found[0].hf_architecture)
+
+
+def _text_model(model: Any, architecture: str) -> Any:
+    """A multimodal model's text tower as its own causal LM (Gemma3ForConditionalGeneration -> Gemma3ForCausalLM),
+    made of the same modules: the graph takes token ids, as the decoder LMs' graphs do."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config.get_text_config()
+    config.architectures = [architecture]
+    with torch.device("meta"):  # an empty shell: its decoder and head are the multimodal model's own
+        text = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    setattr(text, text.base_model_prefix, model.get_decoder())  # e.g. Gemma3ForCausalLM.model
+    text.set_output_embeddings(model.get_output_embeddings())
+    if any(t.is_meta for t in (*text.parameters(), *text.buffers())):
+        raise UnsupportedError(f"{type(model).__name__}: its text tower is not a decoder and a head")
+    return text.eval()
 
 
 def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[str, Any], list[str], list[str]]:
@@ -332,6 +356,8 @@ def export_onnx(
         for name in SIDE_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
+        if text_tower(AutoConfig.from_pretrained(str(model_dir)).architectures[0]) is not None:
+            model.config.to_json_file(tmp / "config.json")  # a multimodal source's text tower: its own config
         validated = check is not None
         _write_manifest(tmp, _manifest(model, task, config, graph, [], external, validated))
         kind = kind_of(config)

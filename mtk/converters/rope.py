@@ -20,9 +20,12 @@ for a forward pass whose positions reach past ``original_max_position_embeddings
 factor: ``sqrt(1 + ln(F) / ln(O))`` with ``F = max_position_embeddings / O`` (1 when F <= 1) unless the config
 gives ``attention_factor``; the GGUF keeps it in ``rope.scaling.attn_factor``.
 
-llama.cpp has one RoPE per model. Families whose transformers config gives each layer type its own
-parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) keep the full-attention ones
-in the GGUF; the other layer types are fixed by llama.cpp, and :class:`RopeLayout` says what they are.
+llama.cpp has one RoPE per model, and a base for sliding-window layers. Families whose transformers config
+gives each layer type its own parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``)
+keep the full-attention ones in the GGUF's RoPE keys; llama.cpp runs the other layer types unscaled, and
+:class:`RopeLayout` says with which parameters. Gemma 3's sliding layers take their base from
+``{arch}.rope.freq_base_swa`` (10000 when absent) and never the scaling: the 4B-27B configs scale their global
+layers linearly by 8 and leave the sliding ones at base 10000, which is what llama.cpp does.
 """
 
 from __future__ import annotations
@@ -85,10 +88,25 @@ def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
+# YaRN fields besides the factor that llama.cpp reads, and their GGUF keys (beta defaults: 32 and 1 in both).
+YARN_BETAS = {"beta_fast": "rope.scaling.yarn_beta_fast", "beta_slow": "rope.scaling.yarn_beta_slow"}
+
+
 def _yarn_write(p: Params) -> dict[str, Any]:
+    """The scaling keys; ``mscale_all_dim`` as llama.cpp's yarn_log_multiplier, which it pairs with an mscale of 1
+    (transformers' attention factor is then ``mscale(factor, 1) / mscale(factor, mscale_all_dim)``, as llama.cpp's)."""
     out: dict[str, Any] = {"rope.scaling.type": "yarn", "rope.scaling.factor": float(p["factor"])}
     if p.get("original_max_position_embeddings"):
         out["rope.scaling.original_context_length"] = int(p["original_max_position_embeddings"])
+    for field_name, key in YARN_BETAS.items():
+        if p.get(field_name) is not None:
+            out[key] = float(p[field_name])
+    if p.get("attention_factor") is not None:
+        raise UnsupportedError("yarn RoPE with an explicit attention_factor is not supported by gguf-export yet")
+    if p.get("mscale") and p.get("mscale_all_dim"):
+        if float(p["mscale"]) != 1.0:
+            raise UnsupportedError(f"yarn RoPE with mscale {p['mscale']} (llama.cpp assumes 1) is not supported")
+        out["rope.scaling.yarn_log_multiplier"] = float(p["mscale_all_dim"])
     return out
 
 
@@ -96,7 +114,14 @@ def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any
     key = f"{arch}.rope.scaling.original_context_length"
     if key not in meta:
         raise InvalidFileError(f"yarn RoPE scaling without {key}")
-    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    out = {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    for field_name, gguf_key in YARN_BETAS.items():
+        if f"{arch}.{gguf_key}" in meta:
+            out[field_name] = float(meta[f"{arch}.{gguf_key}"])
+    if f"{arch}.rope.scaling.yarn_log_multiplier" in meta:
+        out["mscale"] = 1.0
+        out["mscale_all_dim"] = float(meta[f"{arch}.rope.scaling.yarn_log_multiplier"])
+    return out
 
 
 # Meta's Llama 3.x values, and llama.cpp's converter's defaults.
@@ -255,6 +280,8 @@ class RopeLayout:
     long_short_factors: bool = False
     # Layer types llama.cpp runs with RoPE it fixes itself, and their parameters (Gemma 3's sliding layers).
     fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The fixed layer type whose base llama.cpp reads from rope.freq_base_swa (its scaling stays fixed).
+    swa_base: str | None = None
 
     @property
     def reads(self) -> frozenset[str]:
@@ -276,18 +303,28 @@ def config_parameters(config: Any) -> dict[str, Any]:
     return rope
 
 
+def rotary_fraction(config: Any) -> float:
+    """The share of each head that RoPE turns: transformers 5 keeps it in rope_parameters, older configs beside."""
+    return float(
+        getattr(config, "partial_rotary_factor", None) or config_parameters(config).get("partial_rotary_factor") or 1.0
+    )
+
+
 def gguf_metadata(layout: RopeLayout, config: Any, arch: str) -> dict[str, Any]:
     """``{arch}.rope.freq_base`` and the scaling keys for a transformers config (export)."""
     rope = config_parameters(config)
     per_type = getattr(config, "rope_parameters", None) or {}
     for layer_type, fixed in layout.fixed.items():
         given = per_type.get(layer_type)
-        if given is not None and _differs(given, fixed):
+        if given is not None and _differs(given, fixed, theta=layer_type != layout.swa_base):
             raise UnsupportedError(
                 f"RoPE of {layer_type} layers {dict(given)} differs from what llama.cpp uses for them ({dict(fixed)})"
             )
     row = _export_row(layout, rope, arch)
     keys = {"rope.freq_base": float(rope["rope_theta"]), **row.write(rope)}  # type: ignore[misc]
+    if layout.swa_base is not None:
+        given = per_type.get(layout.swa_base) or {}
+        keys["rope.freq_base_swa"] = float(given.get("rope_theta", layout.fixed[layout.swa_base]["rope_theta"]))
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
@@ -315,9 +352,11 @@ def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
     return row
 
 
-def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any]) -> bool:
-    kind = given.get("rope_type", "default")
-    return kind != fixed["rope_type"] or float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
+def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any], *, theta: bool) -> bool:
+    """Whether a layer type's parameters are not the ones llama.cpp fixes (its base too, unless a key holds it)."""
+    if given.get("rope_type", "default") != fixed["rope_type"]:
+        return True
+    return theta and float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
 
 
 def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeType:
@@ -361,4 +400,7 @@ def hf_parameters(
         rope["partial_rotary_factor"] = rotary / head_dim
     if not layout.fixed:
         return rope
-    return {GGUF_LAYER_TYPE: rope, **{k: dict(v) for k, v in layout.fixed.items()}}
+    fixed = {k: dict(v) for k, v in layout.fixed.items()}
+    if layout.swa_base is not None and f"{arch}.rope.freq_base_swa" in meta:
+        fixed[layout.swa_base]["rope_theta"] = float(meta[f"{arch}.rope.freq_base_swa"])
+    return {GGUF_LAYER_TYPE: rope, **fixed}

@@ -253,7 +253,9 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
             "SentencePiece-style BPE, raw-text BPE (Gemma 4), WordPiece"
         )
     model_config = _read_json(hf_dir / "config.json") or {}
-    tokens, added, gaps = _id_to_token(tokenizer_json, int(model_config.get("vocab_size") or 0))
+    # A multimodal config keeps the text tower's vocab_size in text_config.
+    vocab_size = model_config.get("vocab_size") or (model_config.get("text_config") or {}).get("vocab_size")
+    tokens, added, gaps = _id_to_token(tokenizer_json, int(vocab_size or 0))
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
 
     if tokenizer_bpe.is_byte_level(tokenizer_json):

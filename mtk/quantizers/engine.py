@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mtk.converters.family import LayerPlan, layer_plan
+from mtk.converters.family import LayerPlan, layer_plan, open_checkpoint
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -127,8 +127,10 @@ def fit_format(cfg: QuantizeConfig, model_dir: Path | str, *, explicit: bool) ->
     return cfg
 
 
-def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig, plan: LayerPlan) -> None:
-    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig, plan: LayerPlan) -> None:
+    """config.json (a text tower's own config for a multimodal source) with the format's quantization_config."""
+    src = ckpt.path
+    config = dict(ckpt.config)
     qc = quantization_config(cfg)
     moe = cfg.format_row.moe
     if plan.experts is not None and moe is not None:
@@ -163,7 +165,7 @@ def quantize(
     start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
-    ckpt = HFCheckpoint(model_dir)
+    ckpt, note = open_checkpoint(model_dir)
     model_type = str(ckpt.config.get("model_type"))
     plan = layer_plan(model_type)
     why = moe_refusal(model_type, cfg) if plan.experts is not None else None
@@ -194,9 +196,10 @@ def quantize(
                 done.append((layer.routed, {name: q.fallback for name, q in layer.linears.items() if q.fallback}))
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(model_dir, tmp, cfg, plan)
+        _copy_config(ckpt, tmp, cfg, plan)
         verification = check(tmp) if check else None
     result = {
+        **({"note": note} if note else {}),
         "input": str(model_dir),
         "output": str(out_dir),
         "method": cfg.method,

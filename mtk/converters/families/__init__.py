@@ -1,3 +1,15 @@
 """The built-in model families; importing this package registers each once."""
 
-from mtk.converters.families import gemma, gpt_oss, granite, llama, mixtral, olmo2, phi3, qwen, smollm3  # noqa: F401
+from mtk.converters.families import (  # noqa: F401
+    gemma,
+    glm4,
+    gpt_oss,
+    granite,
+    llama,
+    mistral3,
+    mixtral,
+    olmo2,
+    phi3,
+    qwen,
+    smollm3,
+)
