@@ -250,6 +250,7 @@ REFUSED = [
     (("--method", "rtn", "--format", "awq"), 3, "mixture-of-experts model and the awq format cannot hold"),
     (("--method", "rtn", "--no-sym"), 3, "cannot load asymmetric per-expert compressed-tensors weights"),
     (("--method", "awq", "--calibration", "x.txt"), 3, "AWQ's grid has a zero point, use --method gptq or rtn"),
+    (("--method", "gptq", "--desc-act", "--calibration", "x.txt"), 2, "written as compressed-tensors (a mixture"),
     (("--method", "rtn", "--moe-calibration", "all"), 2, "rtn calibrates nothing"),
     (("--method", "rtn", "--moe-calibration", "some"), 2, "routed or all"),
 ]
