@@ -126,6 +126,13 @@ def quantize_command(
             f"verified in transformers: top-1 {m['top1']:.3f}, mean KL {m['kl_mean']:.2e} against its own weights; "
             f"against the source: top-1 {q['top1']:.3f}, mean KL {q['kl_mean']:.3g}"
         )
+    fallbacks = result.get("fallbacks") or []
+    if fallbacks:
+        first = fallbacks[0]
+        info(
+            f"{len(fallbacks)} Linear(s) took a fallback (all in --json), e.g. layer {first['layer']} "
+            f"{first['linear']}: {first['fallback']}"
+        )
     render(
         result,
         f"wrote {result['output']}: {result['method']} {result['bits']}-bit, group {result['group_size']}, "

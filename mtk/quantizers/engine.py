@@ -211,6 +211,10 @@ def quantize(
         "seq_len": 0 if ids is None else int(ids.shape[1]),
         "layers": n_layers,
         **({"experts": experts_report(done, n_experts, cfg)} if n_experts else {}),
+        # Linears that did not get the method's own result (a MoE expert no token reached ...), and why.
+        "fallbacks": [
+            {"layer": i, "linear": n, "fallback": why} for i, (_, notes) in enumerate(done) for n, why in notes.items()
+        ],
         "device": str(dev),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -249,15 +253,10 @@ def _quantize_layer(
 def experts_report(
     done: list[tuple[list[int] | None, dict[str, str]]], n_experts: int, cfg: QuantizeConfig
 ) -> dict[str, Any]:
-    """The ``experts`` entry of a MoE result: per layer, the calibration tokens routed to each expert (an empty
-    list without calibration), and every Linear that did not get the method's own result, and why."""
+    """The ``experts`` entry of a MoE result: the expert count, the calibration mode and, per layer, the calibration
+    tokens routed to each expert (an empty list without calibration)."""
     return {
         "count": n_experts,
         "calibration": cfg.moe_calibration if cfg.needs_calibration else None,
         "routed_tokens": [routed or [] for routed, _ in done],
-        "fallbacks": [
-            {"layer": i, "linear": name, "fallback": why}
-            for i, (_, notes) in enumerate(done)
-            for name, why in notes.items()
-        ],
     }
