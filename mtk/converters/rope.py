@@ -75,10 +75,16 @@ def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
+# transformers' YaRN betas and their GGUF keys (llama.cpp's converter writes them when the config has them;
+# only some of its loaders read them, the others use the same defaults, 32 and 1).
+YARN_BETAS = {"beta_fast": "rope.scaling.yarn_beta_fast", "beta_slow": "rope.scaling.yarn_beta_slow"}
+
+
 def _yarn_write(p: Params) -> dict[str, Any]:
     out: dict[str, Any] = {"rope.scaling.type": "yarn", "rope.scaling.factor": float(p["factor"])}
     if p.get("original_max_position_embeddings"):
         out["rope.scaling.original_context_length"] = int(p["original_max_position_embeddings"])
+    out.update({key: float(p[field]) for field, key in YARN_BETAS.items() if p.get(field) is not None})
     return out
 
 
@@ -86,7 +92,9 @@ def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any
     key = f"{arch}.rope.scaling.original_context_length"
     if key not in meta:
         raise InvalidFileError(f"yarn RoPE scaling without {key}")
-    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    out = {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    betas = {field: float(meta[f"{arch}.{k}"]) for field, k in YARN_BETAS.items() if f"{arch}.{k}" in meta}
+    return {**out, **betas}
 
 
 # Meta's Llama 3.x values, and llama.cpp's converter's defaults.
