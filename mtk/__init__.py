@@ -12,7 +12,7 @@ Each function returns a frozen result (``mtk.results``) and raises ``mtk.errors.
 ``mtk`` loads neither torch nor transformers.
 """
 
-from mtk.api import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize
+from mtk.api import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize, run
 from mtk.errors import (
     EnvironmentProblem,
     InvalidFileError,
@@ -22,8 +22,8 @@ from mtk.errors import (
     UsageError,
     VerificationError,
 )
+from mtk.version import __version__ as __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "EnvironmentProblem",
     "InvalidFileError",
@@ -39,4 +39,5 @@ __all__ = [
     "imatrix",
     "inspect",
     "quantize",
+    "run",
 ]

@@ -22,6 +22,7 @@ from mtk.results import (
     InspectResult,
     OnnxExportResult,
     QuantizeResult,
+    RunResult,
 )
 
 PathLike = str | Path
@@ -157,6 +158,7 @@ def quantize(
     calibration: PathLike | None = None,
     samples: int = 128,
     seq_len: int = 512,
+    moe_calibration: str = "routed",
     device: DeviceName = "auto",
     verify: bool | None = None,
     overwrite: bool = False,
@@ -164,19 +166,23 @@ def quantize(
 ) -> QuantizeResult:
     """GPTQ, AWQ or RTN on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
     compressed-tensors); ``verify`` (default: when the format's loader is installed) loads it in transformers
-    before it is published. Impossible combinations raise UsageError before any work."""
+    before it is published. Impossible combinations raise UsageError before any work. Mixture-of-experts models
+    are written as compressed-tensors unless ``format`` says otherwise (gptq and awq are refused for them:
+    UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert is calibrated on."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.engine import fit_format
     from mtk.quantizers.engine import quantize as _quantize
 
     try:
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
-            seq_len=seq_len,
+            seq_len=seq_len, moe_calibration=moe_calibration,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    cfg = fit_format(cfg, model, explicit=format is not None)
     if verify is None:
         verify = quantized.runtime_available(str(cfg.format))
     check = (lambda tmp: quantized.verify(tmp, model)) if verify else None
@@ -303,3 +309,60 @@ def gate_failure_message(result: BenchResult) -> str:
     )
     more = f"; {len(failures)} failures in all" if len({e for e, _ in failures}) > 1 else ""
     return f"--fail-if {expr!r} holds for {who}{more}"
+
+
+def run(
+    recipe: PathLike,
+    *,
+    root: PathLike | None = None,
+    store: PathLike | None = None,
+    jobs: int = 1,
+    force: Sequence[str] = (),
+    dry_run: bool = False,
+    executor: Literal["local", "ray"] = "local",
+    address: str | None = None,
+    check: bool = False,
+) -> RunResult:
+    """Run a recipe (``mtk.pipeline.recipe``): every step whose inputs changed, then ``manifest.json`` and the
+    model cards under the output root (``root`` overrides the recipe's). Returns the manifest; with ``check``, a
+    failed step raises its error class (by exit code) and failed gates VerificationError, after the manifest is
+    written. ``dry_run`` returns the plan and runs nothing."""
+    from mtk.pipeline.recipe import API_OPTIONS, load_recipe
+    from mtk.pipeline.run import run_recipe
+
+    API_OPTIONS.options = api_options()
+    parsed = load_recipe(recipe, root=root)
+    out = RunResult(
+        run_recipe(
+            parsed,
+            store=Path(store) if store is not None else None,
+            jobs=jobs,
+            force=force,
+            dry_run=dry_run,
+            executor=executor,
+            address=address,
+        )  # fmt: skip
+    )
+    if check and not dry_run and out["exit_code"]:
+        raise _error_for(out["exit_code"])(out["error"])
+    return out
+
+
+def api_options() -> dict[str, frozenset[str]]:
+    """The keyword-only arguments of the functions a recipe's steps run (a recipe's options must be among them)."""
+    import inspect as _inspect
+
+    funcs = {"gguf_export": gguf_export, "quantize": quantize, "export_onnx": export_onnx, "imatrix": imatrix}
+    funcs["bench"] = bench
+    return {
+        name: frozenset(p for p, v in _inspect.signature(f).parameters.items() if v.kind is v.KEYWORD_ONLY)
+        for name, f in funcs.items()
+    }
+
+
+def _error_for(code: int) -> type[Exception]:
+    from mtk import errors
+
+    classes = [errors.UsageError, errors.UnsupportedError, errors.InvalidFileError, errors.VerificationError]
+    classes += [errors.EnvironmentProblem, errors.OutputError]
+    return next((c for c in classes if c.exit_code == code), errors.MtkError)

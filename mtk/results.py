@@ -153,3 +153,12 @@ class BenchResult(Result):
     def failed_gates(self) -> tuple[tuple[str, str], ...]:
         """(gate expression, artifact name) for every gate that held."""
         return tuple((g["expr"], f["artifact"]) for g in self.data.get("gates", ()) for f in g["failed"])
+
+
+@dataclass(frozen=True)
+class RunResult(Result):
+    """``mtk run``: the manifest (or, for a dry run, the plan)."""
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.data.get("exit_code", 0))

@@ -21,6 +21,8 @@ TINY: dict[str, TinyModel] = {t.name: t for t in tiny_models()}
 FAMILY_NAMES = tuple(TINY)
 # The ones mtk quantize takes (their family has a layer plan).
 QUANTIZABLE = tuple(n for n, t in TINY.items() if family_for_model_type(t.model_type).layer_plan is not None)
+# The MoE ones (their family maps transformers 5's fused expert layout too).
+MOE = tuple(n for n, t in TINY.items() if family_for_model_type(t.model_type).fused_tensors)
 
 
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> Path:

@@ -7,6 +7,8 @@ Three kinds, each modelled on a family that ships GGUFs:
 | "bpe"   | Qwen2, SmolLM, GPT-2 | byte-level BPE, Split(regex)+ByteLevel | <|endoftext|> <|im_start|>, ChatML |
 | "spm"   | Llama 2              | SentencePiece-style BPE, byte fallback | <unk> <s> </s>, [INST]             |
 | "gemma" | Gemma                | as "spm", without the prefix space     | <pad> <eos> <bos> <unk>, turns     |
+| "bert"  | bert-base-uncased    | WordPiece, lower case, accents off     | [PAD] [UNK] [CLS] [SEP] [MASK]     |
+| "bert-cased" | bert-base-cased | WordPiece, case and accents kept       | as "bert"                          |
 | "o200k" | gpt-oss (o200k)      | byte-level BPE, GPT-4o's split regex   | <|startoftext|> <|return|>, harmony |
 
 The SentencePiece-style kinds are built the way a SentencePiece BPE model is converted to `tokenizer.json`:
@@ -20,13 +22,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "o200k"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "bert", "bert-cased"]
 KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "o200k")
+WORDPIECE_KINDS: tuple[TokenizerKind, ...] = ("bert", "bert-cased")
 
 # More texts the tests compare on: edge cases of the pre-tokenizers and of the space prefix.
 EXTRA_TEXTS = (
@@ -39,6 +42,17 @@ EXTRA_TEXTS = (
     "1234567890 12 345 6789",
     "tabs\t\tand\u00a0no-break\u2003em space",
     "混合 mixed 文本 text 😀!",
+)
+# Where llama.cpp's splitting departs from the letter of its regexes: case inside words, digits that are not
+# 0-9, digit runs glued to text, Han outside the common blocks, marks inside words, contractions' case, spacing
+# marks (Mc), compatibility characters.
+SPLIT_EDGE_TEXTS = (
+    "helloWorld XMLHttpRequest iPhone ΑβΓ ǅungla",
+    "١٢٣٤٥ ١٢ １２３４ 12345678 ab1234cd x12y 1,234,567",
+    "東京タワー 北京市 〇々 𠀀𠀁 ⺀ 한글 ㄱㄴ",
+    "nai\u0308ve cafe\u0301 it'S THEY'RE we'Ll",
+    "हिन्दी नमस्ते বাংলা ﬁne Ⅻ İstanbul",
+    "six newlines\n\n\n\n\n\nthen text",
 )
 
 _CHATML_TEMPLATE = (
@@ -136,7 +150,14 @@ def _training_lines() -> list[str]:
 
 def build_tokenizer(kind: TokenizerKind, out_dir: Path) -> None:
     """Train a small tokenizer of `kind` and save it as a Hugging Face tokenizer folder in `out_dir`."""
-    builders = {"bpe": _build_bytelevel_bpe, "spm": _build_llama_spm, "gemma": _build_gemma_spm, "o200k": _build_o200k}
+    builders = {
+        "bpe": _build_bytelevel_bpe,
+        "spm": _build_llama_spm,
+        "gemma": _build_gemma_spm,
+        "o200k": _build_o200k,
+        "bert": lambda out: _build_wordpiece(out, lowercase=True),
+        "bert-cased": lambda out: _build_wordpiece(out, lowercase=False),
+    }
     if kind not in builders:
         raise ValueError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(builders)}")
     builders[kind](Path(out_dir))
@@ -315,6 +336,38 @@ def _build_gemma_spm(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
+def _build_wordpiece(out_dir: Path, lowercase: bool) -> None:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    # strip_accents=None: accents go with lower case, as in bert-base-uncased's tokenizer.json.
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=1000, min_frequency=2, special_tokens=specials, limit_alphabet=200, show_progress=False
+    )
+    tok.train_from_iterator(_training_lines(), trainer)
+    ids = {t: tok.token_to_id(t) for t in specials}
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        clean_up_tokenization_spaces=True,
+        model_max_length=512,
+    )
+    fast.save_pretrained(out_dir)
+
+
 def train_unsplit_bytelevel() -> tuple[list[str], list[str]]:
     """Tokens (by id) and merges ("a b") of a byte-level BPE trained with no split at all.
 
@@ -329,8 +382,40 @@ def train_unsplit_bytelevel() -> tuple[list[str], list[str]]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_lines() + [PROBE_TEXT, *EXTRA_TEXTS] * 2, trainer)
+    tok.train_from_iterator(_training_lines() + [PROBE_TEXT, *EXTRA_TEXTS, *SPLIT_EDGE_TEXTS] * 2, trainer)
     model = json.loads(tok.to_str())["model"]
     tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, merges
+
+
+RAW_SPECIALS = ("<pad>", "<eos>", "<bos>")
+
+
+def train_unsplit_raw() -> tuple[list[str], list[str]]:
+    """Tokens (by id) and merges of a BPE on raw UTF-8 with ▁ for spaces and <0xNN> byte pieces (Gemma 4's
+    form), trained with no split at all: its tokens cross newlines, spaces, digits and scripts.
+
+    The first tokens are RAW_SPECIALS, then the 256 byte pieces; rarer characters are left to byte fallback.
+    """
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    texts = _training_lines() + [PROBE_TEXT, *EXTRA_TEXTS, *SPLIT_EDGE_TEXTS] * 2
+    counts = Counter("".join(texts).replace(" ", "▁"))
+    alphabet = sorted(counts, key=lambda c: (-counts[c], c))[:200]
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000,
+        min_frequency=2,
+        special_tokens=[*RAW_SPECIALS, *byte_tokens],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    model = json.loads(tok.to_str())["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    # A run of newlines no merge makes: llama.cpp takes it whole for Gemma 4 (see SPLIT_EDGE_TEXTS).
+    assert "\n" * 6 not in tokens
+    return [*tokens, "\n" * 6], merges

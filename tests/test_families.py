@@ -30,19 +30,26 @@ from mtk.converters.gguf_types import TypeRules
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.quantizers.awq import _applicable, apply_scales
+from mtk.quantizers.moe import expert_count, unfuse
+from mtk.quantizers.plan import linear_names, scale_groups
 
 
 def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> None:
     for fam in all_families():
-        assert family_for_gguf(fam.gguf_arch) is fam
+        assert family_for_gguf(fam.gguf_arch, experts=bool(fam.expert_tensors)) is fam
         assert family_for_hf(fam.hf_architecture) is fam
         assert all(family_for_model_type(t) is fam for t in fam.model_types)
     assert family_for_hf("MistralForCausalLM").gguf_arch == family_for_model_type("mistral").gguf_arch == "llama"
     assert layer_plan("mistral") is layer_plan("llama")
-    with pytest.raises(UnsupportedError, match="does not support model type 'qwen2_moe'"):
-        layer_plan("qwen2_moe")
+    with pytest.raises(UnsupportedError, match="does not support model type 'bert'"):
+        layer_plan("bert")
     with pytest.raises(UnsupportedError, match="olmo2"):
         family_for_model_type("bert")
+    # Mixtral shares llama.cpp's llama architecture: a GGUF with experts is Mixtral, one without is llama.
+    assert family_for_gguf("llama").hf_architecture == "LlamaForCausalLM"
+    assert family_for_gguf("llama", experts=True).hf_architecture == "MixtralForCausalLM"
+    with pytest.raises(UnsupportedError, match="unknown architecture 'mixtral'"):
+        family_for_gguf("mixtral")  # a registry name, not a GGUF architecture
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -55,21 +62,29 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     fam = family_for_model_type(tiny.model_type)
     config = AutoConfig.for_model(tiny.model_type, **{**TINY_SHAPE, **tiny.config}, vocab_size=96, pad_token_id=None)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
+    # eager experts too: transformers' default grouped matmul for fused MoE experts takes no float64
+    impl = {"experts_implementation": "eager"} if fam.layer_plan and fam.layer_plan.experts else {}
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager", **impl).eval()
     if fam.layer_plan is None:
         return
     plan = fam.layer_plan
     layer = model.model.layers[0]
-    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
-    assert sorted(n for group in plan.sequential for n in group) == linears
+    n_experts = expert_count(plan, config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # norms away from 1 (Gemma's from 0)
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
+    if plan.experts is not None:  # fused MoE experts as per-expert Linears: must compute the same (checked below)
+        for block in model.model.layers:
+            unfuse(block, plan.experts)
+    float_ = plan.experts.keep_float if plan.experts else ()
+    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n not in float_)
+    assert sorted(linear_names(plan, n_experts)) == linears
+    with torch.no_grad():
         folded = 0
         for block in model.model.layers:
-            for group in plan.awq:
+            for group in scale_groups(plan, n_experts):
                 assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
                 if _applicable(block, group):
@@ -131,7 +146,7 @@ def NO_TENSORS(name: str) -> torch.Tensor:
     raise AssertionError(f"{name} was read")
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
+@pytest.mark.parametrize("kind", ["dynamic"])
 def test_rope_rows_without_support_are_refused_both_ways(kind: str) -> None:
     config = SimpleNamespace(rope_parameters={"rope_type": kind, "rope_theta": 10000.0, "factor": 8.0})
     with pytest.raises(UnsupportedError, match=f"'{kind}' is not supported by gguf-export"):
@@ -224,3 +239,144 @@ def test_llama3_rope_exports_rope_freqs_that_llama_cpp_runs_and_imports_back(tmp
     qwen = SimpleNamespace(rope_parameters=params, head_dim=16)
     with pytest.raises(UnsupportedError, match="qwen2 loader does not read rope_freqs.weight"):
         family_for_gguf("qwen2").synthesised(qwen)
+
+
+def test_longrope_factors_follow_each_runtimes_choice_and_import_back(tmp_path: Path) -> None:
+    """Phi-4-mini's LongRoPE and partial rotary, trained at 256 positions here so that both factor lists are
+    reachable: transformers takes the long list for a pass reaching past 256 positions, llama.cpp for a context
+    above 256 (it pads n_ctx to a multiple of 256). Where both choose the same list (n_ctx 256 with 200 tokens:
+    short; n_ctx 512 with 300 tokens: long) they agree; n_ctx 512 with 200 tokens takes the long list in
+    llama.cpp only, and the logits part (measured max |diff| 3.3, against ~1e-5 where they agree)."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.artifacts.hf import logits as hf_logits
+    from mtk.artifacts.llama_cpp import LlamaCpp
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    src = build_tiny_model("phi4mini", tmp_path / "src", original_max_position_embeddings=256)
+    out = tmp_path / "m.gguf"
+    hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    params = model.config.rope_parameters
+    g = open_gguf(out)
+    for key, name in (("long_factor", "rope_factors_long.weight"), ("short_factor", "rope_factors_short.weight")):
+        info = g.by_name[name]
+        assert info.qtype == GGMLQuantizationType.F32 and info.shape == (6,)  # 0.75 * 16 / 2 frequency pairs
+        assert g.tensor_bytes(info).view(torch.float32).tolist() == params[key]
+    assert g.metadata["phi3.rope.dimension_count"] == 12
+    assert g.metadata["phi3.rope.scaling.original_context_length"] == 256
+    attention = model.model.rotary_emb.attention_scaling  # transformers' own factor (1.458 here)
+    assert g.metadata["phi3.rope.scaling.attn_factor"] == pytest.approx(attention, rel=1e-6) and attention > 1.4
+
+    ids = [(7 * i) % 1000 + 3 for i in range(300)]
+    gaps = {}
+    for n_ctx, length in ((256, 200), (512, 300), (512, 200)):
+        with LlamaCpp(out, n_ctx=n_ctx) as llm:
+            theirs = torch.from_numpy(llm.logits(ids[:length]))
+        gaps[n_ctx, length] = float((theirs - hf_logits(model, ids[:length])).abs().max())
+    assert gaps[256, 200] < 1e-4 and gaps[512, 300] < 1e-4 and gaps[512, 200] > 0.5, gaps
+
+    # (No llama.cpp check here: mtk's runs at n_ctx 512, past this model's 256; the grid checks real lengths.)
+    gguf_import(out, tmp_path / "hf")
+    imported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    for length in (200, 300):  # both lists, as transformers chooses them
+        assert torch.equal(hf_logits(imported, ids[:length]), hf_logits(model, ids[:length]))
+    config = AutoConfig.from_pretrained(tmp_path / "hf")
+    assert config.original_max_position_embeddings == 256
+    got = {k: v for k, v in config.rope_parameters.items() if k != "type"}
+    assert got == {k: v for k, v in params.items() if k != "type"}, (got, params)
+    assert "attention_factor" not in got  # the GGUF's equals the one transformers computes
+
+
+def test_longrope_is_refused_where_llama_cpp_reads_no_factors_and_when_the_lists_do_not_fit() -> None:
+    from mtk.errors import InvalidFileError
+
+    factors = {"long_factor": [1.0] * 8, "short_factor": [1.0] * 8}
+    params = {"rope_type": "longrope", "rope_theta": 1e4, "original_max_position_embeddings": 64, **factors}
+    config = SimpleNamespace(rope_parameters=params, max_position_embeddings=512, hidden_size=64, num_attention_heads=4)
+    with pytest.raises(UnsupportedError, match="qwen2 loader does not read rope_factors_long.weight"):
+        family_for_gguf("qwen2").synthesised(config)
+    assert set(family_for_gguf("phi3").synthesised(config)) == {"rope_factors_long.weight", "rope_factors_short.weight"}
+    short = SimpleNamespace(**{**vars(config), "rope_parameters": {**params, "short_factor": [1.0] * 7}})
+    with pytest.raises(InvalidFileError, match="short_factor has 7 values; the rotary dimension 16 needs 8"):
+        family_for_gguf("phi3").synthesised(short)
+    # Import: a GGUF with one factor tensor, or without the original context length, is corrupt (exit 4).
+    layout, one = family_for_gguf("phi3").rope, {"rope_factors_long.weight": torch.ones(8)}
+    meta = {"phi3.rope.scaling.original_context_length": 64}
+    with pytest.raises(InvalidFileError, match="longrope GGUF lacks rope_factors_short.weight"):
+        rope.hf_parameters(layout, meta, "phi3", set(one), one.__getitem__, 16)
+    with pytest.raises(InvalidFileError, match="lacks 'phi3.rope.scaling.original_context_length'"):
+        rope.hf_parameters(layout, {}, "phi3", set(one), one.__getitem__, 16)
+
+
+def test_longrope_attention_factor_follows_transformers_and_an_explicit_one_comes_back() -> None:
+    """transformers' attention factor from an explicit ``factor``, else from the context lengths; a GGUF factor
+    other than the computed one is read back as ``attention_factor`` (the import's model then uses it)."""
+    from transformers import Phi3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    factors = {"long_factor": [2.0] * 8, "short_factor": [1.0] * 8}
+    base = {"rope_type": "longrope", "rope_theta": 1e4, **factors}
+    layout = family_for_gguf("phi3").rope
+    tensors = {"rope_factors_long.weight": torch.full((8,), 2.0), "rope_factors_short.weight": torch.ones(8)}
+    for extra in ({}, {"factor": 4.0}, {"attention_factor": 1.25}):
+        hf = Phi3Config(
+            hidden_size=64, num_attention_heads=4, max_position_embeddings=2048, original_max_position_embeddings=64,
+            rope_parameters={**base, **extra},
+        )  # fmt: skip
+        _, expected = ROPE_INIT_FUNCTIONS["longrope"](hf, "cpu")
+        meta = rope.gguf_metadata(layout, hf, "phi3")
+        assert meta["phi3.rope.scaling.attn_factor"] == pytest.approx(expected, rel=1e-7), extra
+        meta["phi3.context_length"] = 2048
+        back = rope.hf_parameters(layout, meta, "phi3", set(tensors), tensors.__getitem__, 16)
+        assert back["long_factor"] == factors["long_factor"] and back["original_max_position_embeddings"] == 64
+        # The default (sqrt(1 + ln 32 / ln 64) = 1.37) is recomputed by transformers; the others travel.
+        assert back.get("attention_factor", expected) == pytest.approx(expected, rel=1e-7), (extra, back)
+        assert ("attention_factor" in back) == bool(extra)
+
+
+def test_smollm3_runs_its_fourth_layer_without_rope_as_llama_cpp_does(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """llama.cpp fixes SmolLM3's NoPE layers (every fourth); the tiny model's last layer is one, and it is live:
+    with RoPE switched on there, transformers leaves llama.cpp (measured max |diff| 0.21, against 2.5e-6).
+    Another pattern is refused (exit 3)."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.artifacts.hf import logits as hf_logits
+    from mtk.artifacts.llama_cpp import LlamaCpp
+
+    src, out = tiny_models["smollm3"], tmp_path / "m.gguf"
+    hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = [(5 * i) % 900 + 3 for i in range(64)]
+    with LlamaCpp(out) as llm:
+        theirs = torch.from_numpy(llm.logits(ids))
+    assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 1, 1, 0]
+    assert (theirs - hf_logits(model, ids)).abs().max() < 1e-4
+    model.model.layers[3].self_attn.use_rope = 1
+    assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
+    other = build_tiny_model("smollm3", tmp_path / "other", no_rope_layers=[1, 0, 1, 1])
+    r = run_mtk("gguf-export", str(other), "-o", str(tmp_path / "o.gguf"), "--no-verify")
+    assert r.returncode == 3 and "no_rope_layers [1, 0, 1, 1]" in r.stderr, r.stderr
+    assert not (tmp_path / "o.gguf").exists()
+
+
+REFUSED_MOE = [
+    ("qwen3moe", {"mlp_only_layers": [1]}, "dense layers"),
+    ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),
+    ("qwen3moe", {"norm_topk_prob": False}, "norm_topk_prob false"),
+    ("mixtral", {"sliding_window": 4096}, "sliding_window 4096"),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "message"), REFUSED_MOE, ids=[m for _, _, m in REFUSED_MOE])
+def test_moe_configs_llama_cpp_cannot_run_are_refused(name: str, overrides: dict, message: str, tmp_path: Path) -> None:
+    """llama.cpp's qwen3moe makes every layer MoE and renormalises the top-k weights; its llama has no sliding
+    window: such checkpoints exit 3 with one line, before anything is written."""
+    from fixtures_models import build_tiny_model
+
+    src = build_tiny_model(name, tmp_path / "src", **overrides)
+    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--no-verify")
+    assert r.returncode == UnsupportedError.exit_code and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()

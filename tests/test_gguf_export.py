@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import FAMILY_NAMES, TINY, build_tiny_model
+from fixtures_models import FAMILY_NAMES, MOE, TINY, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.gguf import export_check, import_check
@@ -24,7 +24,8 @@ from mtk.converters.family import family_for_model_type
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TYPE_NAMES, ModelShape, TypeRules, plan_types
 from mtk.converters.hf_to_gguf import gguf_export
-from mtk.errors import VerificationError
+from mtk.errors import InvalidFileError, VerificationError
+from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
 from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import types
 
@@ -41,12 +42,8 @@ QUALITY_KL = {"q8_0": 0.005, "q5_0": 0.05, "q5_1": 0.05, "q4_0": 0.15, "q4_1": 0
 # full grid would cost the suite ~3 s per added family and type.
 CORE_TYPES = ("f32", "f16", "q8_0")
 FULL_GRID = ("llama", "phi3", "qwen2moe", "gemma3")
-# MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): every MoE family, only.
-MOE_FAMILIES = {
-    f
-    for f in FAMILY_NAMES
-    if family_for_model_type(TINY[f].model_type).expert_tensors or family_for_model_type(TINY[f].model_type).derived
-}
+# MXFP4 is an experts-only type (llama.cpp's mxfp4_moe: Q8_0 for every other matrix): MoE families only.
+MOE_FAMILIES = set(MOE) | {f for f in FAMILY_NAMES if family_for_model_type(TINY[f].model_type).derived}
 GRID = [
     (f, t)
     for f in FAMILY_NAMES
@@ -97,6 +94,49 @@ def test_export_then_import_gives_back_identical_float_tensors(dtype: torch.dtyp
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_fused_and_per_expert_checkpoints_export_the_same_bytes(
+    family: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """transformers 5 saves MoE experts one 2-D tensor per expert (its default, the Hub's layout) or, with
+    save_original_format=False, as its fused 3-D parameters: both export to the same GGUF, byte for byte.
+    A checkpoint holding one tensor in both layouts is refused."""
+    from safetensors.torch import load_file, save_file
+
+    src = tiny_models[family]
+    fused = tmp_path / "fused"
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).save_pretrained(fused, save_original_format=False)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            (fused / name).write_bytes((src / name).read_bytes())
+    names = HFCheckpoint(fused).names()
+    assert "model.layers.0.mlp.experts.gate_up_proj" in names and not any(".experts.0." in n for n in names)
+    assert any(".experts.0." in n for n in HFCheckpoint(src).names())
+    rules = TypeRules(Q.Q8_0)
+    gguf_export(src, tmp_path / "a.gguf", rules=rules)
+    gguf_export(fused, tmp_path / "b.gguf", rules=rules)
+    a, b = open_gguf(tmp_path / "a.gguf"), open_gguf(tmp_path / "b.gguf")
+    assert sorted(t.name for t in a.tensors) == sorted(t.name for t in b.tensors)
+    assert sum(len(t.shape) == 3 for t in a.tensors) == 6  # gate, up and down experts of 2 layers
+    for t in a.tensors:
+        other = b.by_name[t.name]
+        assert (t.qtype, t.shape) == (other.qtype, other.shape), t.name
+        assert torch.equal(a.tensor_bytes(t), b.tensor_bytes(other)), t.name
+    assert {k: v for k, v in a.metadata.items() if k != "general.name"} == {
+        k: v for k, v in b.metadata.items() if k != "general.name"
+    }
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in src.iterdir():
+        (mixed / f.name).write_bytes(f.read_bytes())
+    both = load_file(src / "model.safetensors")
+    gate_up = "model.layers.0.mlp.experts.gate_up_proj"
+    both[gate_up] = load_file(fused / "model.safetensors")[gate_up]
+    save_file(both, mixed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidFileError, match="both hold blk.0.ffn_gate_exps.weight"):
+        gguf_export(mixed, tmp_path / "c.gguf", rules=rules)
 
 
 def test_smollm2_f16_and_q8_0_perplexity_in_llama_cpp(smollm2_hf: Path, bible_text: str, tmp_path: Path) -> None:

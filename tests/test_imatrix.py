@@ -10,6 +10,7 @@ import gguf
 import pytest
 import torch
 from conftest import run_mtk
+from fixtures_models import MOE, TINY
 from test_kquant_export import WIDE, llama_quantize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -164,6 +165,25 @@ def test_bad_inputs_fail_with_one_line_and_their_exit_codes(
             "gguf-export", str(wide), "-o", str(tmp_path / "x.gguf"), "--type", "q4_k_m", "--imatrix", str(bad)
         )
         assert proc.returncode == InvalidFileError.exit_code, proc.stderr
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_every_moe_family_collects_its_router_and_each_expert(
+    family: str, tiny_models: dict[str, Path], calibration: Path, tmp_path: Path
+) -> None:
+    """transformers 5 runs every MoE family with fused experts (Mixtral's router renamed too): the imatrix still
+    names llama.cpp's router and expert tensors, one row and one count per expert, top-k counts per token."""
+    config = {**TINY[family].config}
+    experts = config.get("num_experts") or config["num_local_experts"]
+    out = tmp_path / "moe.imatrix.gguf"
+    args = ["--calibration", str(calibration), "-o", str(out), "--samples", "2", "--seq-len", "48"]
+    assert run_mtk("imatrix", str(tiny_models[family]), *args).returncode == 0
+    im = read_imatrix(out)
+    for layer in range(2):
+        assert im.sums[f"blk.{layer}.ffn_gate_inp.weight"].shape == (1, 64)
+        assert im.sums[f"blk.{layer}.ffn_up_exps.weight"].shape == (experts, 64)
+        counts = im.counts[f"blk.{layer}.ffn_down_exps.weight"]
+        assert counts.shape == (experts,) and float(counts.sum()) == config["num_experts_per_tok"] * 96
 
 
 def test_experts_are_accounted_per_expert_and_used(

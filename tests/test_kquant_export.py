@@ -17,7 +17,7 @@ import gguf
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import build_tiny_model
+from fixtures_models import MOE, build_tiny_model
 from transformers import AutoModelForCausalLM
 
 from mtk.artifacts.gguf import compare_on_prompts, export_check
@@ -164,13 +164,16 @@ def test_overrides_and_imatrix_rules_equal_llama_cpp(smollm2_f16: Path, tiny_mod
     assert ours == theirs and theirs["blk.2.ffn_down.weight"] == "Q4_1" and theirs["blk.5.ffn_down.weight"] == "Q4_0"
 
 
-def test_moe_plan_equals_llama_cpp(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", MOE)
+def test_moe_plan_equals_llama_cpp(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Routers stay F32, experts are quantized, and 8-expert models (Mixtral, the tiny Qwen3-MoE) get
+    llama.cpp's 8-expert attention rules."""
     f16 = tmp_path / "moe.f16.gguf"
-    gguf_export(tiny_models["qwen2moe"], f16, rules=TypeRules(Q.F16))
+    gguf_export(tiny_models[family], f16, rules=TypeRules(Q.F16))
     for mix in ("q2_k", "q4_k_m"):
         theirs = llama_quantize(f16, None, mix)
         assert mtk_plan(f16, TypeRules(FILE_TYPE_NAMES[mix])) == theirs
-        assert theirs["blk.0.ffn_down_exps.weight"] != "F16"
+        assert theirs["blk.0.ffn_down_exps.weight"] != "F16" and theirs["blk.0.ffn_gate_inp.weight"] == "F32"
 
 
 @pytest.mark.parametrize("mix", MIXES)

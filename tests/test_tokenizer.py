@@ -10,18 +10,42 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import gguf
 import pytest
-from fixtures_tokenizers import EXTRA_TEXTS, KINDS, PROBE_TEXT, build_tokenizer, train_unsplit_bytelevel
+from fixtures_tokenizers import (
+    EXTRA_TEXTS,
+    KINDS,
+    PROBE_TEXT,
+    RAW_SPECIALS,
+    SPLIT_EDGE_TEXTS,
+    WORDPIECE_KINDS,
+    build_tokenizer,
+    train_unsplit_bytelevel,
+    train_unsplit_raw,
+)
 from gguf import TokenType
 from transformers import AutoTokenizer
 
-from mtk.converters.tokenizer import METADATA_TYPES, SPECIAL_TOKEN_KEYS, gguf_tokenizer_metadata, write_hf_tokenizer
-from mtk.converters.tokenizer_bpe import PRE_TOKENIZER_TYPES, PRE_TOKENIZERS_BY_NAME, identify_pre_tokenizer
+from mtk.converters.tokenizer import (
+    METADATA_TYPES,
+    NORMALIZER_LOWERCASE,
+    NORMALIZER_STRIP_ACCENTS,
+    SPECIAL_TOKEN_KEYS,
+    WORDPIECE_TOKEN_KEYS,
+    gguf_tokenizer_metadata,
+    write_hf_tokenizer,
+)
+from mtk.converters.tokenizer_bpe import (
+    PRE_TOKENIZER_TYPES,
+    PRE_TOKENIZERS_BY_NAME,
+    PreTokenizerType,
+    identify_pre_tokenizer,
+)
 from mtk.errors import UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 
@@ -34,6 +58,7 @@ requires_llama = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python 
 
 K = gguf.Keys.Tokenizer
 TEXTS = (PROBE_TEXT, *EXTRA_TEXTS)
+SPLIT_TEXTS = (*TEXTS, *SPLIT_EDGE_TEXTS)
 CHAT = [
     {"role": "user", "content": "Hi there, <tool_call> what's 2+2?"},
     {"role": "assistant", "content": "It is 4.  Bye!"},
@@ -48,9 +73,9 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
     return dict(open_gguf(path).metadata)
 
 
-def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path) -> Path:
-    """A GGUF with llama hyper-parameters and the tokenizer metadata, no tensors (llama.cpp loads it vocab-only)."""
-    writer = gguf.GGUFWriter(str(path), "llama")
+def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path, arch: str = "llama") -> Path:
+    """A GGUF with hyper-parameters and the tokenizer metadata, no tensors (llama.cpp loads it vocab-only)."""
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(2048)
     writer.add_embedding_length(64)
     writer.add_block_count(1)
@@ -58,6 +83,7 @@ def write_vocab_only_gguf(metadata: Mapping[str, Any], path: Path) -> Path:
     writer.add_head_count(2)
     writer.add_head_count_kv(2)
     writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_eps(1e-12)
     for key, value in metadata.items():
         value_type, item_type = METADATA_TYPES.get(key, (gguf.GGUFValueType.STRING, None))
         writer.add_key_value(key, value, value_type, sub_type=item_type)
@@ -215,28 +241,39 @@ def test_llama_cpp_gives_the_hf_ids(kind: str, defaults: bool, hf_dirs, converte
 
 
 @pytest.fixture(scope="module")
-def unsplit_vocab() -> tuple[list[str], list[str]]:
-    return train_unsplit_bytelevel()
+def unsplit_vocab() -> dict[bool, tuple[list[str], list[str]]]:
+    """By byte_encode: a byte-level vocabulary, or one on raw UTF-8 with byte pieces (Gemma 4's form)."""
+    return {True: train_unsplit_bytelevel(), False: train_unsplit_raw()}
 
 
-def _unsplit_metadata(pre_name: str, vocab: tuple[list[str], list[str]]) -> dict[str, Any]:
-    tokens, merges = vocab
-    return {
-        K.MODEL: "gpt2",
-        K.PRE: pre_name,
-        K.LIST: tokens,
-        K.TOKEN_TYPE: [int(TokenType.NORMAL)] * len(tokens),
-        K.MERGES: merges,
-        K.ADD_BOS: False,
-    }
+def _unsplit_metadata(
+    pre: PreTokenizerType, vocabs: dict[bool, tuple[list[str], list[str]]], model: str = "gpt2"
+) -> dict[str, Any]:
+    tokens, merges = vocabs[pre.byte_encode]
+    types = [int(TokenType.NORMAL)] * len(tokens)
+    if not pre.byte_encode:
+        types[: len(RAW_SPECIALS)] = [int(TokenType.CONTROL)] * len(RAW_SPECIALS)
+        types[len(RAW_SPECIALS) : len(RAW_SPECIALS) + 256] = [int(TokenType.BYTE)] * 256
+    metadata = {K.MODEL: model, K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: merges}
+    metadata[K.ADD_BOS] = False
+    if not pre.byte_encode:  # llama.cpp adds bos for Gemma 4's types whatever the GGUF says
+        metadata[K.BOS_ID] = tokens.index("<bos>")
+    if model == "gemma4":  # the model names its pre-tokenizer
+        del metadata[K.PRE]
+    return metadata
+
+
+def _pre_name(metadata: dict[str, Any]) -> str:
+    return "gemma4" if metadata[K.MODEL] == "gemma4" else metadata[K.PRE]
 
 
 @pytest.mark.parametrize("pre", PRE_TOKENIZER_TYPES, ids=lambda row: row.name)
 def test_pre_tokenizer_is_identified_back(pre, unsplit_vocab, tmp_path) -> None:
-    write_hf_tokenizer(_unsplit_metadata(pre.name, unsplit_vocab), tmp_path)
+    write_hf_tokenizer(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
     # The Hugging Face files name the same llama.cpp behaviour (an alias may come back as its first name).
-    same = PRE_TOKENIZERS_BY_NAME[gguf_tokenizer_metadata(tmp_path)[K.PRE]]
-    assert (same.regexes, same.ignore_merges, same.clean_spaces) == (pre.regexes, pre.ignore_merges, pre.clean_spaces)
+    same = PRE_TOKENIZERS_BY_NAME[_pre_name(gguf_tokenizer_metadata(tmp_path))]
+    behaviour = ("splits", "ignore_merges", "clean_spaces", "byte_encode", "escape_spaces", "gemma4")
+    assert [getattr(same, field) for field in behaviour] == [getattr(pre, field) for field in behaviour]
 
 
 def _split(regex: str) -> dict[str, Any]:
@@ -321,13 +358,131 @@ def test_pre_tokenizer_is_identified_from_hf_spelling(name: str) -> None:
 @requires_llama
 @pytest.mark.parametrize("pre", PRE_TOKENIZER_TYPES, ids=lambda row: row.name)
 def test_pre_tokenizer_splits_like_llama_cpp(pre, unsplit_vocab, tmp_path) -> None:
-    """Each mapped tokenizer.ggml.pre value splits text in tokenizers exactly where llama.cpp splits it."""
-    metadata = _unsplit_metadata(pre.name, unsplit_vocab)
+    """Each tokenizer.ggml.pre value llama.cpp knows splits text in tokenizers exactly where llama.cpp splits it.
+
+    Both ways: the Hugging Face tokenizer written for the GGUF metadata gives llama.cpp's ids for that metadata,
+    and the GGUF metadata exported from that tokenizer gives llama.cpp the tokenizer's ids. An alias exports as
+    the first name of its behaviour (test_pre_tokenizer_is_identified_back), whose own cell checks that export.
+    """
+    _check_both_ways(_unsplit_metadata(pre, unsplit_vocab), tmp_path, aliases=True)
+
+
+def _check_both_ways(metadata: dict[str, Any], tmp_path: Path, aliases: bool = False) -> None:
     write_hf_tokenizer(metadata, tmp_path)
-    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf"))
+    exported = gguf_tokenizer_metadata(tmp_path)
+    export = not aliases or _pre_name(exported) == _pre_name(metadata)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    for text in TEXTS:
+    # llama.cpp adds bos where the GGUF says so (or, for Gemma 4, always): only then is add_bos worth a check.
+    with_bos = tokenizer.add_bos_token
+    for gguf_metadata in (metadata, exported) if export else (metadata,):
+        vocab = llama_vocab(write_vocab_only_gguf(gguf_metadata, tmp_path / "vocab.gguf"))
+        for text in SPLIT_TEXTS:
+            assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+            if with_bos:
+                assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True)
+
+
+@pytest.mark.llama
+@requires_llama
+def test_gemma4_tokenizer_model_splits_like_llama_cpp(unsplit_vocab, tmp_path) -> None:
+    """tokenizer.ggml.model "gemma4" (Gemma 4's GGUFs): both ways, and bos is added though the GGUF says not to."""
+    metadata = _unsplit_metadata(PRE_TOKENIZERS_BY_NAME["gemma4"], unsplit_vocab, model="gemma4")
+    _check_both_ways(metadata, tmp_path)
+    assert gguf_tokenizer_metadata(tmp_path)[K.MODEL] == "gemma4"
+    assert AutoTokenizer.from_pretrained(tmp_path)("a")["input_ids"][0] == metadata[K.BOS_ID]
+
+
+@pytest.mark.llama
+@requires_llama
+def test_gemma4_checkpoint_exports_as_gemma4(hf_dirs, tmp_path) -> None:
+    """A Gemma 4 checkpoint's tokenizer (Gemma 3's tokenizer.json) exports as the "gemma4" model, as llama.cpp's
+    converter writes it: merges kept, no scores; llama.cpp gives transformers' ids.
+
+    llama.cpp never merges across a newline there, so the texts are compared line by line: this fixture, unlike
+    Gemma 4's vocabulary, has pieces that end in one ("▁we?\n").
+    """
+    folder = tmp_path / "gemma4"
+    shutil.copytree(hf_dirs["gemma"], folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma4_text"}), encoding="utf-8")
+    metadata = gguf_tokenizer_metadata(folder)
+    assert metadata[K.MODEL] == "gemma4" and K.SCORES not in metadata and K.PRE not in metadata
+    tokenizer = AutoTokenizer.from_pretrained(hf_dirs["gemma"])
+    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf"))
+    for text in sorted({line for whole in TEXTS for line in whole.split("\n")}):
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+        assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
+# ---------------------------------------------------------------------------------------------- WordPiece
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, Any], Path]]:
+    """Per WordPiece kind: the Hugging Face folder, its GGUF metadata, and the folder written back from that."""
+    result = {}
+    for kind in WORDPIECE_KINDS:
+        src = tmp_path_factory.mktemp(f"hf_{kind}")
+        build_tokenizer(kind, src)
+        metadata = gguf_tokenizer_metadata(src)
+        back = tmp_path_factory.mktemp(f"back_{kind}")
+        write_hf_tokenizer(metadata, back)
+        result[kind] = (src, metadata, back)
+    return result
+
+
+def _bert_comparable(texts: tuple[str, ...], metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The texts on which BERT's normalizer and llama.cpp's agree: when accents are stripped, llama.cpp keeps
+    only the first jamo of a Hangul syllable and drops spacing marks (see tokenizer_wpm), so those are left out."""
+    if not metadata[NORMALIZER_STRIP_ACCENTS]:
+        return texts
+    return tuple(
+        "".join(c for c in text if not "\uac00" <= c <= "\ud7a3" and unicodedata.category(c) != "Mc") for text in texts
+    )
+
+
+def _wordpiece_settings(tokenizer: Any) -> dict[str, Any]:
+    roles = ("cls_token", "sep_token", "unk_token", "pad_token", "mask_token")
+    return {role: (getattr(tokenizer, role), getattr(tokenizer, role + "_id")) for role in roles}
+
+
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_round_trip(kind: str, wordpiece) -> None:
+    src, metadata, back_dir = wordpiece[kind]
+    original, back = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(back_dir)
+    for text in _bert_comparable(TEXTS, metadata):
+        assert hf_ids(back, text) == hf_ids(original, text), text
+        assert hf_ids(back, text, add_special=True) == hf_ids(original, text, add_special=True), text
+    assert back.get_vocab() == original.get_vocab()
+    assert _wordpiece_settings(back) == _wordpiece_settings(original)
+    assert gguf_tokenizer_metadata(back_dir) == metadata
+
+
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_metadata_marks_word_starts(kind: str, wordpiece) -> None:
+    src, metadata, _ = wordpiece[kind]
+    vocab = AutoTokenizer.from_pretrained(src).get_vocab()
+    tokens = metadata[K.LIST]
+    assert metadata[K.MODEL] == "bert" and K.MERGES not in metadata
+    assert (tokens[vocab["the"]], tokens[vocab["##s"]], tokens[vocab["[CLS]"]]) == ("▁the", "s", "[CLS]")
+    lowercase = kind == "bert"
+    assert (metadata[NORMALIZER_LOWERCASE], metadata[NORMALIZER_STRIP_ACCENTS]) == (lowercase, lowercase)
+    ids = {role: metadata[key] for role, key in WORDPIECE_TOKEN_KEYS.items()}
+    assert ids == {"cls_token": 2, "sep_token": 3, "unk_token": 1, "pad_token": 0, "mask_token": 4}
+    assert {metadata[K.TOKEN_TYPE][i] for i in range(5)} == {TokenType.CONTROL}
+
+
+@pytest.mark.llama
+@requires_llama
+@pytest.mark.parametrize("kind", WORDPIECE_KINDS)
+def test_wordpiece_ids_match_llama_cpp(kind: str, wordpiece, tmp_path) -> None:
+    """llama.cpp's WPM tokenizer on the exported GGUF gives the ids of the source and of the re-imported tokenizer."""
+    src, metadata, back_dir = wordpiece[kind]
+    vocab = llama_vocab(write_vocab_only_gguf(metadata, tmp_path / "vocab.gguf", arch="bert"))
+    for folder in (src, back_dir):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        for text in SPLIT_TEXTS if folder == back_dir else _bert_comparable(SPLIT_TEXTS, metadata):
+            assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
+            assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
 
 
 # ---------------------------------------------------------------------------------------------- SmolLM2
@@ -378,7 +533,7 @@ def _bpe_metadata(converted, **changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({K.MODEL: "bert"}, "GGUF tokenizer model 'bert' is not supported"),
+        ({K.MODEL: "t5"}, "GGUF tokenizer model 't5' is not supported"),
         ({K.PRE: "no-such-pre"}, "GGUF pre-tokenizer 'no-such-pre' is not supported"),
     ],
 )
@@ -398,7 +553,7 @@ def _edit_tokenizer_json(src: Path, dst: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("kind", "edit", "message"),
     [
-        ("bpe", lambda d: d["model"].update(type="WordPiece"), "a WordPiece tokenizer has no GGUF form"),
+        ("bpe", lambda d: d["model"].update(type="Unigram"), "a Unigram tokenizer has no GGUF form"),
         ("bpe", lambda d: d.update(normalizer={"type": "Lowercase"}), "a Lowercase normalizer"),
         ("bpe", lambda d: d["pre_tokenizer"]["pretokenizers"][-1].update(add_prefix_space=True), "add_prefix_space"),
         (

@@ -63,16 +63,42 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
     qc, fmt = _format(path)
     ckpt = HFCheckpoint(path)
     names = set(ckpt.names())
+
+    def weight(name: str) -> torch.Tensor:
+        base = name.removesuffix(".weight")
+        if f"{base}.{fmt.packed_keys[0]}" in names:
+            return fmt.unpack({k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}, qc)
+        return ckpt.get(name)
+
+    fused = _fused_experts(model, weight)
     state = model.state_dict()
     with torch.no_grad():
         for name, tensor in state.items():
-            base = name.removesuffix(".weight")
-            if f"{base}.{fmt.packed_keys[0]}" in names:
-                packed = {k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}
-                tensor.copy_(fmt.unpack(packed, qc))
-            elif name in names:
-                tensor.copy_(ckpt.get(name).to(tensor.dtype))
+            if name in fused:
+                tensor.copy_(fused.pop(name)())
+            elif name in names or f"{name.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+                tensor.copy_(weight(name).to(tensor.dtype))
     return model
+
+
+def _fused_experts(model: Any, weight: Any) -> dict[str, Any]:
+    """MoE models: each fused 3-D experts parameter of transformers 5 (full name) -> a function stacking it from
+    the files' per-expert weights (``weight(name)``); empty for dense models."""
+    from mtk.converters.family import all_families
+    from mtk.quantizers.moe import expert_count, fused_weights
+
+    model_type = model.config.model_type
+    plan = next((f.layer_plan for f in all_families() if model_type in f.model_types), None)
+    if plan is None or plan.experts is None:
+        return {}
+    ep, n = plan.experts, expert_count(plan, model.config)
+    out = {}
+    for name, _ in model.named_parameters():
+        if name.endswith(f".{ep.module}.{ep.gate_up}"):
+            prefix = name.removesuffix(f"{ep.module}.{ep.gate_up}")
+            for key in (f"{prefix}{ep.module}.{ep.gate_up}", f"{prefix}{ep.module}.{ep.down}"):
+                out[key] = lambda p=prefix, k=key: fused_weights(plan, p, n, weight)[k]
+    return out
 
 
 def _logits(model: Any, prompts: list[list[int]]) -> Any:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mtk.cli import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize
+from mtk.cli import bench, export_onnx, gguf_export, gguf_import, imatrix, inspect, quantize, run
 from mtk.cli.common import SETTINGS
 from mtk.cli.quiet import quiet_third_party
 from mtk.errors import EXIT_INTERRUPTED, MtkError, UsageError
@@ -34,6 +34,7 @@ app.command("export-onnx")(export_onnx.export_onnx_command)
 app.command("quantize")(quantize.quantize_command)
 app.command("imatrix")(imatrix.imatrix_command)
 app.command("bench")(bench.bench_command)
+app.command("run")(run.run_command)
 
 
 @app.callback()

@@ -9,7 +9,7 @@ import typer
 
 from mtk.cli.common import Device, DeviceOpt, OutputDir, Overwrite, info, progress_bar, render
 from mtk.quantizers import FORMATS, QUANTIZERS
-from mtk.quantizers.config import allowed
+from mtk.quantizers.config import MOE_CALIBRATIONS, allowed
 
 
 def _method_help() -> str:
@@ -43,7 +43,11 @@ def _group_help() -> str:
 def _format_help() -> str:
     rows = [FORMATS.get(n) for n in FORMATS.names()]
     defaults = ", ".join(f"{m} -> {QUANTIZERS.get(m).default_format}" for m in QUANTIZERS.names())
-    return "; ".join(f"{f.name} ({f.summary}, loaded by {f.runtime})" for f in rows) + f". Default: {defaults}."
+    moe = ", ".join(f.name for f in rows if f.moe is not None)
+    return (
+        "; ".join(f"{f.name} ({f.summary}, loaded by {f.runtime})" for f in rows)
+        + f". Default: {defaults}; mixture-of-experts models: {moe} only."
+    )
 
 
 def quantize_command(
@@ -74,6 +78,14 @@ def quantize_command(
     ] = None,
     samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    moe_calibration: Annotated[
+        str,
+        typer.Option(
+            help="Mixture-of-experts models: calibrate each expert on the tokens routed to it, or on all tokens "
+            "of its layer.",
+            metavar=f"<{'|'.join(MOE_CALIBRATIONS)}>",
+        ),
+    ] = "routed",
     format_: Annotated[
         str | None,
         typer.Option("--format", help=_format_help(), metavar=f"<{'|'.join(FORMATS.names())}>"),
@@ -101,8 +113,9 @@ def quantize_command(
         result = quantize(
             model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
-            format=format_, calibration=calibration, samples=samples, seq_len=seq_len, device=device.value,
-            verify=verify, overwrite=overwrite, progress=bar.update,
+            format=format_, calibration=calibration, samples=samples, seq_len=seq_len,
+            moe_calibration=moe_calibration, device=device.value, verify=verify, overwrite=overwrite,
+            progress=bar.update,
         ).to_dict()  # fmt: skip
     v = result.get("verification")
     if v:

@@ -13,11 +13,18 @@ transforms that differ between families are flags here, applied by the converter
   become neighbours); HF keeps the halves apart. Families using NEOX RoPE (qwen, phi3, gemma) need none.
 - ``norm_shift``: Gemma computes ``x * (1 + w)``; llama.cpp's converter stores ``w + 1`` so its kernel can
   compute ``x * w``.
-- ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints keep one
-  2-D tensor per expert.
+- ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints as
+  transformers saves them (and as the Hub holds them) keep one 2-D tensor per expert.
+- ``fused_tensors``: transformers 5 holds a layer's experts in memory as 3-D parameters, gate and up
+  concatenated (``mlp.experts.gate_up_proj`` (E, 2F, D), gate first; ``mlp.experts.down_proj`` (E, D, F)),
+  and writes that layout when saving with ``save_original_format=False``. gguf-export reads both layouts;
+  gguf-import writes the per-expert one, which transformers 5 loads (fusing it) and saves itself.
 - ``derived``: GGUF tensors cut from one HF tensor (or a packed pair) by a family's own functions, and joined
   back on import: gpt-oss keeps its experts as one (E, D, 2F) ``gate_up_proj`` with gate and up interleaved,
   which llama.cpp stores as two (E, F, D) tensors.
+
+Several families may share a GGUF architecture (Mixtral is llama.cpp's ``llama`` with experts): each is
+registered under its own ``name``, and :func:`family_for_gguf` tells them apart by whether the GGUF has experts.
 """
 
 from __future__ import annotations
@@ -68,6 +75,14 @@ LLAMA_TENSORS: dict[str, str] = {
     "blk.{bid}.ffn_down.weight": "model.layers.{bid}.mlp.down_proj.weight",
 }
 
+# MoE experts: GGUF's 3-D tensors (ggml ne {D, F, E} for gate/up, {F, D, E} for down; PyTorch order reversed).
+EXPERTS = ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight", "blk.{bid}.ffn_down_exps.weight")
+# transformers 5's fused experts module (Qwen2/3-MoE, Mixtral): gate_up_proj (E, 2F, D), gate rows first.
+FUSED_EXPERTS: dict[str, tuple[str, ...]] = {
+    "model.layers.{bid}.mlp.experts.gate_up_proj": EXPERTS[:2],
+    "model.layers.{bid}.mlp.experts.down_proj": EXPERTS[2:],
+}
+
 
 @dataclass(frozen=True)
 class ScaleGroup:
@@ -79,6 +94,31 @@ class ScaleGroup:
     inspect: str
     # "all" rows of prev, or the "second_half" (Phi-3's fused gate_up_proj feeds down_proj through its up half).
     prev_rows: Literal["all", "second_half"] = "all"
+    # Modules that read the same input but stay float (a MoE router): their weight columns take the scale exactly,
+    # so that they compute what they did before the scale was folded into prev.
+    compensate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    """The routed experts of a mixture-of-experts layer as the quantizers see them (names relative to the layer).
+
+    Checkpoints, and mtk's quantized output, keep one 2-D weight per expert: ``{module}.{xid}.{name}.weight`` for
+    each name of ``linears`` (gate, up, down), which ``LayerPlan.sequential`` and ``awq`` list with ``{xid}``.
+    transformers 5 fuses them into 3-D parameters of ``module``: ``gate_up`` ``(experts, 2 * inter, hidden)``
+    (each expert's gate rows, then its up rows) and ``down`` ``(experts, hidden, inter)``, every expert's slice
+    oriented ``(out, in)`` like a Linear weight. The module is called as ``module(hidden, top_k_index,
+    top_k_weights)`` and computes ``down(act_fn(gate(x)) * up(x))`` per expert, weighted by its routing weight.
+    ``count`` is the config field holding the number of experts. ``keep_float`` are the layer's modules that stay
+    float (the router, a shared-expert gate: GPTQModel and llm-compressor leave them so).
+    """
+
+    module: str = "mlp.experts"
+    count: str = "num_experts"
+    gate_up: str = "gate_up_proj"
+    down: str = "down_proj"
+    linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    keep_float: tuple[str, ...] = ("mlp.gate",)
 
 
 @dataclass(frozen=True)
@@ -87,8 +127,9 @@ class LayerPlan:
 
     ``sequential`` lists the layer's Linear modules in groups that see the same input, in forward order
     (GPTQ's true-sequential order: a later group is calibrated on the outputs of the already-quantized
-    earlier ones). ``awq`` lists AWQ's scaling groups. Gemma's norms multiply by ``1 + weight``
-    (``norm_offset`` 1), which changes how a scale is folded in.
+    earlier ones); a group named with ``{xid}`` stands for one group per expert, calibrated together. ``awq``
+    lists AWQ's scaling groups. Gemma's norms multiply by ``1 + weight`` (``norm_offset`` 1), which changes how a
+    scale is folded in.
     """
 
     sequential: tuple[tuple[str, ...], ...]
@@ -96,6 +137,8 @@ class LayerPlan:
     norm_offset: float = 0.0
     # AutoAWQ leaves q/k out of the clipping search: their outputs meet in a softmax, not a sum.
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+    # Mixture-of-experts layers: where the routed experts live; names with {xid} above are per expert.
+    experts: ExpertPlan | None = None
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -169,6 +212,9 @@ class Family:
     norm_shift: float = 0.0
     # GGUF 3-D expert tensor template -> HF per-expert template (with {xid}).
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
+    # transformers 5's fused layout (export only): HF template -> the GGUF templates it holds, concatenated
+    # along its rows (dim -2) in this order; a single template is a rename (Mixtral's router).
+    fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # GGUF tensors cut from one HF tensor (gpt-oss's fused experts): the family's Derived rows.
     derived: tuple[Derived, ...] = ()
     # Family-specific config fields derived from the GGUF metadata (import direction).
@@ -186,6 +232,12 @@ class Family:
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()
+    # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.gguf_arch)
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
         """The HF template of a GGUF tensor name and its indices, or None when the name is unknown."""
@@ -196,11 +248,23 @@ class Family:
         return None
 
     def hf_to_gguf(self, name: str) -> tuple[str, dict[str, int]] | None:
-        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None."""
+        """The GGUF template of an HF tensor name and its indices (``xid`` for experts), or None; a fused
+        name that holds one GGUF tensor (Mixtral's ``mlp.gate.weight``) maps to it too."""
         for pattern, gguf_t in _compile_hf(tuple(self.all_tensors().items())).items():
             m = pattern.fullmatch(name)
             if m:
                 return gguf_t, {k: int(v) for k, v in m.groupdict().items()}
+        fused = self.fused_to_gguf(name)
+        if fused is not None and len(fused[0]) == 1:
+            return fused[0][0], fused[1]
+        return None
+
+    def fused_to_gguf(self, name: str) -> tuple[tuple[str, ...], dict[str, int]] | None:
+        """The GGUF templates a fused HF tensor holds (in row order) and its indices, or None."""
+        for pattern, gguf_ts in _compile_fused(tuple(self.fused_tensors.items())).items():
+            m = pattern.fullmatch(name)
+            if m:
+                return gguf_ts, {k: int(v) for k, v in m.groupdict().items()}
         return None
 
     def derived_source(self, name: str) -> tuple[Derived, dict[str, int]] | None:
@@ -285,16 +349,31 @@ def _compile_hf(items: tuple[tuple[str, str], ...]) -> dict[re.Pattern[str], str
     return _HF_CACHE[items]
 
 
+_FUSED_CACHE: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[re.Pattern[str], tuple[str, ...]]] = {}
+
+
+def _compile_fused(items: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[re.Pattern[str], tuple[str, ...]]:
+    if items not in _FUSED_CACHE:
+        _FUSED_CACHE[items] = {re.compile(re.escape(hf_t).replace(r"\{bid\}", r"(?P<bid>\d+)")): g for hf_t, g in items}
+    return _FUSED_CACHE[items]
+
+
 FAMILIES: Registry[Family] = Registry("architecture", entry_point_group="mtk.converters")
 
 
 def register(family: Family) -> Family:
-    return FAMILIES.add(family.gguf_arch, family)
+    return FAMILIES.add(family.name, family)
 
 
-def family_for_gguf(arch: str) -> Family:
+def family_for_gguf(arch: str, *, experts: bool = False) -> Family:
+    """The family of a GGUF architecture; where families share one (llama and Mixtral), the one with
+    experts when the GGUF has them (``{arch}.expert_count``), else the one without."""
     _load_builtin()
-    return FAMILIES.get(arch)
+    sharing = [f for f in all_families() if f.gguf_arch == arch]
+    if not sharing:
+        known = ", ".join(sorted({f.gguf_arch for f in all_families()}))
+        raise UnsupportedError(f"unknown architecture {arch!r}; supported: {known}")
+    return next((f for f in sharing if bool(f.expert_tensors) == experts), sharing[0])
 
 
 def all_families() -> list[Family]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +45,11 @@ class PlannedTensor:
     # A family's Derived row joins these GGUF tensors (``source`` is the first) into this one HF tensor.
     derived: Derived | None = None
     parts: tuple[GGUFTensorInfo, ...] = ()
+
+
+def gguf_family(model: GGUFModel) -> Family:
+    """The family of a GGUF: by architecture, and by whether it has experts where two share one (Mixtral)."""
+    return family_for_gguf(model.architecture, experts=bool(model.metadata.get(f"{model.architecture}.expert_count")))
 
 
 # Hyper-parameters every family needs, each at least 1 (the reader has checked their types).
@@ -87,7 +91,9 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
     cfg["attention_bias"] = "blk.0.attn_q.bias" in model.by_name
     cfg["pad_token_id"] = None  # set below when the GGUF names one (some config classes default to ids past the vocab)
     try:
-        cfg["rope_parameters"] = rope.hf_parameters(family.rope, meta, arch, model.by_name, lambda n: _values(model, n))
+        cfg["rope_parameters"] = rope.hf_parameters(
+            family.rope, meta, arch, model.by_name, lambda n: _values(model, n), cfg["head_dim"]
+        )
     except InvalidFileError as exc:
         raise InvalidFileError(f"{model.path}: {exc}") from None
     for key, field in (
@@ -298,7 +304,7 @@ def gguf_import(
     start = time.perf_counter()
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     model = open_gguf(gguf_path)
-    family = family_for_gguf(model.architecture)
+    family = gguf_family(model)
     cfg = hf_config(family, model)
     torch_dtype = pick_dtype(model, dtype)
     plan = plan_tensors(family, model, cfg)
@@ -360,7 +366,7 @@ def load_in_memory(gguf_path: Path | str, device: str = "auto") -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_file = open_gguf(gguf_path)
-    family = family_for_gguf(model_file.architecture)
+    family = gguf_family(model_file)
     cfg = hf_config(family, model_file)
     config = AutoConfig.for_model(family.model_type, **cfg)
     plan = plan_tensors(family, model_file, cfg)
@@ -368,7 +374,8 @@ def load_in_memory(gguf_path: Path | str, device: str = "auto") -> Any:
         p.hf_name: w for p, w in iter_hf_tensors(family, model_file, plan, cfg, torch.float32, resolve_device(device))
     }
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    result = model.load_state_dict(_fused_experts(state, model.state_dict().keys()), strict=False, assign=True)
+    state = _fused_experts(family, state, model.state_dict().keys(), config.num_hidden_layers)
+    result = model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.tie_weights()
     missing = [k for k in result.missing_keys if not (config.tie_word_embeddings and k == "lm_head.weight")]
@@ -377,26 +384,26 @@ def load_in_memory(gguf_path: Path | str, device: str = "auto") -> Any:
     return model.eval()
 
 
-def _fused_experts(state: dict[str, torch.Tensor], wanted: Any) -> dict[str, torch.Tensor]:
-    """transformers 5 holds MoE experts fused ((E, 2F, D) gate_up and (E, D, F) down); build them from the
-    per-expert tensors when the model asks for that layout."""
+def _fused_experts(family: Family, state: dict[str, torch.Tensor], wanted: Any, layers: int) -> dict[str, torch.Tensor]:
+    """transformers 5 holds MoE experts fused (the family's ``fused_tensors``): build those the model asks for
+    from the per-expert tensors of the plan (each GGUF part stacked over experts, the parts concatenated along
+    the rows)."""
     wanted = set(wanted)
-    out = {k: v for k, v in state.items() if ".experts." not in k}
-    # Per-expert names only (model.layers.0.mlp.experts.3.up_proj.weight); fused ones pass as they are.
-    per_expert = re.compile(r".*\.mlp\.experts\.\d+\..*")
-    out.update({k: v for k, v in state.items() if ".experts." in k and not per_expert.fullmatch(k)})
-    state = {k: v for k, v in state.items() if per_expert.fullmatch(k)}
-    layers = sorted({k.split(".mlp.experts.")[0] for k in state})
-    for layer in layers:
-        n = 1 + max(
-            int(k.split(".mlp.experts.")[1].split(".")[0]) for k in state if k.startswith(layer + ".mlp.experts.")
-        )
-        experts = [f"{layer}.mlp.experts.{x}" for x in range(n)]
-        if f"{layer}.mlp.experts.gate_up_proj" in wanted:
-            out[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(
-                [torch.cat([state[f"{e}.gate_proj.weight"], state[f"{e}.up_proj.weight"]]) for e in experts]
-            )
-            out[f"{layer}.mlp.experts.down_proj"] = torch.stack([state[f"{e}.down_proj.weight"] for e in experts])
-        else:
-            out.update({k: v for k, v in state.items() if k.startswith(layer + ".mlp.experts.")})
+    if not family.fused_tensors or set(state) <= wanted:
+        return state
+    out = dict(state)
+    for hf_t, parts in family.fused_tensors.items():
+        for bid in range(layers):
+            if (name := hf_t.format(bid=bid)) in wanted:
+                out[name] = torch.cat([_stacked(family, out, gguf_t, bid) for gguf_t in parts], dim=-2)
     return out
+
+
+def _stacked(family: Family, state: dict[str, torch.Tensor], gguf_t: str, bid: int) -> torch.Tensor:
+    """Layer ``bid``'s tensor of ``gguf_t`` taken out of ``state``: its experts stacked, or the one tensor."""
+    if gguf_t not in family.expert_tensors:
+        return state.pop(family.tensors[gguf_t].format(bid=bid))
+    hf_t, experts = family.expert_tensors[gguf_t], []
+    while (name := hf_t.format(bid=bid, xid=len(experts))) in state:
+        experts.append(state.pop(name))
+    return torch.stack(experts)

@@ -50,7 +50,8 @@ IMPORTANCE_TYPES = frozenset(row.qtype for row in ROWS if row.writes and row.use
 @dataclass(frozen=True)
 class ExportTensor:
     """One GGUF tensor: its target type, and where its values come from (HF names, a GGUF tensor, or
-    ``synthesised`` from the config when no source tensor holds it)."""
+    ``synthesised`` from the config when no source tensor holds it). ``rows`` (i, n): the tensor is the
+    i-th of n equal row blocks (dim -2) of its one fused source (gate_up_proj: gate, then up)."""
 
     name: str
     template: str
@@ -58,6 +59,7 @@ class ExportTensor:
     shape: tuple[int, ...]
     sources: tuple[str, ...]
     synthesised: Synthesised | None = None
+    rows: tuple[int, int] | None = None
     # Part ``part`` of a family's Derived row, cut from ``sources`` (its HF tensors).
     derived: Derived | None = None
     part: int = 0
@@ -122,10 +124,12 @@ def plan_hf(
     synthesised: dict[str, Synthesised] | None = None,
 ) -> list[ExportTensor]:
     """GGUF tensors: the ``synthesised`` ones first (as llama.cpp's converter writes its generated tensors),
-    then checkpoint order, experts of a layer stacked into one tensor."""
+    then checkpoint order, experts of a layer stacked into one tensor (per-expert layout) or cut from
+    transformers 5's fused ones (``family.fused_tensors``)."""
     synthesised = synthesised or {}
     groups: dict[str, dict[int, str]] = {}
     templates: dict[str, str] = {}
+    fused: dict[str, tuple[int, int]] = {}
     derived: dict[str, ExportTensor] = {}
     for hf_name in ckpt.names():
         if hf_name.endswith(family.dropped):
@@ -134,32 +138,38 @@ def plan_hf(
         if row is not None:
             derived.update(_derived_parts(ckpt, *row))
             continue
-        found = family.hf_to_gguf(hf_name)
+        found = _gguf_names(family, hf_name)
         if found is None:
             raise UnsupportedError(f"{ckpt.path}: tensor {quoted(hf_name)} has no {family.gguf_arch} GGUF counterpart")
-        template, idx = found
-        xid = idx.pop("xid", 0)
-        name = template.format(**idx)
-        groups.setdefault(name, {})[xid] = hf_name
-        templates[name] = template
+        for name, template, xid, rows in found:
+            other = groups.get(name, {})
+            if name in fused or (rows is not None and other) or xid in other:
+                first = next(iter(other.values()), hf_name)
+                raise InvalidFileError(f"{ckpt.path}: {quoted(first)} and {quoted(hf_name)} both hold {name}")
+            groups.setdefault(name, {})[xid] = hf_name
+            templates[name] = template
+            if rows is not None:
+                fused[name] = rows
     clash = sorted(set(synthesised) & set(groups))
     if clash:
         raise InvalidFileError(f"{ckpt.path}: the checkpoint holds {clash[0]}, which gguf-export computes itself")
     shapes: dict[str, tuple[int, ...]] = {name: s.shape for name, s in synthesised.items()}
     for name, members in groups.items():
         shape = ckpt.shape(members[min(members)])
-        shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
+        if name in fused:
+            shapes[name] = _row_block(ckpt, members[0], shape, fused[name][1])
+        else:
+            shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
     shapes.update({name: t.shape for name, t in derived.items()})
     types = plan_types(list(shapes.items()), model, rules)
     made = [ExportTensor(n, n, types[n], shapes[n], (), synthesised=s) for n, s in synthesised.items()]
-    return (
-        made
-        + [
-            ExportTensor(name, templates[name], types[name], shapes[name], tuple(m[i] for i in sorted(m)))
-            for name, m in groups.items()
-        ]
-        + [replace(t, qtype=types[name]) for name, t in derived.items()]
-    )
+    planned = [
+        ExportTensor(
+            name, templates[name], types[name], shapes[name], tuple(m[i] for i in sorted(m)), rows=fused.get(name)
+        )
+        for name, m in groups.items()
+    ]
+    return made + planned + [replace(t, qtype=types[name]) for name, t in derived.items()]
 
 
 def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dict[str, ExportTensor]:
@@ -178,6 +188,26 @@ def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dic
         name = template.format(**idx)
         out[name] = ExportTensor(name, template, Q.F32, shape, sources, derived=row, part=i)
     return out
+
+
+def _gguf_names(family: Family, hf_name: str) -> list[tuple[str, str, int, tuple[int, int] | None]] | None:
+    """The GGUF tensors an HF tensor feeds: (name, template, expert index, row block of a fused source)."""
+    fused = family.fused_to_gguf(hf_name)
+    if fused is not None:
+        parts, idx = fused
+        return [(t.format(**idx), t, 0, (i, len(parts))) for i, t in enumerate(parts)]
+    found = family.hf_to_gguf(hf_name)
+    if found is None:
+        return None
+    template, idx = found
+    xid = idx.pop("xid", 0)
+    return [(template.format(**idx), template, xid, None)]
+
+
+def _row_block(ckpt: HFCheckpoint, hf_name: str, shape: tuple[int, ...], n: int) -> tuple[int, ...]:
+    if len(shape) < 2 or shape[-2] % n:
+        raise InvalidFileError(f"{ckpt.path}: {quoted(hf_name)} of shape {shape} does not split into {n} row blocks")
+    return (*shape[:-2], shape[-2] // n, shape[-1])
 
 
 def plan_gguf(model: GGUFModel, rules: TypeRules) -> list[ExportTensor]:
@@ -199,7 +229,11 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
         dtype = None if t.derived.packed is not None else torch.float32  # packed bytes stay bytes
         return t.derived.split(*(ckpt.get(s).to(device=device, dtype=dtype) for s in t.sources))[t.part]
     parts = [ckpt.get(s).to(device=device, dtype=torch.float32) for s in t.sources]
-    w = torch.stack(parts) if t.template in family.expert_tensors else parts[0]
+    if t.rows is not None:
+        i, n = t.rows
+        w = parts[0].chunk(n, dim=-2)[i].contiguous()
+    else:
+        w = torch.stack(parts) if t.template in family.expert_tensors else parts[0]
     if family.permute_qk and t.template.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = config.num_attention_heads if ".attn_q." in t.template else config.num_key_value_heads
         w = permute_rows(w, heads)
@@ -243,6 +277,7 @@ class _Source:
         self.ckpt = HFCheckpoint(path)
         self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.architecture)
+        self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)

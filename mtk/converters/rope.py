@@ -12,6 +12,14 @@ Llama 3's RoPE has no GGUF keys: llama.cpp's converter stores one factor per fre
 ``l_i < O / H``, F where ``l_i > O / L``, and ``1 / ((1 - s) / F + s)`` with ``s = (O / l_i - L) / (H - L)``
 between. Only the llama architecture's loader reads that tensor (``RopeLayout.freq_factors``).
 
+LongRoPE (Phi-3.5, Phi-4-mini) has two lists of per-frequency divisors, ``short_factor`` and ``long_factor``
+(``rotary_dim / 2`` each), which llama.cpp's converter stores as ``rope_factors_short.weight`` and
+``rope_factors_long.weight`` (float32). Both runtimes choose a list by length: transformers takes the long one
+for a forward pass whose positions reach past ``original_max_position_embeddings`` O, llama.cpp for a context
+(``n_ctx``) larger than ``rope.scaling.original_context_length``. Both multiply cos and sin by one attention
+factor: ``sqrt(1 + ln(F) / ln(O))`` with ``F = max_position_embeddings / O`` (1 when F <= 1) unless the config
+gives ``attention_factor``; the GGUF keeps it in ``rope.scaling.attn_factor``.
+
 llama.cpp has one RoPE per model. Families whose transformers config gives each layer type its own
 parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) keep the full-attention ones
 in the GGUF; the other layer types are fixed by llama.cpp, and :class:`RopeLayout` says what they are.
@@ -58,6 +66,8 @@ class RopeType:
     # The tensors' values from the rope parameters and head_dim (export).
     make_tensors: Callable[[Params, int], dict[str, Synthesised]] | None = None
     missing: str = ""  # why a direction is refused
+    # Config fields (outside rope_parameters) the writer reads, copied into its parameters (export).
+    config_fields: tuple[str, ...] = ()
 
 
 def need(meta: Metadata, key: str) -> Any:
@@ -163,6 +173,59 @@ def _llama3_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     raise UnsupportedError("rope_freqs.weight is not llama3 RoPE with low_freq_factor 1 and high_freq_factor 4")
 
 
+LONGROPE_TENSORS = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}
+
+
+def longrope_attention_factor(factor: float, original: float) -> float:
+    """transformers' default LongRoPE attention factor for a context ``factor`` times ``original`` (module notes)."""
+    return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+
+
+def _longrope_write(p: Params) -> dict[str, Any]:
+    original = int(p["original_max_position_embeddings"])
+    attention = p.get("attention_factor")
+    if attention is None:
+        # transformers' rule: the config's factor, else the ratio of the context lengths.
+        if not (p.get("factor") or p.get("max_position_embeddings")):
+            raise InvalidFileError("longrope RoPE without factor or max_position_embeddings")
+        factor = float(p.get("factor") or p["max_position_embeddings"] / original)
+        attention = longrope_attention_factor(factor, original)
+    return {"rope.scaling.attn_factor": float(attention), "rope.scaling.original_context_length": original}
+
+
+def _longrope_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
+    import torch
+
+    rotary = int(dim * float(p.get("partial_rotary_factor") or 1.0))
+    out = {}
+    for key, name in LONGROPE_TENSORS.items():
+        values = list(p.get(key) or ())
+        if len(values) != rotary // 2:
+            raise InvalidFileError(
+                f"longrope {key} has {len(values)} values; the rotary dimension {rotary} needs {rotary // 2}"
+            )
+        out[name] = Synthesised((len(values),), lambda v=values: torch.tensor(v, dtype=torch.float32))
+    return out
+
+
+def _longrope_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    """The factor lists from the two tensors; ``attention_factor`` only where the GGUF's differs from the one
+    transformers computes from the context lengths."""
+    original = int(need(meta, f"{arch}.rope.scaling.original_context_length"))
+    out: dict[str, Any] = {"original_max_position_embeddings": original}
+    for key, name in LONGROPE_TENSORS.items():
+        try:
+            out[key] = [float(v) for v in tensor(name).tolist()]
+        except KeyError:
+            raise InvalidFileError(f"longrope GGUF lacks {name}") from None
+    # llama.cpp multiplies by 1 when the key is absent.
+    attention = float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0))
+    context = float(meta.get(f"{arch}.context_length", original))
+    if not math.isclose(attention, longrope_attention_factor(context / original, original), rel_tol=1e-6):
+        out["attention_factor"] = attention
+    return out
+
+
 ROPE_TYPES: dict[str, RopeType] = {
     r.name: r
     for r in (
@@ -174,13 +237,15 @@ ROPE_TYPES: dict[str, RopeType] = {
         RopeType(
             "llama3", None, lambda p: {}, _llama3_read, tensors=("rope_freqs.weight",), make_tensors=_llama3_tensors
         ),
+        # No scaling type either (llama.cpp's converter writes none): the two factor tensors mark it.
         RopeType(
             "longrope",
             None,
-            None,
-            None,
-            tensors=("rope_factors_long.weight", "rope_factors_short.weight"),
-            missing="rope_factors_long/short.weight",
+            _longrope_write,
+            _longrope_read,
+            tensors=tuple(LONGROPE_TENSORS.values()),
+            make_tensors=_longrope_tensors,
+            config_fields=("max_position_embeddings",),
         ),
     )
 }
@@ -194,8 +259,16 @@ class RopeLayout:
     default_theta: float = DEFAULT_THETA  # the base when a GGUF has no rope.freq_base (the family's default)
     # llama.cpp's loader for this architecture reads rope_freqs.weight (llama3 RoPE); other loaders refuse it.
     freq_factors: bool = False
+    # ... or rope_factors_long/short.weight (LongRoPE: the phi3 loader).
+    long_short_factors: bool = False
     # Layer types llama.cpp runs with RoPE it fixes itself, and their parameters (Gemma 3's sliding layers).
     fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The RoPE tensors llama.cpp's loader for this architecture reads."""
+        out = {"rope_freqs.weight"} if self.freq_factors else set()
+        return frozenset(out | (set(LONGROPE_TENSORS.values()) if self.long_short_factors else set()))
 
 
 def config_parameters(config: Any) -> dict[str, Any]:
@@ -205,6 +278,9 @@ def config_parameters(config: Any) -> dict[str, Any]:
         rope = dict(rope[GGUF_LAYER_TYPE])
     rope.setdefault("rope_theta", getattr(config, "rope_theta", DEFAULT_THETA))
     rope.setdefault("rope_type", "default")
+    row = ROPE_TYPES.get(rope["rope_type"])
+    for name in row.config_fields if row else ():
+        rope.setdefault(name, getattr(config, name, None))
     return rope
 
 
@@ -239,7 +315,7 @@ def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
     if row is None or row.write is None:
         why = f" ({row.missing})" if row is not None else ""
         raise UnsupportedError(f"RoPE scaling {kind!r} is not supported by gguf-export yet{why}")
-    if row.tensors and not layout.freq_factors:
+    if not set(row.tensors) <= layout.reads:
         raise UnsupportedError(
             f"RoPE scaling {kind!r} is not supported by gguf-export for {arch}: llama.cpp's {arch} loader "
             f"does not read {', '.join(row.tensors)}"
@@ -267,9 +343,17 @@ def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeT
 
 
 def hf_parameters(
-    layout: RopeLayout, meta: Metadata, arch: str, tensor_names: Collection[str], tensor: TensorReader
+    layout: RopeLayout,
+    meta: Metadata,
+    arch: str,
+    tensor_names: Collection[str],
+    tensor: TensorReader,
+    head_dim: int | None = None,
 ) -> dict[str, Any]:
-    """``rope_parameters`` for the transformers config of a GGUF (import); ``tensor`` reads a GGUF tensor."""
+    """``rope_parameters`` for the transformers config of a GGUF (import); ``tensor`` reads a GGUF tensor.
+
+    A ``rope.dimension_count`` below ``head_dim`` is partial rotary (Phi-4-mini's 0.75): ``partial_rotary_factor``.
+    """
     row = gguf_type(meta, arch, tensor_names)
     if row.read is None:
         raise UnsupportedError(f"RoPE scaling {row.name!r} is not supported by gguf-import ({row.missing})")
@@ -278,6 +362,11 @@ def hf_parameters(
         "rope_theta": float(meta.get(f"{arch}.rope.freq_base", layout.default_theta)),
         **row.read(meta, arch, tensor),
     }
+    rotary = meta.get(f"{arch}.rope.dimension_count")
+    if head_dim and rotary is not None and rotary != head_dim:
+        if not 0 < rotary < head_dim or rotary % 2:
+            raise InvalidFileError(f"GGUF's rope.dimension_count {rotary} does not fit heads of {head_dim}")
+        rope["partial_rotary_factor"] = rotary / head_dim
     if not layout.fixed:
         return rope
     return {GGUF_LAYER_TYPE: rope, **{k: dict(v) for k, v in layout.fixed.items()}}

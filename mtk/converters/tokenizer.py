@@ -11,6 +11,10 @@ GGUF value type of each key, which llama.cpp checks).
 |                      | tokenizer.ggml.pre; ranked merges                 |               |
 | "llama"              | SentencePiece-style pieces with scores, ▁ for     | tokenizer_spm |
 |                      | spaces, <0xNN> byte pieces                        |               |
+| "gemma4"             | BPE with merges on raw UTF-8, ▁ for spaces,       | tokenizer_bpe |
+|                      | <0xNN> byte pieces (pre-tokenizer "gemma4")       |               |
+| "bert"               | WordPiece, word starts marked with ▁; BERT's      | tokenizer_wpm |
+|                      | normalizer and punctuation split                  |               |
 
 Token types (`gguf.TokenType`): CONTROL and UNKNOWN pieces become special added tokens, USER_DEFINED pieces
 non-special added tokens; both are matched on the raw text, as llama.cpp matches them before tokenizing.
@@ -26,10 +30,13 @@ from typing import Any
 from gguf import GGUFValueType, Keys, TokenType
 from tokenizers import AddedToken, Tokenizer, processors
 
-from mtk.converters import tokenizer_bpe, tokenizer_spm
+from mtk.converters import tokenizer_bpe, tokenizer_spm, tokenizer_wpm
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 K = Keys.Tokenizer
+# llama.cpp's BertNormalizer options (newer than the installed gguf-py's Keys).
+NORMALIZER_LOWERCASE = "tokenizer.ggml.normalizer.lowercase"
+NORMALIZER_STRIP_ACCENTS = "tokenizer.ggml.normalizer.strip_accents"
 
 # GGUF value type of each key (and of an array's items): llama.cpp refuses, e.g., a token id stored as int32.
 METADATA_TYPES: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {
@@ -43,9 +50,13 @@ METADATA_TYPES: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {
     K.EOS_ID: (GGUFValueType.UINT32, None),
     K.UNK_ID: (GGUFValueType.UINT32, None),
     K.PAD_ID: (GGUFValueType.UINT32, None),
+    K.SEP_ID: (GGUFValueType.UINT32, None),
+    K.MASK_ID: (GGUFValueType.UINT32, None),
     K.ADD_BOS: (GGUFValueType.BOOL, None),
     K.ADD_EOS: (GGUFValueType.BOOL, None),
     K.ADD_PREFIX: (GGUFValueType.BOOL, None),
+    NORMALIZER_LOWERCASE: (GGUFValueType.BOOL, None),
+    NORMALIZER_STRIP_ACCENTS: (GGUFValueType.BOOL, None),
     K.CHAT_TEMPLATE: (GGUFValueType.STRING, None),
     K.CHAT_TEMPLATES: (GGUFValueType.ARRAY, GGUFValueType.STRING),
     # and K.CHAT_TEMPLATE_N ("tokenizer.chat_template.<name>"): STRING
@@ -58,6 +69,15 @@ SPECIAL_TOKEN_KEYS: dict[str, str] = {
     "unk_token": K.UNK_ID,
     "pad_token": K.PAD_ID,
 }
+# The same for a WordPiece vocabulary (BERT's roles), with llama.cpp's default ids (bert-base's).
+WORDPIECE_TOKEN_KEYS: dict[str, str] = {
+    "cls_token": K.BOS_ID,
+    "sep_token": K.SEP_ID,
+    "unk_token": K.UNK_ID,
+    "pad_token": K.PAD_ID,
+    "mask_token": K.MASK_ID,
+}
+_WPM_DEFAULT_IDS = {"cls_token": 101, "sep_token": 102, "unk_token": 100, "pad_token": 0, "mask_token": 103}
 # Unused ids past a tokenizer's tokens that export pads with "[PADn]" (beyond doubling the vocabulary).
 MAX_PADDING = 1 << 16
 # llama.cpp's ids for an SPM vocabulary whose GGUF names none (its "gpt2" defaults, 11, are not carried over).
@@ -82,22 +102,11 @@ def write_hf_tokenizer(metadata: Mapping[str, Any], out_dir: Path) -> None:
     types = [int(t) for t in metadata.get(K.TOKEN_TYPE) or [TokenType.NORMAL] * len(tokens)]
     if len(types) != len(tokens):
         raise InvalidFileError(f"{K.TOKEN_TYPE} has {len(types)} entries for {len(tokens)} tokens")
-    tokenizer, default_ids, add_bos_default, clean_spaces = _build_tokenizer(metadata, tokens, types)
-    _add_tokens(tokenizer, tokens, types)
-    specials = {}
-    for role in SPECIAL_TOKEN_KEYS:
-        token_id = _special_id(metadata, role, default_ids, len(tokens))
-        if token_id is not None:
-            specials[role] = tokens[token_id]
-    add_bos = bool(metadata.get(K.ADD_BOS, add_bos_default))
-    add_eos = bool(metadata.get(K.ADD_EOS, False))
-    for flag, role in ((add_bos, "bos_token"), (add_eos, "eos_token")):
-        if flag and role not in specials:
-            raise InvalidFileError(f"the GGUF asks to add a {role} but names none")
-    tokenizer.post_processor = _post_processor(tokenizer, specials, add_bos, add_eos)
-
-    config: dict[str, Any] = {"tokenizer_class": TOKENIZER_CLASS, **specials}
-    config.update(add_bos_token=add_bos, add_eos_token=add_eos, clean_up_tokenization_spaces=clean_spaces)
+    if metadata.get(K.MODEL) == "bert":
+        tokenizer, specials = _build_wordpiece(metadata, tokens, types)
+        config: dict[str, Any] = {"tokenizer_class": TOKENIZER_CLASS, **specials, "clean_up_tokenization_spaces": True}
+    else:
+        tokenizer, specials, config = _build_with_flags(metadata, tokens, types)
     context_length = metadata.get(f"{metadata.get('general.architecture')}.context_length")
     if context_length is not None:
         config["model_max_length"] = int(context_length)
@@ -114,18 +123,64 @@ def write_hf_tokenizer(metadata: Mapping[str, Any], out_dir: Path) -> None:
     _write_json(out_dir / "special_tokens_map.json", specials)
 
 
+def _build_with_flags(
+    metadata: Mapping[str, Any], tokens: list[str], types: list[int]
+) -> tuple[Tokenizer, dict[str, str], dict[str, Any]]:
+    """A BPE tokenizer whose bos/eos are added as add_bos_token/add_eos_token say; its specials and config."""
+    tokenizer, default_ids, add_bos_default, clean_spaces = _build_tokenizer(metadata, tokens, types)
+    _add_tokens(tokenizer, tokens, types)
+    specials = {}
+    for role, key in SPECIAL_TOKEN_KEYS.items():
+        token_id = _special_id(metadata, key, default_ids.get(role), len(tokens))
+        if token_id is not None:
+            specials[role] = tokens[token_id]
+    # llama.cpp adds bos for Gemma 4 even where the GGUF says not to.
+    add_bos = bool(metadata.get(K.ADD_BOS, add_bos_default)) or (_bpe_pre(metadata) or _NO_PRE).gemma4
+    add_eos = bool(metadata.get(K.ADD_EOS, False))
+    for flag, role in ((add_bos, "bos_token"), (add_eos, "eos_token")):
+        if flag and role not in specials:
+            raise InvalidFileError(f"the GGUF asks to add a {role} but names none")
+    tokenizer.post_processor = _post_processor(tokenizer, specials, add_bos, add_eos)
+    config: dict[str, Any] = {"tokenizer_class": TOKENIZER_CLASS, **specials}
+    config.update(add_bos_token=add_bos, add_eos_token=add_eos, clean_up_tokenization_spaces=clean_spaces)
+    return tokenizer, specials, config
+
+
+def _build_wordpiece(
+    metadata: Mapping[str, Any], tokens: list[str], types: list[int]
+) -> tuple[Tokenizer, dict[str, str]]:
+    """A WordPiece tokenizer that, like llama.cpp, adds [CLS] and [SEP] whenever special tokens are added."""
+    ids = {
+        role: _special_id(metadata, key, _WPM_DEFAULT_IDS[role], len(tokens))
+        for role, key in WORDPIECE_TOKEN_KEYS.items()
+    }
+    pieces = [tokenizer_wpm.hf_token(token, types[i]) for i, token in enumerate(tokens)]
+    lowercase = bool(metadata.get(NORMALIZER_LOWERCASE, True))
+    strip_accents = bool(metadata.get(NORMALIZER_STRIP_ACCENTS, lowercase))
+    unk = ids["unk_token"]
+    tokenizer = tokenizer_wpm.build_tokenizer(
+        tokens, types, None if unk is None else pieces[unk], lowercase=lowercase, strip_accents=strip_accents
+    )
+    _add_tokens(tokenizer, pieces, types)
+    if ids["cls_token"] is None or ids["sep_token"] is None:
+        raise InvalidFileError("a WordPiece GGUF needs a [CLS] (bos) and a [SEP] token")
+    cls, sep = ids["cls_token"], ids["sep_token"]
+    tokenizer.post_processor = tokenizer_wpm.post_processor((pieces[cls], cls), (pieces[sep], sep))
+    return tokenizer, {role: pieces[i] for role, i in ids.items() if i is not None}
+
+
 def _build_tokenizer(
     metadata: Mapping[str, Any], tokens: list[str], types: list[int]
 ) -> tuple[Tokenizer, Mapping[str, int], bool, bool]:
     """The tokenizer's model, normalizer, pre-tokenizer and decoder; llama.cpp's default special ids,
     its default for add_bos_token, and clean_up_tokenization_spaces."""
     model = metadata.get(K.MODEL)
-    if model == "gpt2":
-        pre = tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+    pre = _bpe_pre(metadata)
+    if pre is not None:
         tokenizer = tokenizer_bpe.build_tokenizer(tokens, _required(metadata, K.MERGES), pre)
         return tokenizer, {}, pre.add_bos, pre.clean_spaces
     if model == "llama":
-        unk = _special_id(metadata, "unk_token", _SPM_DEFAULT_IDS, len(tokens))
+        unk = _special_id(metadata, K.UNK_ID, _SPM_DEFAULT_IDS["unk_token"], len(tokens))
         tokenizer = tokenizer_spm.build_tokenizer(
             tokens,
             scores=[float(s) for s in metadata.get(K.SCORES) or [0.0] * len(tokens)],
@@ -134,7 +189,22 @@ def _build_tokenizer(
             add_space_prefix=bool(metadata.get(K.ADD_PREFIX, True)),
         )
         return tokenizer, _SPM_DEFAULT_IDS, True, False
-    raise UnsupportedError(f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, llama")
+    raise UnsupportedError(
+        f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, gemma4, llama, bert"
+    )
+
+
+_NO_PRE = tokenizer_bpe.PRE_TOKENIZERS_BY_NAME["default"]
+
+
+def _bpe_pre(metadata: Mapping[str, Any]) -> tokenizer_bpe.PreTokenizerType | None:
+    """The pre-tokenizer type of a BPE vocabulary ("gemma4" fixes its own), None for other models."""
+    model = metadata.get(K.MODEL)
+    if model == "gemma4":
+        return tokenizer_bpe.pre_tokenizer_type("gemma4")
+    if model == "gpt2":
+        return tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+    return None
 
 
 def gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
@@ -166,6 +236,8 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     if not isinstance(tokenizer_json, dict) or not isinstance(config, dict):
         raise InvalidFileError(f"{hf_dir}: tokenizer.json and tokenizer_config.json must be JSON objects")
     model = tokenizer_json.get("model") or {}
+    if tokenizer_wpm.is_wordpiece(tokenizer_json):
+        return _wordpiece_metadata(hf_dir, tokenizer_json, config)
     if model.get("type") != "BPE":
         raise UnsupportedError(
             f"a {model.get('type')} tokenizer has no GGUF form in mtk; supported: byte-level BPE, "
@@ -181,6 +253,20 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         pre = tokenizer_bpe.identify_pre_tokenizer(tokenizer_json, clean_spaces)
         metadata: dict[str, Any] = {K.MODEL: "gpt2", K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types}
         metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
+    elif tokenizer_bpe.is_raw_bpe(tokenizer_json):
+        types = [_token_type(i, tokens[i], added, gaps, None, True) for i in range(len(tokens))]
+        pre = tokenizer_bpe.identify_raw_pre_tokenizer(tokenizer_json, config.get("clean_up_tokenization_spaces"))
+        # The "gemma4" tokenizer model is the "gemma4" pre-tokenizer type of a BPE vocabulary; llama.cpp's own
+        # converter writes Gemma 4 that way.
+        metadata = {K.MODEL: "gemma4"} if pre.name == "gemma4" else {K.MODEL: "gpt2", K.PRE: pre.name}
+        metadata.update({K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: [f"{left} {right}" for left, right in merges]})
+    elif tokenizer_spm.is_sentencepiece_style(tokenizer_json) and _is_gemma4(model_config):
+        # Gemma 4 ships Gemma 3's tokenizer.json; llama.cpp (and its converter) read it as BPE on raw text.
+        if tokenizer_spm.has_space_prefix(tokenizer_json):
+            raise UnsupportedError("a Gemma 4 tokenizer that prefixes a space has no GGUF form")
+        types = [_token_type(i, tokens[i], added, gaps, model.get("unk_token"), True) for i in range(len(tokens))]
+        metadata = {K.MODEL: "gemma4", K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
     elif tokenizer_spm.is_sentencepiece_style(tokenizer_json):
         unk = model.get("unk_token")
         byte_fallback = bool(model.get("byte_fallback"))
@@ -194,6 +280,35 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     metadata.update(_special_token_metadata(hf_dir, tokens, config, tokenizer_json.get("post_processor")))
     metadata.update(_chat_templates_from_hf(hf_dir, config))
     return metadata
+
+
+def _wordpiece_metadata(hf_dir: Path, tokenizer_json: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    lowercase, strip_accents = tokenizer_wpm.normalizer_options(tokenizer_json)
+    model_config = _read_json(hf_dir / "config.json") or {}
+    pieces, added, gaps = _id_to_token(tokenizer_json, int(model_config.get("vocab_size") or 0))
+    types = [_token_type(i, pieces[i], added, gaps, None, False) for i in range(len(pieces))]
+    metadata: dict[str, Any] = {
+        K.MODEL: "bert",
+        K.LIST: [tokenizer_wpm.gguf_token(piece, types[i]) for i, piece in enumerate(pieces)],
+        K.TOKEN_TYPE: types,
+        NORMALIZER_LOWERCASE: lowercase,
+        NORMALIZER_STRIP_ACCENTS: strip_accents,
+    }
+    special_map = _read_json(hf_dir / "special_tokens_map.json") or {}
+    ids = {piece: i for i, piece in enumerate(pieces)}
+    for role, key in WORDPIECE_TOKEN_KEYS.items():
+        token = _token_text(config.get(role, special_map.get(role)))
+        if token is None:
+            continue
+        if token not in ids:
+            raise InvalidFileError(f"{role} {token!r} of {hf_dir} is not in its vocabulary")
+        metadata[key] = ids[token]
+    metadata.update(_chat_templates_from_hf(hf_dir, config))
+    return metadata
+
+
+def _is_gemma4(model_config: Mapping[str, Any]) -> bool:
+    return str(model_config.get("model_type", "")).startswith("gemma4")
 
 
 def _special_token_metadata(
@@ -242,9 +357,9 @@ def _required(metadata: Mapping[str, Any], key: str) -> Any:
     return metadata[key]
 
 
-def _special_id(metadata: Mapping[str, Any], role: str, defaults: Mapping[str, int], n_tokens: int) -> int | None:
+def _special_id(metadata: Mapping[str, Any], key: str, default: int | None, n_tokens: int) -> int | None:
     # Like llama.cpp: an id outside the vocabulary is ignored and the default (if any) stays.
-    for candidate in (metadata.get(SPECIAL_TOKEN_KEYS[role]), defaults.get(role)):
+    for candidate in (metadata.get(key), default):
         if candidate is not None and 0 <= int(candidate) < n_tokens:
             return int(candidate)
     return None

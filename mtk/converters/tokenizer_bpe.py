@@ -14,12 +14,14 @@ own regexes are rewritten to llama.cpp's spelling (`_HF_SPELLINGS`) and looked u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from mtk.converters.tokenizer_spm import SPACE
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 # GPT-2's split regex (`ByteLevel(use_regex=True)` in tokenizers, which adds a final `|\s+`: the same splits,
@@ -51,12 +53,105 @@ TEKKEN = (
     rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-DEEPSEEK3 = (
-    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
-    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 _CJK = "[一-龥ࠀ-一가-\ud7ff]+"
 _POOR_PUNCT = r" ?[^(\s|.,!?…。，、।۔،)]+"
+JAIS2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)"
+    r"|\s{1,2}(?!\S)|\s{1}"
+)
+# DeepSeek LLM's letters (Latin, Greek, Cyrillic, Armenian, Georgian, Cherokee, ... by code point range), escaped:
+# several of these code points have NFC lookalikes that an editor could silently substitute.
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377"
+    "\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-"
+    "\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-"
+    "\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d"
+    "\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-"
+    "\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-"
+    "\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2"
+    "\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-"
+    "\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb"
+    "\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+DEEPSEEK_LLM = (
+    r"[\r\n]",
+    rf"\s?[{_DEEPSEEK_LETTERS}]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    r"\s+$",
+    _CJK,
+    r"\p{N}+",
+)
+_PUNCT_WORD = r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+DEEPSEEK3 = _PUNCT_WORD + r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPARK2_5 = _PUNCT_WORD + r"| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+"
+_KANA_HAN = "[一-龥\u3040-ゟ゠-ヿ]+"
+# GPT-4o's regex as its tokenizer.json spells it, with llama.cpp's contractions; llama.cpp runs these classes
+# as \p{L} (see _as_run).
+_CASED = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]*[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]+{_CONTRACTIONS}?"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]+[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]*{_CONTRACTIONS}?"
+)
+YOUTU = (
+    "[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|" + _KANA_HAN,
+    _CASED + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+TINY_AYA_DIGITS = r"\d{1,3}(?=(?:\d{3})*\b)"
+TINY_AYA = _CASED + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_UPPER_M = r"((?=[\p{L}\p{M}])([^a-z]))"
+_LOWER_M = r"((?=[\p{L}\p{M}])([^A-Z]))"
+GRANITE_EMB_MULTI = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}*{_LOWER_M}+{_CONTRACTIONS}?"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}+{_LOWER_M}*{_CONTRACTIONS}?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CHAMELEON = (
+    "<sentinel:[0-9]+>",
+    "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+    "([\\t\\n]|    |  )",
+    r"\p{N}",
+    r"[\p{P}!-/:-@\[-`{-~]",
+    GPT2,
+)
+EXAONE_MOE = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+AFMOE_DIGITS = r"\p{AFMoE_digits}"  # a name for code in llama.cpp's unicode.cpp, not a regex (see _as_run)
+AFMOE_SCRIPTS = "[一-鿿㐀-䶿豈-\ufaff\u3040-ゟ゠-ヿ･-ﾟ⼀-\u2fdfเ-\u0e7f\u0e80-\u0effក-\u17ffက-႟ꩠ-ꩿꧠ-\ua9ff가-\ud7afᄀ-ᇿ]+"
+NEWLINES = r"[^\n]+|[\n]+"
+KIMI_K2 = r"\p{Han}+"  # names code in unicode.cpp that runs Kimi K2's whole regex (see _as_run)
+SUPERBPE_THOUSANDS = r"(?=(\d{3})+(?!\d))"  # matches nothing: splits before each group of three digits
+
+# What llama.cpp runs in place of a regex, where that is not the regex itself. For AFMoE's digits (and, by
+# llama.cpp's choice, Tiny Aya's) it runs code: each run of digits is cut into threes from the right, and the
+# text since the previous piece joins the first cut ("ab1234" -> "ab1", "234").
+_DIGITS_IN_THREES = r"[^\p{N}]*\p{N}{1,3}(?=(?:\p{N}{3})*(?!\p{N}))"
+# For Kimi K2 it runs code for K2's regex that knows no case (any letter but Han where K2 asks for upper- or
+# lower-case ones), leaves marks out of words and takes Han as unicode.cpp's ranges. Its std::regex reads \d
+# as [0-9] only.
+_HAN = (
+    "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
+    "\U0002b820-\U0002ceaf\U0002ceb0-\U0002ebef\uf900-\ufaff\U0002f800-\U0002fa1f"
+)
+_KIMI_K2_RUN = (
+    rf"[{_HAN}]+|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_HAN}]]+{_CONTRACTIONS}?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA_CPP_RUNS: dict[str, str] = {
+    KIMI_K2: _KIMI_K2_RUN,
+    AFMOE_DIGITS: _DIGITS_IN_THREES,
+    TINY_AYA_DIGITS: _DIGITS_IN_THREES,
+    SUPERBPE_THOUSANDS: "(?=([0-9]{3})+(?![0-9]))",
+}
+# llama.cpp's regex engine keeps one category per code point, so \p{Lu}, \p{Ll}, \p{Lt}, \p{Lm} and \p{Lo} all
+# match any letter there.
+_LETTER_SUBCLASS = re.compile(r"\\p\{L[ultmo]\}")
+
+
+def _as_run(regex: str) -> str:
+    """The regex, in Oniguruma, that splits the way llama.cpp splits with `regex`."""
+    return _LETTER_SUBCLASS.sub(r"\\p{L}", _LLAMA_CPP_RUNS.get(regex, regex))
 
 
 @dataclass(frozen=True)
@@ -69,60 +164,130 @@ class PreTokenizerType:
     ignore_merges: bool = False  # a piece that is a whole vocabulary entry is taken without merging
     clean_spaces: bool = True  # llama.cpp's clean_spaces, HF's clean_up_tokenization_spaces
     add_bos: bool = False  # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+    # SentencePiece-style BPE on raw UTF-8 (Gemma 4, Sarvam): no GPT-2 byte encoding, <0xNN> byte pieces for
+    # what the vocabulary lacks, and (escape_spaces) spaces written as ▁ before splitting.
+    byte_encode: bool = True
+    escape_spaces: bool = False
+    # Gemma 4: a piece of newlines only that is a vocabulary entry is taken whole, and bos is always added.
+    gemma4: bool = False
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The regexes that split as llama.cpp splits for this type, in Oniguruma's reading."""
+        return tuple(_as_run(regex) for regex in self.regexes)
 
 
-# Names sharing regexes are listed most common first: Hugging Face -> GGUF picks the first row whose
-# ignore_merges and clean_spaces agree with the tokenizer's.
+# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name,
+# but "whitespace": it belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
+# vocabulary llama.cpp aborts at the first run of two spaces. Names sharing regexes are listed most common
+# first: Hugging Face -> GGUF picks the first row whose ignore_merges and clean_spaces agree with the tokenizer's.
+_Row = PreTokenizerType
 PRE_TOKENIZER_TYPES: tuple[PreTokenizerType, ...] = (
-    PreTokenizerType("llama-bpe", (LLAMA3,), "Llama 3", ignore_merges=True, add_bos=True),
-    PreTokenizerType("llama3", (LLAMA3,), "Llama 3 (older name)", ignore_merges=True, add_bos=True),
-    PreTokenizerType("falcon3", (LLAMA3,), "Falcon 3", ignore_merges=True, add_bos=True),
-    PreTokenizerType("dbrx", (LLAMA3,), "DBRX"),
-    PreTokenizerType("smaug-bpe", (LLAMA3,), "Smaug"),
-    PreTokenizerType("qwen2", (QWEN2,), "Qwen 2 / 2.5 / 3", clean_spaces=False),
-    PreTokenizerType("deepseek-r1-qwen", (QWEN2,), "DeepSeek-R1 distilled Qwen", clean_spaces=False),
-    PreTokenizerType("stablelm2", (QWEN2,), "StableLM 2"),
-    PreTokenizerType("qwen35", (QWEN35,), "Qwen 3.5", clean_spaces=False),
-    PreTokenizerType("smollm", (r"\p{N}", GPT2), "SmolLM / SmolLM2", clean_spaces=False),
-    PreTokenizerType("command-r", (r"\p{N}", GPT2), "Command R", clean_spaces=False),
-    PreTokenizerType("starcoder", (r"\p{N}", GPT2), "StarCoder"),
-    PreTokenizerType("refact", (r"\p{N}", GPT2), "Refact"),
-    PreTokenizerType("codeshell", (r"\p{N}", GPT2), "CodeShell"),
-    PreTokenizerType("exaone", (r"\p{N}", GPT2), "EXAONE 3"),
-    PreTokenizerType("minerva-7b", (r"\p{N}", GPT2), "Minerva"),
-    PreTokenizerType("gpt-2", (GPT2,), "GPT-2"),
-    PreTokenizerType("phi-2", (GPT2,), "Phi-2"),
-    PreTokenizerType("mpt", (GPT2,), "MPT"),
-    PreTokenizerType("olmo", (GPT2,), "OLMo"),
-    PreTokenizerType("jais", (GPT2,), "Jais"),
-    PreTokenizerType("exaone4", (GPT2,), "EXAONE 4"),
-    PreTokenizerType("trillion", (GPT2,), "Trillion", clean_spaces=False),
-    PreTokenizerType(
-        "default",
-        (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"),
-        "llama.cpp's fallback for a missing name",
-    ),
-    PreTokenizerType("falcon", (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"), "Falcon"),
-    PreTokenizerType(
+    _Row("llama-bpe", (LLAMA3,), "Llama 3", ignore_merges=True, add_bos=True),
+    _Row("llama3", (LLAMA3,), "Llama 3 (older name)", ignore_merges=True, add_bos=True),
+    _Row("llama-v3", (LLAMA3,), "Llama 3 (older name)", ignore_merges=True, add_bos=True),
+    _Row("falcon3", (LLAMA3,), "Falcon 3", ignore_merges=True, add_bos=True),
+    _Row("falcon-h1", (LLAMA3,), "Falcon-H1", ignore_merges=True, add_bos=True),
+    _Row("pixtral", (LLAMA3,), "Pixtral", ignore_merges=True, add_bos=True),
+    _Row("midm-2.0", (LLAMA3,), "Mi:dm 2.0", ignore_merges=True, add_bos=True),
+    _Row("lfm2", (LLAMA3,), "LFM2", ignore_merges=True, add_bos=True),
+    _Row("jina-v5-nano", (LLAMA3,), "Jina embeddings v5 nano", ignore_merges=True, add_bos=True),
+    _Row("dbrx", (LLAMA3,), "DBRX"),
+    _Row("smaug-bpe", (LLAMA3,), "Smaug"),
+    _Row("chatglm-bpe", (LLAMA3,), "ChatGLM 4"),
+    _Row("glm4", (LLAMA3,), "GLM 4 / 4.5", ignore_merges=True),
+    _Row("glm5", (LLAMA3,), "GLM 5", ignore_merges=True),
+    _Row("jais-2", (JAIS2,), "Jais 2"),
+    _Row("qwen2", (QWEN2,), "Qwen 2 / 2.5 / 3", clean_spaces=False),
+    _Row("deepseek-r1-qwen", (QWEN2,), "DeepSeek-R1 distilled Qwen", clean_spaces=False),
+    _Row("kormo", (QWEN2,), "KORMo", clean_spaces=False),
+    _Row("f2llmv2", (QWEN2,), "F2LLM v2", clean_spaces=False),
+    _Row("hunyuan", (QWEN2,), "Hunyuan-A13B", clean_spaces=False),
+    _Row("solar-open", (QWEN2,), "Solar Open", clean_spaces=False),
+    _Row("grok-2", (QWEN2,), "Grok 2", clean_spaces=False),
+    _Row("stablelm2", (QWEN2,), "StableLM 2"),
+    _Row("megrez", (QWEN2,), "Megrez"),
+    _Row("laguna", (NEWLINES, QWEN2), "Laguna", clean_spaces=False),
+    _Row("qwen35", (QWEN35,), "Qwen 3.5", clean_spaces=False),
+    _Row("smollm", (r"\p{N}", GPT2), "SmolLM / SmolLM2", clean_spaces=False),
+    _Row("command-r", (r"\p{N}", GPT2), "Command R", clean_spaces=False),
+    _Row("starcoder", (r"\p{N}", GPT2), "StarCoder"),
+    _Row("refact", (r"\p{N}", GPT2), "Refact"),
+    _Row("codeshell", (r"\p{N}", GPT2), "CodeShell"),
+    _Row("exaone", (r"\p{N}", GPT2), "EXAONE 3"),
+    _Row("minerva-7b", (r"\p{N}", GPT2), "Minerva"),
+    _Row("mellum2", (r"\p{N}", GPT2), "Mellum 2"),
+    _Row("gpt-2", (GPT2,), "GPT-2"),
+    _Row("phi-2", (GPT2,), "Phi-2"),
+    _Row("mpt", (GPT2,), "MPT"),
+    _Row("olmo", (GPT2,), "OLMo"),
+    _Row("jais", (GPT2,), "Jais"),
+    _Row("exaone4", (GPT2,), "EXAONE 4"),
+    _Row("jina-es", (GPT2,), "Jina embeddings v2 es"),
+    _Row("jina-de", (GPT2,), "Jina embeddings v2 de"),
+    _Row("jina-v2-es", (GPT2,), "Jina embeddings v2 es"),
+    _Row("jina-v2-de", (GPT2,), "Jina embeddings v2 de"),
+    _Row("jina-v1-en", (GPT2,), "Jina embeddings v1 en"),
+    _Row("jina-v2-code", (GPT2,), "Jina embeddings v2 code"),
+    _Row("roberta-bpe", (GPT2,), "RoBERTa"),
+    _Row("gigachat", (GPT2,), "GigaChat"),
+    _Row("a.x-4.0", (GPT2,), "A.X 4.0"),
+    _Row("mellum", (GPT2,), "Mellum"),
+    _Row("modern-bert", (GPT2,), "ModernBERT"),
+    _Row("trillion", (GPT2,), "Trillion", clean_spaces=False),
+    _Row("granite-docling", (GPT2,), "Granite Docling", clean_spaces=False),
+    _Row("default", (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"), "a GGUF with no name"),
+    _Row("falcon", (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"), "Falcon"),
+    _Row("chameleon", CHAMELEON, "Chameleon", clean_spaces=False, add_bos=True),
+    _Row("deepseek-llm", DEEPSEEK_LLM, "DeepSeek LLM", clean_spaces=False),
+    _Row(
         "deepseek-coder",
         (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"),
         "DeepSeek Coder",
         clean_spaces=False,
     ),
-    PreTokenizerType(
-        "deepseek-v3", (r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+", DEEPSEEK3), "DeepSeek V3", clean_spaces=False
+    _Row("deepseek-v3", (r"\p{N}{1,3}", _KANA_HAN, DEEPSEEK3), "DeepSeek V3", clean_spaces=False),
+    _Row("hunyuan-dense", (r"\p{N}{1,3}", _KANA_HAN, DEEPSEEK3), "Hunyuan dense", clean_spaces=False),
+    _Row("hy_v4", (r"\p{N}{1,3}", _KANA_HAN, DEEPSEEK3), "Hy 4", clean_spaces=False),
+    _Row("joyai-llm", (r"\p{N}{1,3}", _KANA_HAN, DEEPSEEK3), "JoyAI", clean_spaces=False),
+    _Row("spark2_5", (r"\p{N}{1,3}", _KANA_HAN, SPARK2_5, r"\p{N}"), "Spark X2.5", clean_spaces=False),
+    _Row("afmoe", (AFMOE_DIGITS, AFMOE_SCRIPTS, DEEPSEEK3), "AFMoE (Trinity)", clean_spaces=False),
+    _Row("youtu", YOUTU, "Youtu-LLM", ignore_merges=True, clean_spaces=False),
+    _Row("poro-chat", (_POOR_PUNCT,), "Poro", clean_spaces=False),
+    _Row("bloom", (_POOR_PUNCT,), "BLOOM"),
+    _Row("gpt3-finnish", (_POOR_PUNCT,), "GPT-3 Finnish"),
+    _Row("viking", (_POOR_PUNCT, r"\p{N}"), "Viking", clean_spaces=False),
+    _Row("seed-coder", (SEED_CODER,), "Seed-Coder", clean_spaces=False),
+    _Row("bailingmoe", (BAILINGMOE,), "Ling (BailingMoE)", clean_spaces=False),
+    _Row("bailingmoe2", (BAILINGMOE,), "Ling 2", clean_spaces=False),
+    _Row("llada-moe", (BAILINGMOE,), "LLaDA-MoE", clean_spaces=False),
+    _Row("minicpm5", (r"\p{N}{1,3}", MINICPM5), "MiniCPM 5", ignore_merges=True),
+    _Row("ufakzeka", (UFAKZEKA,), "Ufakzeka", clean_spaces=False),
+    _Row("exaone-moe", (EXAONE_MOE,), "EXAONE MoE"),
+    _Row("gpt-4o", (GPT4O,), "GPT-4o tokenizer (o200k)", clean_spaces=False),
+    _Row("llama4", (GPT4O,), "Llama 4", clean_spaces=False),
+    _Row("kanana2", (GPT4O,), "Kanana 2", clean_spaces=False),
+    _Row("talkie", (GPT4O,), "Talkie", clean_spaces=False),
+    _Row("minimax-m2", (GPT4O,), "MiniMax M2", clean_spaces=False),
+    _Row(
+        "granite-embed-multi-97m", (GRANITE_EMB_MULTI,), "Granite embedding 97m", ignore_merges=True, clean_spaces=False
     ),
-    PreTokenizerType("poro-chat", (_POOR_PUNCT,), "Poro", clean_spaces=False),
-    PreTokenizerType("bloom", (_POOR_PUNCT,), "BLOOM"),
-    PreTokenizerType("viking", (_POOR_PUNCT, r"\p{N}"), "Viking", clean_spaces=False),
-    PreTokenizerType("chatglm-bpe", (LLAMA3,), "ChatGLM 4"),
-    PreTokenizerType("seed-coder", (SEED_CODER,), "Seed-Coder", clean_spaces=False),
-    PreTokenizerType("bailingmoe", (BAILINGMOE,), "Ling (BailingMoE)", clean_spaces=False),
-    PreTokenizerType("minicpm5", (r"\p{N}{1,3}", MINICPM5), "MiniCPM 5", ignore_merges=True),
-    PreTokenizerType("ufakzeka", (UFAKZEKA,), "Ufakzeka", clean_spaces=False),
-    PreTokenizerType("gpt-4o", (GPT4O,), "GPT-4o tokenizer (o200k)", clean_spaces=False),
-    PreTokenizerType("llama4", (GPT4O,), "Llama 4", clean_spaces=False),
-    PreTokenizerType("tekken", (TEKKEN,), "Mistral Tekken", ignore_merges=True, clean_spaces=False, add_bos=True),
+    _Row("tiny_aya", (TINY_AYA_DIGITS, TINY_AYA), "Tiny Aya", clean_spaces=False),
+    _Row("cohere2moe", (TINY_AYA_DIGITS, TINY_AYA), "Cohere 2 MoE", clean_spaces=False),
+    _Row("superbpe", (r"\p{N}+", SUPERBPE_THOUSANDS), "SuperBPE", clean_spaces=False),
+    _Row("kimi-k2", (KIMI_K2,), "Kimi K2", clean_spaces=False),
+    _Row("gemma4", (NEWLINES,), "Gemma 4", byte_encode=False, escape_spaces=True, gemma4=True, add_bos=True),
+    _Row(
+        "granite-embed-multi-311m",
+        (NEWLINES,),
+        "Granite embedding 311m",
+        byte_encode=False,
+        escape_spaces=True,
+        gemma4=True,
+        add_bos=True,
+    ),
+    _Row("sarvam-moe", (NEWLINES,), "Sarvam MoE", clean_spaces=False, byte_encode=False, escape_spaces=True),
+    _Row("tekken", (TEKKEN,), "Mistral Tekken", ignore_merges=True, clean_spaces=False, add_bos=True),
 )
 
 
@@ -165,7 +330,8 @@ def pre_tokenizer_type(name: str) -> PreTokenizerType:
 
 
 def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType) -> Tokenizer:
-    """A `tokenizers` byte-level BPE with the vocabulary (ids = positions) and ranked merges ("a b")."""
+    """A `tokenizers` BPE with the vocabulary (ids = positions) and ranked merges ("a b"): byte-level, or on raw
+    UTF-8 with byte fallback for the types that ask for it."""
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise InvalidFileError("tokenizer.ggml.tokens holds the same token twice")
@@ -183,22 +349,75 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
                 f"tokenizer.ggml.merges entry {quoted(merge)} needs {quoted(missing)}, which is not in the vocabulary"
             )
         pairs.append(pair)
+    # Gemma 4's whole newline pieces are approximated by taking any whole piece: its other pieces are lines,
+    # which are vocabulary entries only where the merges make them anyway.
+    ignore_merges = pre.ignore_merges or pre.gemma4
     try:
-        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre.ignore_merges)
+        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges, byte_fallback=not pre.byte_encode)
     except Exception as exc:  # tokenizers raises a bare Exception for a merge of unknown tokens
         raise InvalidFileError(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens: {quoted(exc, 120)}") from exc
     tokenizer = Tokenizer(model)
-    splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in pre.regexes]
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in pre.splits]
+    if pre.byte_encode:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        return tokenizer
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    steps = [decoders.ByteFallback(), decoders.Fuse()]
+    if pre.escape_spaces:
+        tokenizer.normalizer = normalizers.Replace(" ", SPACE)
+        steps.insert(0, decoders.Replace(SPACE, " "))
+    tokenizer.decoder = decoders.Sequence(steps)
     return tokenizer
 
 
 def is_byte_level(tokenizer_json: Mapping[str, Any]) -> bool:
     """Whether a tokenizer.json maps bytes to GPT-2's printable characters before its model."""
     return any(step.get("type") == "ByteLevel" for step in _steps(tokenizer_json.get("pre_tokenizer")))
+
+
+def is_raw_bpe(tokenizer_json: Mapping[str, Any]) -> bool:
+    """Whether a BPE tokenizer.json splits raw text with regexes and no byte-level step (Gemma 4's form)."""
+    steps = _steps(tokenizer_json.get("pre_tokenizer"))
+    return bool(steps) and all(_is_regex_split(step) for step in steps)
+
+
+def identify_raw_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool | None = None) -> PreTokenizerType:
+    """The llama.cpp pre-tokenizer type, on raw UTF-8, of a tokenizer.json for which `is_raw_bpe` holds."""
+    norm = tokenizer_json.get("normalizer")
+    escape = norm == {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    if norm is not None and not escape:
+        raise UnsupportedError(f"a raw-text BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form")
+    if not tokenizer_json["model"].get("byte_fallback"):
+        raise UnsupportedError("a raw-text BPE tokenizer without byte fallback has no GGUF form")
+    regexes = tuple(_as_run(_canonical(step["pattern"]["Regex"])) for step in _steps(tokenizer_json["pre_tokenizer"]))
+    rows = [
+        row
+        for row in PRE_TOKENIZER_TYPES
+        if not row.byte_encode and row.escape_spaces == escape and row.splits == regexes
+    ]
+    if not rows:
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {list(regexes)}")
+    ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
+
+    def fit(row: PreTokenizerType) -> tuple[bool, bool]:
+        return (
+            (row.ignore_merges or row.gemma4) != ignore_merges,
+            clean_spaces is not None and row.clean_spaces != clean_spaces,
+        )
+
+    return min(rows, key=fit)
+
+
+def _is_regex_split(step: Mapping[str, Any]) -> bool:
+    return (
+        step.get("type") == "Split"
+        and "Regex" in step.get("pattern", {})
+        and step.get("behavior") == "Isolated"
+        and not step.get("invert")
+    )
 
 
 def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool | None = None) -> PreTokenizerType:
@@ -210,8 +429,8 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
         # Qwen's NFC is accepted (llama.cpp skips it; it changes only text that is not NFC already).
         kind = tokenizer_json["normalizer"].get("type")
         raise UnsupportedError(f"a byte-level BPE tokenizer with a {kind} normalizer has no GGUF form")
-    regexes = tuple(_canonical(r) for r in _split_regexes(tokenizer_json.get("pre_tokenizer")))
-    rows = [row for row in PRE_TOKENIZER_TYPES if row.regexes == regexes]
+    regexes = tuple(_as_run(_canonical(r)) for r in _split_regexes(tokenizer_json.get("pre_tokenizer")))
+    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and row.splits == regexes]
     if not rows:
         raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {list(regexes)}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))

@@ -20,6 +20,7 @@ from mtk.converters.family import LayerPlan, ScaleGroup
 from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import fit_awq, from_codes, grouped, to_codes
 from mtk.quantizers.layerwise import layer_output
+from mtk.quantizers.plan import scale_groups, stages
 
 N_GRID = 20
 MAX_SHRINK = 0.5
@@ -50,7 +51,10 @@ def awq_codes(w: torch.Tensor, bits: int, group_size: int) -> QuantizedLinear:
 
 
 def _output(module: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    out = module(x) if isinstance(module, nn.Linear) else module(x, **kwargs)
+    if isinstance(module, nn.Linear):
+        return module(x)
+    # A MoE block flattens its tokens before its Linears see them: give it back a batch of one.
+    out = module(x[None] if x.dim() == 2 else x, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -70,9 +74,9 @@ def search_scales(
     w = torch.cat(originals, dim=0)
     gw = grouped(w.abs(), group_size)
     w_mean = (gw / (gw.amax(dim=1, keepdim=True) + 1e-6)).reshape(w.shape).mean(dim=0)
-    count = sum(x.shape[0] * x.shape[1] for x in xs)
+    count = sum(x.numel() // x.shape[-1] for x in xs)
     x_mean = sum(x.abs().reshape(-1, x.shape[-1]).sum(dim=0) for x in xs) / count
-    per_sample = xs[0].shape[0] * xs[0].shape[1]
+    per_sample = xs[0].numel() // xs[0].shape[-1]
     xs = xs[: max(1, SEARCH_TOKENS // per_sample)]
     with torch.no_grad():
         reference = [_output(inspect, x, kwargs) for x in xs]
@@ -95,7 +99,8 @@ def search_scales(
 
 
 def apply_scales(layer: nn.Module, group: ScaleGroup, s: torch.Tensor, norm_offset: float) -> None:
-    """Fold ``s`` into the group: Linear input columns times ``s``, the previous operation's output over ``s``."""
+    """Fold ``s`` into the group: Linear input columns times ``s``, the previous operation's output over ``s`` (and
+    the float modules that also read it, ``compensate``, times ``s``, so that they see what they did)."""
     prev = layer.get_submodule(group.prev)
     with torch.no_grad():
         if isinstance(prev, nn.Linear):
@@ -107,7 +112,7 @@ def apply_scales(layer: nn.Module, group: ScaleGroup, s: torch.Tensor, norm_offs
             prev.weight.data = (norm_offset + prev.weight.data) / s - norm_offset
             if getattr(prev, "bias", None) is not None:
                 prev.bias.data /= s
-        for name in group.linears:
+        for name in group.linears + group.compensate:
             layer.get_submodule(name).weight.data *= s
 
 
@@ -155,31 +160,46 @@ def awq_layer(
     run_kwargs: Callable[[nn.Module], dict[str, Any]],
     bits: int,
     group_size: int,
+    n_experts: int = 0,
 ) -> dict[str, QuantizedLinear]:
-    """Scale, clip and round every Linear of ``layer``; ``inputs`` maps each group's first Linear to its inputs."""
-    groups = [g for g in plan.awq if _applicable(layer, g)]
+    """Scale, clip and round every Linear of ``layer``; ``inputs`` maps each subset's first Linear to its inputs.
+
+    A MoE expert no calibration token reached has no inputs: its groups are skipped and its Linears rounded on
+    AWQ's grid without clipping (the result says so in ``fallback``).
+    """
+    subsets = [s for stage in stages(plan, n_experts) for s in stage]
+    groups = [g for g in scale_groups(plan, n_experts) if inputs[g.linears[0]] and _applicable(layer, g)]
     found = [(g, search_scales(layer, g, inputs[g.linears[0]], run_kwargs, bits, group_size)) for g in groups]
     for g, s in found:
         apply_scales(layer, g, s, plan.norm_offset)
-        for x in inputs[g.linears[0]]:
-            x /= s  # the Linears now see their input over s
+        for first in {sub[0] for sub in subsets if sub[0] in g.linears}:
+            # The Linears now see their input over s (new tensors: experts calibrated on all tokens share them).
+            inputs[first] = [x / s for x in inputs[first]]
     result = {}
-    for subset in plan.sequential:
+    for subset in subsets:
         xs = inputs[subset[0]]
         for name in subset:
             lin = layer.get_submodule(name)
-            if name not in plan.no_clip:
+            if name not in plan.no_clip and xs:
                 bounds = search_clip(lin.weight.data, sample_tokens(xs, CLIP_TOKENS), bits, group_size)
                 clip_weight(lin, bounds, group_size)
             result[name] = awq_codes(lin.weight.data, bits, group_size)
+            if not xs:
+                result[name].fallback = "no calibration tokens reached it: no scale or clipping search"
     return result
 
 
 def layer_inputs(
-    layer: nn.Module, plan: LayerPlan, inputs: list[torch.Tensor], kwargs: dict[str, Any], device: torch.device
+    layer: nn.Module,
+    plan: LayerPlan,
+    inputs: list[torch.Tensor],
+    kwargs: dict[str, Any],
+    device: torch.device,
+    n_experts: int = 0,
 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
-    """The input of each subset's first Linear for every sample, and the layer's float outputs."""
-    seen: dict[str, list[torch.Tensor]] = {s[0]: [] for s in plan.sequential}
+    """The input of each subset's first Linear for every sample (MoE experts: the tokens they were given), and the
+    layer's float outputs."""
+    seen: dict[str, list[torch.Tensor]] = {s[0]: [] for stage in stages(plan, n_experts) for s in stage}
     handles = [
         layer.get_submodule(k).register_forward_pre_hook(lambda _m, args, key=k: seen[key].append(args[0].detach()))
         for k in seen

@@ -15,6 +15,9 @@ from mtk.errors import UnsupportedError
 from mtk.quantizers.formats import FORMATS, CheckpointFormat
 from mtk.quantizers.methods import QUANTIZERS, QuantMethod
 
+# mixture-of-experts calibration tokens (mtk.quantizers.moe): the ones routed to each expert, or all of its layer's
+MOE_CALIBRATIONS = ("routed", "all")
+
 
 def allowed(values: tuple[int, ...]) -> str:
     """``32, 64 or -1``: a list of allowed values in a message."""
@@ -30,7 +33,8 @@ class QuantizeConfig:
     to the method's. ``group_size`` -1 means one scale per output channel over the whole input. ``sym`` stores the
     zero point at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
     ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
-    ``methods.gptq.GPTQConfig``).
+    ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
+    is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
     """
 
     method: str = "gptq"
@@ -45,6 +49,7 @@ class QuantizeConfig:
     format: str | None = None
     samples: int = 128
     seq_len: int = 512
+    moe_calibration: str = "routed"
 
     def __post_init__(self) -> None:
         method = _lookup(QUANTIZERS, self.method)
@@ -61,6 +66,10 @@ class QuantizeConfig:
         self._resolve_options(method)
         if self.samples < 1 or self.seq_len < 2:
             raise ValueError("samples must be >= 1 and seq_len >= 2")
+        if self.moe_calibration not in MOE_CALIBRATIONS:
+            raise ValueError(f"--moe-calibration is {' or '.join(MOE_CALIBRATIONS)}, not {self.moe_calibration!r}")
+        if self.moe_calibration != "routed" and not method.needs_calibration:
+            raise ValueError(f"--moe-calibration chooses calibration tokens, and {method.name} calibrates nothing")
 
     def _check_format(self, method: QuantMethod, fmt: CheckpointFormat) -> None:
         if method.formats is not None and fmt.name not in method.formats:

@@ -10,6 +10,7 @@ temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -26,7 +27,9 @@ from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
 from mtk.formats.safetensors_io import SafetensorsWriter
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.layerwise import LayerwiseModel, to_device
-from mtk.quantizers.methods import linear_names
+from mtk.quantizers.methods import LayerResult
+from mtk.quantizers.moe import expert_count
+from mtk.quantizers.plan import linear_names
 from mtk.runtime import resolve_device
 
 Progress = Callable[[int, int, str], None]
@@ -52,10 +55,11 @@ def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
 
 
 def output_plan(
-    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plan: LayerPlan, cfg: QuantizeConfig
+    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plan: LayerPlan, cfg: QuantizeConfig, n_experts: int = 0
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
     """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
-    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in linear_names(plan)}
+    names = linear_names(plan, n_experts)
+    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in names}
     missing = sorted(q for q in quantized if q not in ckpt)
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
@@ -83,9 +87,52 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     return cfg.format_row.quantization_config(cfg)
 
 
-def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
+# The format a mixture-of-experts model is written in unless --format says otherwise: the one whose runtime loads
+# per-expert weights back into transformers 5's fused experts (see moe_refusal).
+MOE_FORMAT = "compressed-tensors"
+
+
+def moe_refusal(model_type: str, cfg: QuantizeConfig) -> str | None:
+    """Why ``cfg`` cannot write a mixture-of-experts model that loads back, or None."""
+    moe = cfg.format_row.moe
+    if moe is None:
+        return (
+            f"{model_type} is a mixture-of-experts model and the {cfg.format} format cannot hold its experts: "
+            f"{cfg.format_row.runtime} does not load per-expert checkpoints back into transformers 5's fused "
+            f"experts; use --format {MOE_FORMAT} (the default for MoE models)"
+        )
+    why = moe.refuse(cfg)
+    return f"{model_type} is a mixture-of-experts model and {why}" if why else None
+
+
+def fit_format(cfg: QuantizeConfig, model_dir: Path | str, *, explicit: bool) -> QuantizeConfig:
+    """``cfg`` for the model in ``model_dir``: a MoE model gets ``MOE_FORMAT`` unless a format was ``explicit``
+    (one that cannot hold experts is refused, UnsupportedError). Without a readable config.json, ``cfg`` as is
+    (``quantize`` reports the folder)."""
+    try:
+        model_type = str(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["model_type"])
+        plan = layer_plan(model_type)
+    except (OSError, ValueError, KeyError, TypeError, UnsupportedError):
+        return cfg
+    if plan.experts is None:
+        return cfg
+    if cfg.format_row.moe is None and not explicit:
+        try:
+            cfg = dataclasses.replace(cfg, format=MOE_FORMAT)
+        except ValueError as exc:
+            raise UsageError(f"{model_type} is written as {MOE_FORMAT} (a mixture-of-experts model): {exc}") from None
+    why = moe_refusal(model_type, cfg)
+    if why:
+        raise UnsupportedError(why)
+    return cfg
+
+
+def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig, plan: LayerPlan) -> None:
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     qc = quantization_config(cfg)
+    moe = cfg.format_row.moe
+    if plan.experts is not None and moe is not None:
+        qc = moe.config(qc, plan.experts.keep_float)
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
@@ -117,12 +164,17 @@ def quantize(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
     ckpt = HFCheckpoint(model_dir)
-    plan = layer_plan(str(ckpt.config.get("model_type")))
+    model_type = str(ckpt.config.get("model_type"))
+    plan = layer_plan(model_type)
+    why = moe_refusal(model_type, cfg) if plan.experts is not None else None
+    if why:
+        raise UnsupportedError(why)
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
-    lw = LayerwiseModel(model_dir, dev, ckpt)
+    lw = LayerwiseModel(model_dir, dev, ckpt, plan.experts)
     n_layers = len(lw.layers)
-    entries, others = output_plan(ckpt, lw.prefix, n_layers, plan, cfg)
+    n_experts = expert_count(plan, lw.config)
+    entries, others = output_plan(ckpt, lw.prefix, n_layers, plan, cfg, n_experts)
     ids = None
     if cfg.needs_calibration:
         from transformers import AutoTokenizer
@@ -136,11 +188,13 @@ def quantize(
                 writer.write(name, ckpt.get(name).to(_stored(ckpt.dtype(name))))
                 ckpt.release(name)
             inputs, kwargs = lw.capture(ids) if ids is not None else ([], {})
+            done = []  # per layer: the tokens routed to each expert, the Linears that took a fallback
             for i in range(n_layers):
-                _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
+                layer = _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
+                done.append((layer.routed, {name: q.fallback for name, q in layer.linears.items() if q.fallback}))
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(model_dir, tmp, cfg)
+        _copy_config(model_dir, tmp, cfg, plan)
         verification = check(tmp) if check else None
     result = {
         "input": str(model_dir),
@@ -153,6 +207,7 @@ def quantize(
         "samples": 0 if ids is None else int(ids.shape[0]),
         "seq_len": 0 if ids is None else int(ids.shape[1]),
         "layers": n_layers,
+        **({"experts": experts_report(done, n_experts, cfg)} if n_experts else {}),
         "device": str(dev),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -169,7 +224,7 @@ def _quantize_layer(
     inputs: list[torch.Tensor],
     kwargs: dict[str, Any],
     writer: SafetensorsWriter,
-) -> None:
+) -> LayerResult:
     """Quantize layer ``i`` with the registered method, write its tensors, and unload it."""
     prefix = lw.layer_prefix(i)
     done = cfg.method_row.quantize_layer(lw, i, plan, cfg, inputs, kwargs)
@@ -185,3 +240,21 @@ def _quantize_layer(
             writer.write(name, value.to(dtype))
             lw.ckpt.release(name)
     lw.unload_layer(i)
+    return done
+
+
+def experts_report(
+    done: list[tuple[list[int] | None, dict[str, str]]], n_experts: int, cfg: QuantizeConfig
+) -> dict[str, Any]:
+    """The ``experts`` entry of a MoE result: per layer, the calibration tokens routed to each expert (an empty
+    list without calibration), and every Linear that did not get the method's own result, and why."""
+    return {
+        "count": n_experts,
+        "calibration": cfg.moe_calibration if cfg.needs_calibration else None,
+        "routed_tokens": [routed or [] for routed, _ in done],
+        "fallbacks": [
+            {"layer": i, "linear": name, "fallback": why}
+            for i, (_, notes) in enumerate(done)
+            for name, why in notes.items()
+        ],
+    }

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mtk.errors import MtkError
-from mtk.quantizers.grid import fit_gptq, from_codes, to_codes
+from mtk.quantizers.grid import fit_gptq, from_codes, rtn, to_codes
 from mtk.quantizers.layerwise import _Stop, forward_all
 
 if TYPE_CHECKING:
@@ -30,12 +30,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class QuantizedLinear:
-    """Integer codes ``(out, in)``, per-group ``scale``/``zero`` ``(out, n_groups)`` and ``g_idx`` ``(in,)``."""
+    """Integer codes ``(out, in)``, per-group ``scale``/``zero`` ``(out, n_groups)`` and ``g_idx`` ``(in,)``.
+
+    ``fallback`` says why the method's own result was not used or was changed ("" when it was), e.g. a MoE expert
+    that no calibration token reached, rounded to nearest instead."""
 
     codes: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor
     g_idx: torch.Tensor
+    fallback: str = ""
 
     def dequantize(self) -> torch.Tensor:
         g = self.g_idx.long()
@@ -49,19 +53,35 @@ def hessian_update(h: torch.Tensor, x: torch.Tensor) -> int:
     return x.shape[0]
 
 
-def _inverse_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp I)^-1``; dampening grows tenfold until H is positive definite."""
+DAMP_TRIES = 6
+
+
+class HessianError(MtkError):
+    """The Hessian stays not positive definite even with the strongest dampening."""
+
+
+def _inverse_factor(h: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor of ``(H + damp I)^-1``, and how many times dampening had to grow tenfold until H was
+    positive definite."""
     damp = damp_percent * torch.mean(torch.diag(h))
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for _ in range(6):
+    for tries in range(DAMP_TRIES):
         factor, info = torch.linalg.cholesky_ex(h + damp * eye)
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if int(info) == 0:
-                return upper
+                return upper, tries
         damp = damp * 10
-    raise MtkError("GPTQ: the layer's Hessian is not positive definite even with strong dampening")
+    raise HessianError("GPTQ: the layer's Hessian is not positive definite even with strong dampening")
+
+
+def round_to_nearest(w: torch.Tensor, bits: int, group_size: int, sym: bool, fallback: str = "") -> QuantizedLinear:
+    """RTN on GPTQ's grid (``grid.rtn``), natural groups."""
+    codes, scale, zero = rtn(w, bits, group_size, sym)
+    gs = w.shape[1] if group_size == -1 else group_size
+    g_idx = (torch.arange(w.shape[1], device=w.device) // gs).to(torch.int32)
+    return QuantizedLinear(codes, scale, zero, g_idx, fallback)
 
 
 def column_order(diag: torch.Tensor, group_size: int, *, desc_act: bool, act_group_aware: bool) -> torch.Tensor:
@@ -111,7 +131,7 @@ def gptq_quantize(
     perm = column_order(torch.diag(h), gs, desc_act=desc_act, act_group_aware=act_group_aware and not static_groups)
     natural_groups = not desc_act  # groups are contiguous runs of gs natural columns: number them by position
     w, h = w[:, perm], h[perm][:, perm]
-    hinv = _inverse_factor(h, damp_percent)
+    hinv, damped = _inverse_factor(h, damp_percent)
     block = max(gs, block_size // gs * gs) if gs < cols else block_size
     codes = torch.zeros_like(w)
     fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -150,6 +170,7 @@ def gptq_quantize(
         scale=torch.stack([s for s, _ in grids], dim=1),
         zero=torch.stack([z for _, z in grids], dim=1),
         g_idx=col_group[inv].to(torch.int32),
+        fallback=f"dampening raised {10**damped}x: the Hessian was not positive definite" if damped else "",
     )
 
 
@@ -160,8 +181,9 @@ def _hessians(
     kwargs: dict[str, Any],
     device: torch.device,
     stop: bool,
-) -> dict[str, torch.Tensor]:
-    """``2/n X^T X`` of the input of each subset's first Linear (the subset shares that input)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``2/n X^T X`` of the input of each subset's first Linear (the subset shares that input), and its row count
+    ``n`` (for a MoE expert: the tokens it was calibrated on, possibly none)."""
     hs: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
@@ -181,7 +203,41 @@ def _hessians(
     finally:
         for h in handles:
             h.remove()
-    return {k: h * (2 / max(counts[k], 1)) for k, h in hs.items()}
+    return {k: h * (2 / max(counts[k], 1)) for k, h in hs.items()}, counts
+
+
+def _quantize_subset(
+    layer: nn.Module, subset: tuple[str, ...], h: torch.Tensor, rows: int, cfg: QuantizeConfig
+) -> dict[str, QuantizedLinear]:
+    """GPTQ each Linear of ``subset`` against ``h``; round to nearest where no row reached it or its Hessian stays
+    degenerate under dampening (a MoE expert few or no tokens were routed to)."""
+    opts = cfg.options  # methods.gptq.GPTQConfig
+    out = {}
+    for name in subset:
+        lin = layer.get_submodule(name)
+        w = lin.weight.data
+        q = None
+        why = "no calibration tokens reached it: rounded to nearest"
+        if rows:
+            try:
+                q = gptq_quantize(
+                    w,
+                    h,
+                    bits=cfg.bits,
+                    group_size=cfg.group_size,
+                    sym=bool(cfg.sym),
+                    damp_percent=opts.damp_percent,
+                    desc_act=opts.desc_act,
+                    act_group_aware=bool(opts.act_group_aware),
+                    static_groups=opts.static_groups,
+                )
+            except HessianError:
+                why = f"Hessian of {rows} tokens not positive definite under dampening: rounded to nearest"
+        if q is None:
+            q = round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym), why)
+        lin.weight.data = q.dequantize().to(lin.weight.dtype)
+        out[name] = q
+    return out
 
 
 def gptq_layer(
@@ -191,30 +247,27 @@ def gptq_layer(
     inputs: list[torch.Tensor],
     kwargs: dict[str, Any],
     device: torch.device,
-) -> dict[str, QuantizedLinear]:
-    """GPTQ every Linear of ``layer``; true-sequential: each subset is calibrated after the earlier ones.
+    n_experts: int = 0,
+) -> tuple[dict[str, QuantizedLinear], list[int] | None]:
+    """GPTQ every Linear of ``layer``; true-sequential: each stage is calibrated after the earlier ones. Returns the
+    results and, for a MoE layer, the calibration tokens routed to each expert.
 
-    Each Linear's weight is replaced by its quantized values, so later subsets see the quantized earlier ones.
+    Each Linear's weight is replaced by its quantized values, so later stages see the quantized earlier ones.
     """
-    opts = cfg.options  # methods.gptq.GPTQConfig
+    from mtk.quantizers.moe import calibrating
+    from mtk.quantizers.plan import XID, stages
+
     result: dict[str, QuantizedLinear] = {}
-    rounds = [[s] for s in plan.sequential] if opts.true_sequential else [list(plan.sequential)]
+    routed = None
+    plan_stages = stages(plan, n_experts)
+    rounds = plan_stages if cfg.options.true_sequential else [[s for stage in plan_stages for s in stage]]
+    experts_first = {s[0].replace(XID, "0") for s in plan.sequential if XID in s[0]}
     for subsets in rounds:
-        hs = _hessians(layer, subsets, inputs, kwargs, device, stop=opts.true_sequential)
+        with calibrating(layer, cfg.moe_calibration) as experts:
+            # A stage of many subsets (the experts) runs the whole layer; one subset stops at its first Linear.
+            hs, counts = _hessians(layer, subsets, inputs, kwargs, device, stop=len(subsets) == 1)
+            if routed is None and experts and any(s[0] in experts_first for s in subsets):
+                routed = [n for m in experts for n in m.routed]
         for subset in subsets:
-            for name in subset:
-                lin = layer.get_submodule(name)
-                q = gptq_quantize(
-                    lin.weight.data,
-                    hs[subset[0]],
-                    bits=cfg.bits,
-                    group_size=cfg.group_size,
-                    sym=bool(cfg.sym),
-                    damp_percent=opts.damp_percent,
-                    desc_act=opts.desc_act,
-                    act_group_aware=bool(opts.act_group_aware),
-                    static_groups=opts.static_groups,
-                )
-                lin.weight.data = q.dequantize().to(lin.weight.dtype)
-                result[name] = q
-    return result
+            result.update(_quantize_subset(layer, subset, hs[subset[0]], counts[subset[0]], cfg))
+    return result, routed

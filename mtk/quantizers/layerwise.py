@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtk.converters.family import ExpertPlan
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.checkpoint import HFCheckpoint
 
@@ -76,7 +77,13 @@ def next_inputs(
 class LayerwiseModel:
     """``model_dir``'s causal LM with decoder layers loaded on demand; see the module notes."""
 
-    def __init__(self, model_dir: Path | str, device: torch.device, ckpt: HFCheckpoint | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: torch.device,
+        ckpt: HFCheckpoint | None = None,
+        experts: ExpertPlan | None = None,
+    ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.ckpt = ckpt or HFCheckpoint(model_dir)
@@ -92,9 +99,14 @@ class LayerwiseModel:
             raise InvalidFileError(
                 f"{self.ckpt.path}/config.json: no model can be built from it ({quoted(why, 120)})"
             ) from None
-        self.ckpt.check_shapes({name: tuple(p.shape) for name, p in self.model.named_parameters()})
         self.decoder = self.model.get_decoder()
         self.layers: nn.ModuleList = self.decoder.layers
+        if experts is not None:  # per-expert Linears, named as the checkpoint's weights (mtk.quantizers.moe)
+            from mtk.quantizers.moe import unfuse
+
+            for layer in self.layers:
+                unfuse(layer, experts)
+        self.ckpt.check_shapes({name: tuple(p.shape) for name, p in self.model.named_parameters()})
         self.prefix = self._find_prefix()
 
     def _find_prefix(self) -> str:

@@ -63,6 +63,18 @@ class CheckpointFormat:
     # A function, not a value: Tolerance lives with torch-importing verification code.
     tolerance: Callable[[], Tolerance]
     label: Callable[[dict[str, Any]], str]
+    # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
+    moe: MoeSupport | None = None
+
+
+@dataclass(frozen=True)
+class MoeSupport:
+    """A format's mixture-of-experts checkpoints: ``config`` is the ``quantization_config`` given the modules that
+    stay float (router, shared-expert gate; names relative to a decoder layer); ``refuse`` says why a config's
+    experts would not load back in the runtime (beyond the format's own ``refuse``), or None."""
+
+    config: Callable[[dict[str, Any], tuple[str, ...]], dict[str, Any]]
+    refuse: Callable[[QuantizeConfig], str | None]
 
 
 FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", entry_point_group="mtk.quantizers.formats")

@@ -9,12 +9,13 @@ the format (CompressedTensorsWNA16) take 4 and 8 bits only.
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtk.errors import EnvironmentProblem, UsageError
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes, group_label
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, MoeSupport, PackedShapes, group_label
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +117,29 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     }
 
 
+def moe_config(qc: dict[str, Any], keep_float: tuple[str, ...]) -> dict[str, Any]:
+    """A MoE checkpoint's config: the modules that stay float join ``ignore`` (as ``re:`` patterns, as llm-compressor
+    writes them for Qwen MoE models), since a Linear among them (``shared_expert_gate``) matches the ``Linear`` target.
+
+    transformers 5 loads the per-expert packed weights (``mlp.experts.{x}.gate_proj.weight_packed`` ...) into its
+    fused 3-D experts by dequantizing them first (``CompressedTensorsDequantize`` before its ``MergeModulelist``).
+    """
+    patterns = [f"re:.*{re.escape(name)}$" for name in keep_float]
+    return {**qc, "ignore": [*qc["ignore"], *patterns]}
+
+
+def moe_refuse(cfg: QuantizeConfig) -> str | None:
+    if not cfg.sym:
+        # Measured: the experts' load fails with "Asymmetric quant requires zero-point values" (its expert
+        # dequantization builds modules with weight_packed, weight_scale and weight_shape only).
+        return (
+            "transformers 5.24 cannot load asymmetric per-expert compressed-tensors weights (its expert "
+            "dequantization drops weight_zero_point)"
+            + (": AWQ's grid has a zero point, use --method gptq or rtn" if cfg.method == "awq" else ": use --sym")
+        )
+    return None
+
+
 def _weights(qc: dict[str, Any]) -> dict[str, Any]:
     """The weight arguments of the first config group (mtk writes one)."""
     return next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
@@ -189,5 +213,6 @@ COMPRESSED_TENSORS = FORMATS.add(
         load=load,
         tolerance=tolerance,
         label=label,
+        moe=MoeSupport(config=moe_config, refuse=moe_refuse),
     ),
 )

@@ -23,8 +23,9 @@ def refuse(cfg: QuantizeConfig) -> str | None:
 
 
 def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
-    if cols % 32 or (out * cfg.bits) % 32:
-        raise UsageError(f"{name}: GPTQ packing needs an input width divisible by 32 and out*bits by 32")
+    # qweight packs 32 codes of each column, qzeros 32 zero points of each group (along the output).
+    if cols % 32 or out % 32:
+        raise UsageError(f"{name}: GPTQ packing needs input and output widths divisible by 32, got ({out}, {cols})")
     _gptqmodel.check_width(name, cols, cfg)
 
 

@@ -28,17 +28,14 @@ class LayerResult:
 
     linears: dict[str, QuantizedLinear]
     tensors: dict[str, torch.Tensor] | None = None
+    # MoE layers: the calibration tokens routed to each expert (None: no calibration or no experts).
+    routed: list[int] | None = None
 
 
 # (model, layer index, plan, config, layer inputs (replaced in place by its outputs), layer kwargs) -> result
 LayerQuantizer = Callable[
     ["LayerwiseModel", int, "LayerPlan", "QuantizeConfig", "list[torch.Tensor]", "dict[str, Any]"], LayerResult
 ]
-
-
-def linear_names(plan: LayerPlan) -> list[str]:
-    """The Linears a layer plan quantizes, in its true-sequential order."""
-    return [name for subset in plan.sequential for name in subset]
 
 
 class MethodConfig:

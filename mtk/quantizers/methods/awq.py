@@ -26,14 +26,18 @@ def quantize_layer(
 ) -> LayerResult:
     """AWQ; the next layer's inputs come from this layer in float, before scaling (as AutoAWQ does)."""
     from mtk.quantizers.awq import awq_layer, layer_inputs
+    from mtk.quantizers.moe import calibrating, expert_count
 
     layer = lw.load_layer(i)
-    seen, outputs = layer_inputs(layer, plan, inputs, kwargs, lw.device)
+    n = expert_count(plan, lw.config)
+    with calibrating(layer, cfg.moe_calibration) as experts:
+        seen, outputs = layer_inputs(layer, plan, inputs, kwargs, lw.device, n)
+        routed = [c for m in experts for c in m.routed] if experts else None
     attn = layer.get_submodule("self_attn")
-    result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size)
+    result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size, n)
     inputs[:] = outputs
     # The norms and previous Linears now hold the folded scales: write these, not the checkpoint's.
-    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()})
+    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()}, routed)
 
 
 AWQ = QUANTIZERS.add(

@@ -46,11 +46,12 @@ def quantize_layer(
     """GPTQ; the next layer's inputs come from this layer with its quantized weights (as in the paper)."""
     from mtk.quantizers.gptq import gptq_layer
     from mtk.quantizers.layerwise import next_inputs
+    from mtk.quantizers.moe import expert_count
 
     layer = lw.load_layer(i)
-    result = gptq_layer(layer, plan, cfg, inputs, kwargs, lw.device)
+    result, routed = gptq_layer(layer, plan, cfg, inputs, kwargs, lw.device, expert_count(plan, lw.config))
     inputs[:] = next_inputs(layer, inputs, kwargs, lw.device)
-    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()})
+    return LayerResult(result, {name: p.detach() for name, p in layer.named_parameters()}, routed)
 
 
 GPTQ = QUANTIZERS.add(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.methods import QUANTIZERS, LayerResult, MethodConfig, QuantMethod, linear_names
+from mtk.quantizers.methods import QUANTIZERS, LayerResult, MethodConfig, QuantMethod
+from mtk.quantizers.plan import linear_names
 
 if TYPE_CHECKING:
     import torch
@@ -24,17 +25,13 @@ def quantize_layer(
     lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
 ) -> LayerResult:
     """Weights straight from the checkpoint, rounded; the layer is never built."""
-    import torch
-
-    from mtk.quantizers.gptq import QuantizedLinear
-    from mtk.quantizers.grid import rtn
+    from mtk.quantizers.gptq import round_to_nearest
+    from mtk.quantizers.moe import expert_count
 
     result = {}
-    for name in linear_names(plan):
+    for name in linear_names(plan, expert_count(plan, lw.config)):
         w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
-        codes, scale, zero = rtn(w, cfg.bits, cfg.group_size, bool(cfg.sym))
-        gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
-        result[name] = QuantizedLinear(codes, scale, zero, (torch.arange(w.shape[1]) // gs).to(torch.int32))
+        result[name] = round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym))
     return LayerResult(result)
 
 
