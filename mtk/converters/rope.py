@@ -88,7 +88,8 @@ def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
-# YaRN fields besides the factor that llama.cpp reads, and their GGUF keys (beta defaults: 32 and 1 in both).
+# transformers' YaRN betas and their GGUF keys (llama.cpp's converter writes them when the config has them;
+# only some of its loaders read them, the others use the same defaults, 32 and 1).
 YARN_BETAS = {"beta_fast": "rope.scaling.yarn_beta_fast", "beta_slow": "rope.scaling.yarn_beta_slow"}
 
 
