@@ -37,9 +37,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: 
         for k in ("bos_token_id", "eos_token_id")
         if getattr(tok, k.replace("_id", ""), None) is not None
     }
-    config = AutoConfig.for_model(
-        tiny.model_type, **{**TINY_SHAPE, **tiny.config, **overrides}, vocab_size=len(tok), pad_token_id=None, **ids
-    )
+    fields = {**TINY_SHAPE, **tiny.config, **{k: len(tok) for k in tiny.vocab_fields}, **overrides}
+    config = AutoConfig.for_model(tiny.model_type, **fields, vocab_size=len(tok), pad_token_id=None, **ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

@@ -129,6 +129,8 @@ class TinyModel:
     config: Mapping[str, Any] = field(default_factory=dict)  # over TINY_SHAPE
     # Special tokens llama.cpp expects in the vocabulary (it recognises Phi-3 by name and wants its chat tokens).
     special_tokens: tuple[str, ...] = ()
+    # Config fields the builder sets to the tokenizer's size (Gemma 4's per-layer embedding vocabulary).
+    vocab_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,14 @@ class Family:
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()
+    # Each layer's (head_dim, kv_heads) from the imported config fields, where layers differ (Gemma 4's global
+    # layers have wider heads); None: every layer has the config's head_dim and num_key_value_heads.
+    layer_heads: Callable[[Mapping[str, Any]], list[tuple[int, int]]] | None = None
+    # Whether every layer holds the same tensors (Gemma 4's KV-sharing layers have no K/V projections).
+    uniform_layers: bool = True
+    # The bound on llama.cpp's F32 logits against transformers' where the default (5e-3) is too tight: llama.cpp's
+    # CPU GELU is an f16 lookup table, whose error grows with the GELU layers (None: the default).
+    f32_max_abs: float | None = None
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
         """The HF template of a GGUF tensor name and its indices, or None when the name is unknown."""

@@ -77,9 +77,10 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     for key, value in family.export_hparams(config).items():
         meta[f"{arch}.{key}"] = float(value) if isinstance(value, float) else value
     meta.setdefault(f"{arch}.attention.head_count_kv", heads)
-    meta[f"{arch}.attention.key_length"] = head_dim
-    meta[f"{arch}.attention.value_length"] = head_dim
-    meta[f"{arch}.rope.dimension_count"] = rotary
+    # A family whose layers differ in head size writes these itself (Gemma 4).
+    meta.setdefault(f"{arch}.attention.key_length", head_dim)
+    meta.setdefault(f"{arch}.attention.value_length", head_dim)
+    meta.setdefault(f"{arch}.rope.dimension_count", rotary)
     meta.update(rope.gguf_metadata(family.rope, config, arch))
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
