@@ -89,6 +89,10 @@ class LayerPlan:
     norm_offset: float = 0.0
     # AutoAWQ leaves q/k out of the clipping search: their outputs meet in a softmax, not a sum.
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+    # Linears some layers lack (Gemma 4's KV-sharing layers have no K/V projections).
+    optional: tuple[str, ...] = ()
+    # Whether the calibrated methods' layer-by-layer forward reproduces the model (False: only RTN runs).
+    layerwise_forward: bool = True
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")

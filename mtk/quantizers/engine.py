@@ -55,8 +55,9 @@ def output_plan(
     ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plan: LayerPlan, cfg: QuantizeConfig
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
     """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
-    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in linear_names(plan)}
-    missing = sorted(q for q in quantized if q not in ckpt)
+    planned = {(f"{lw_prefix}layers.{i}.{n}.weight", n) for i in range(n_layers) for n in linear_names(plan)}
+    missing = sorted(q for q, n in planned if q not in ckpt and n not in plan.optional)
+    quantized = {q for q, _ in planned if q in ckpt}
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
     fmt = cfg.format_row
@@ -83,9 +84,12 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     return cfg.format_row.quantization_config(cfg)
 
 
-def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
+def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig, float_linears: list[str]) -> None:
+    """``float_linears``: the model's Linears outside the decoder layers, which stay float."""
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     qc = quantization_config(cfg)
+    if "ignore" in qc:  # a format whose runtime quantizes every Linear it is not told to leave (compressed-tensors)
+        qc["ignore"] = sorted({*qc["ignore"], *float_linears})
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
@@ -118,6 +122,11 @@ def quantize(
     dev = resolve_device(device)
     ckpt = HFCheckpoint(model_dir)
     plan = layer_plan(str(ckpt.config.get("model_type")))
+    if cfg.needs_calibration and not plan.layerwise_forward:
+        raise UnsupportedError(
+            f"--method {cfg.method} does not support {ckpt.config.get('model_type')!r} yet: its layers take per-layer "
+            "inputs and K/V of earlier layers, which the layer-by-layer calibration does not carry; --method rtn works"
+        )
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
     lw = LayerwiseModel(model_dir, dev, ckpt)
@@ -140,7 +149,8 @@ def quantize(
                 _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(model_dir, tmp, cfg)
+        outside = [n for n, m in lw.model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." not in n]
+        _copy_config(model_dir, tmp, cfg, outside)
         verification = check(tmp) if check else None
     result = {
         "input": str(model_dir),

@@ -31,6 +31,8 @@ def quantize_layer(
 
     result = {}
     for name in linear_names(plan):
+        if name in plan.optional and f"{lw.layer_prefix(i)}{name}.weight" not in lw.ckpt:
+            continue  # a layer without it (Gemma 4's KV-sharing layers)
         w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
         codes, scale, zero = rtn(w, cfg.bits, cfg.group_size, bool(cfg.sym))
         gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
