@@ -211,8 +211,9 @@ class _Source:
         self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.architecture)
         model = shape_from_config(self.family, self.config)
-        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
+        # Metadata first: a family refuses configs llama.cpp cannot run there, with a clearer reason than a tensor.
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
+        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
