@@ -194,6 +194,8 @@ def test_per_channel_4_bit_needs_an_input_width_the_int4_kernel_takes(tiny_model
         with pytest.raises(UsageError, match="whole input width 320"):
             check_shape("l.weight", 64, 320, cfg)
     check_shape("l.weight", 64, 320, QuantizeConfig(method="rtn", bits=3, group_size=-1))
+    with pytest.raises(UsageError, match="output count divisible by 32"):  # one KV head of 16: qzeros of 16 values
+        check_shape("l.weight", 16, 64, QuantizeConfig(method="rtn", bits=4, group_size=32))
     wide = build_tiny_model("llama", tmp_path / "w96", hidden_size=96)
     r = run_mtk("quantize", str(wide), "-o", str(tmp_path / "out"), "--method", "rtn", "--group-size", "-1")
     assert r.returncode == 2 and "width 96" in r.stderr and "32, 64, 128, 256" in r.stderr, r.stderr
