@@ -59,7 +59,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: 
         for k in ("bos_token_id", "eos_token_id")
         if getattr(tok, k.replace("_id", ""), None) is not None
     }
-    config = tiny_config(tiny, **overrides, vocab_size=len(tok), pad_token_id=None, **ids)
+    vocab = {k: len(tok) for k in tiny.vocab_fields}
+    config = tiny_config(tiny, **{**vocab, **overrides}, vocab_size=len(tok), pad_token_id=None, **ids)
     torch.manual_seed(seed)
     model = auto_model_class(config.model_type).from_config(config, dtype=torch.float32)
     with torch.no_grad():

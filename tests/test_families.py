@@ -448,3 +448,23 @@ def test_multimodal_checkpoint_converts_its_text_tower_and_says_what_it_left_out
     with safe_open(q / "model.safetensors", "pt") as f:
         written = list(f.keys())
     assert written and not [n for n in written if "vision" in n or "multi_modal" in n]
+
+
+GEMMA4_REFUSED = [
+    ({"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32}, "Mixture"),
+    ({"attention_k_eq_v": True, "num_global_key_value_heads": 1}, "K=V attention"),
+    # transformers shares the last sliding and the last global layer before the shared ones, in any order;
+    # llama.cpp takes the two layers before them as sliding, then global.
+    ({"layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]}, "shares"),
+    ({"vocab_size_per_layer_input": 64}, "same token ids"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), GEMMA4_REFUSED, ids=[m for _, m in GEMMA4_REFUSED])
+def test_gemma4_variants_llama_cpp_cannot_run_are_refused(overrides: dict, message: str, tmp_path: Path) -> None:
+    from fixtures_models import build_tiny_model
+
+    src = build_tiny_model("gemma4", tmp_path / "src", **overrides)
+    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--type", "f32", "--no-verify")
+    assert r.returncode == 3 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m.gguf").exists()

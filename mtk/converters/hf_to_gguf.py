@@ -82,9 +82,10 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     for key, value in family.export_hparams(config).items():
         meta[f"{arch}.{key}"] = float(value) if isinstance(value, float) else value
     meta.setdefault(f"{arch}.attention.head_count_kv", heads)
-    meta[f"{arch}.attention.key_length"] = head_dim
-    meta[f"{arch}.attention.value_length"] = head_dim
-    meta[f"{arch}.rope.dimension_count"] = rotary
+    # A family whose layers differ in head size writes these itself (Gemma 4).
+    meta.setdefault(f"{arch}.attention.key_length", head_dim)
+    meta.setdefault(f"{arch}.attention.value_length", head_dim)
+    meta.setdefault(f"{arch}.rope.dimension_count", rotary)
     meta.update(rope.gguf_metadata(family.rope, config, arch))
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
@@ -280,8 +281,9 @@ class _Source:
         self.family = family_for_hf(self.ckpt.source_architecture)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
-        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
+        # Metadata first: a family refuses configs llama.cpp cannot run there, with a clearer reason than a tensor.
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
+        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}

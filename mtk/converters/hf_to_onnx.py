@@ -76,12 +76,13 @@ class CausalLMWithPast(torch.nn.Module):
     """A causal LM over flat cache tensors: ``(ids, mask, positions, [k0, v0, k1, ...]) -> (logits, k0', v0', ...)``.
 
     Every layer gets a plain full-length ``DynamicLayer``: sliding-window layers (Gemma) keep the whole past
-    too, and their window is applied by the attention mask, which transformers builds from positions.
+    too, and their window is applied by the attention mask, which transformers builds from positions. Only the
+    first ``layers`` layers keep a cache: the others (Gemma 4's KV-sharing layers) reuse earlier layers' K/V.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: int):
+    def __init__(self, model: torch.nn.Module, layers: int, total: int):
         super().__init__()
-        self.model, self.layers = model, layers
+        self.model, self.layers, self.total = model, layers, total
 
     def forward(
         self,
@@ -92,11 +93,12 @@ class CausalLMWithPast(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
+        kv = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)] + [(None, None)] * (self.total - self.layers)
+        cache = DynamicCache(kv)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
         )
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in out.cache.layers[: self.layers] for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 
@@ -176,6 +178,15 @@ def _text_model(model: Any, architecture: str) -> Any:
     return text.eval()
 
 
+def cached_layers(cache: Any) -> int:
+    """How many layers keep a KV cache: all, or the first ones (Gemma 4's last layers reuse earlier K/V)."""
+    held = [layer.keys is not None for layer in cache.layers]
+    n = held.index(False) if False in held else len(held)
+    if any(held[n:]):
+        raise UnsupportedError("layers without a KV cache of their own before layers with one are not supported")
+    return n
+
+
 def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[str, Any], list[str], list[str]]:
     """Example inputs (batch 2, sequence 3, past 4: distinct sizes, so no dimension is specialised)."""
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
@@ -198,7 +209,8 @@ def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[
         return (ids, mask, pos), shapes, names, ["logits"]
     with torch.no_grad():
         cache = model(input_ids=torch.randint(0, model.config.vocab_size, (2, 4)), use_cache=True).cache
-    flat = [t.clone() for layer in cache.layers for t in (layer.keys, layer.values)]
+    layers = cached_layers(cache)
+    flat = [t.clone() for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
     pos = torch.arange(4, 7).expand(2, 3)
     shapes = {
         "input_ids": {0: batch, 1: seq},
@@ -247,7 +259,7 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     elif task == "text-generation":
         module = CausalLM(model)
     else:
-        module = CausalLMWithPast(model, layers)
+        module = CausalLMWithPast(model, len(args[3]) // 2, layers)
     with warnings.catch_warnings(), torch.no_grad(), _traceable_experts(model):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -266,8 +278,11 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
     if task == "text-generation-with-past":
-        key = args[3][0]
-        graph["cache"] = {"layers": layers, "kv_heads": key.shape[1], "head_dim": key.shape[3], "dtype": "float32"}
+        keys = args[3][::2]
+        graph["cache"] = {"layers": len(keys), "kv_heads": keys[0].shape[1], "head_dim": keys[0].shape[3]}
+        if len({tuple(k.shape) for k in keys}) > 1:  # Gemma 4: wider heads on the global layers
+            graph["cache"]["shapes"] = [[k.shape[1], k.shape[3]] for k in keys]
+        graph["cache"]["dtype"] = "float32"
     return graph
 
 

@@ -244,6 +244,29 @@ def _longrope_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str,
     return out
 
 
+# The factor llama.cpp's converter gives a frequency pair that does not turn (proportional RoPE).
+NO_TURN = 1e30
+
+
+def _proportional_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
+    turning = int(float(p.get("partial_rotary_factor", 1.0)) * dim // 2)  # as transformers counts them
+
+    def make() -> torch.Tensor:
+        import torch
+
+        return torch.tensor([1.0] * turning + [NO_TURN] * (dim // 2 - turning), dtype=torch.float32)
+
+    return {"rope_freqs.weight": Synthesised((dim // 2,), make)}
+
+
+def _proportional_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    got = tensor("rope_freqs.weight").float()
+    turning = int((got == 1.0).sum())
+    if not (bool((got[:turning] == 1.0).all()) and bool((got[turning:] >= NO_TURN / 2).all())):
+        raise UnsupportedError("rope_freqs.weight is not proportional RoPE (factors 1, then 1e30)")
+    return {"partial_rotary_factor": turning / got.numel()}
+
+
 ROPE_TYPES: dict[str, RopeType] = {
     r.name: r
     for r in (
@@ -254,6 +277,17 @@ ROPE_TYPES: dict[str, RopeType] = {
         # No keys: the per-frequency factors are a tensor (module notes).
         RopeType(
             "llama3", None, lambda p: {}, _llama3_read, tensors=("rope_freqs.weight",), make_tensors=_llama3_tensors
+        ),
+        # Gemma 4's global layers: the first partial_rotary_factor of each head's frequency pairs turn (with
+        # theta ** (-2i / head_dim)), the rest not. llama.cpp's converter writes rope_freqs.weight with factor 1
+        # for the turning pairs and 1e30 (no turn) for the others, and rotates the whole head.
+        RopeType(
+            "proportional",
+            None,
+            lambda p: {},
+            _proportional_read,
+            tensors=("rope_freqs.weight",),
+            make_tensors=_proportional_tensors,
         ),
         # No scaling type either (llama.cpp's converter writes none): the two factor tensors mark it.
         RopeType(
@@ -289,6 +323,9 @@ class RopeLayout:
         """The RoPE tensors llama.cpp's loader for this architecture reads."""
         out = {"rope_freqs.weight"} if self.freq_factors else set()
         return frozenset(out | (set(LONGROPE_TENSORS.values()) if self.long_short_factors else set()))
+
+    # The RoPE type a rope_freqs.weight tensor marks in this family's GGUFs (import).
+    tensor_type: str = "llama3"
 
 
 def config_parameters(config: Any) -> dict[str, Any]:
@@ -335,8 +372,21 @@ def gguf_tensors(layout: RopeLayout, config: Any, arch: str) -> dict[str, Synthe
     row = _export_row(layout, rope, arch)
     if row.make_tensors is None:
         return {}
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return row.make_tensors(rope, head_dim)
+    return row.make_tensors(rope, _gguf_head_dim(config))
+
+
+def _gguf_head_dim(config: Any) -> int:
+    """The head size of the layers the GGUF's RoPE describes: the full-attention layers' where layers differ
+    (Gemma 4's global layers have wider heads than its sliding ones)."""
+    own = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    types = list(getattr(config, "layer_types", None) or [])
+    if GGUF_LAYER_TYPE not in types:
+        return own
+    try:  # transformers' per-layer view of a heterogeneous config; other configs raise
+        layer = config.per_layer_config[types.index(GGUF_LAYER_TYPE)]
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return own
+    return getattr(layer, "head_dim", None) or own
 
 
 def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
@@ -360,15 +410,17 @@ def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any], *, theta: bool)
     return theta and float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
 
 
-def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeType:
-    """The row a GGUF's metadata (scaling type) or tensors mark."""
+def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str], tensor_type: str = "llama3") -> RopeType:
+    """The row a GGUF's metadata (scaling type) or tensors mark (``tensor_type``: the row that a tensor several
+    rows share marks, for this family)."""
     scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         for row in ROPE_TYPES.values():
             if row.gguf_scaling == scaling:
                 return row
         raise UnsupportedError(f"RoPE scaling {quoted(scaling)} is not supported by gguf-import")
-    for row in ROPE_TYPES.values():
+    preferred = ROPE_TYPES[tensor_type]
+    for row in (preferred, *ROPE_TYPES.values()):
         if any(t in tensor_names for t in row.tensors):
             return row
     return ROPE_TYPES["default"]
@@ -386,7 +438,7 @@ def hf_parameters(
 
     A ``rope.dimension_count`` below ``head_dim`` is partial rotary (Phi-4-mini's 0.75): ``partial_rotary_factor``.
     """
-    row = gguf_type(meta, arch, tensor_names)
+    row = gguf_type(meta, arch, tensor_names, layout.tensor_type)
     if row.read is None:
         raise UnsupportedError(f"RoPE scaling {row.name!r} is not supported by gguf-import ({row.missing})")
     rope = {

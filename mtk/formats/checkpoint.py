@@ -154,6 +154,10 @@ class HFCheckpoint:
         if self._tower_of is not None:
             config = config.get_text_config()
             config.architectures = list(self.config["architectures"])
+        # A heterogeneous config (Gemma 4: head sizes per layer type) refuses to give the global value of a
+        # per-layer field unless asked; mtk reads the global value knowingly, the others from per_layer_config.
+        if isinstance(getattr(type(config), "allow_global_per_layer_attribute_access", None), property):
+            config.allow_global_per_layer_attribute_access = True
         layers, vocab, width = (getattr(config, k, None) for k in ("num_hidden_layers", "vocab_size", "hidden_size"))
         embed = next((n for n in self.names() if n.endswith("embed_tokens.weight")), None)
         if embed is not None and None not in (vocab, width) and self.shape(embed) != (vocab, width):
@@ -173,12 +177,15 @@ class HFCheckpoint:
         heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
         if heads is None or width is None:
             return
-        head_dim = getattr(config, "head_dim", None) or width // heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
         for name in self.names():
             proj = name.rsplit(".", 2)[-2] if name.endswith(".weight") and ".self_attn." in name else None
-            if proj in rows and tuple(self.shape(name)) != (rows[proj], width):
+            if proj not in ("q_proj", "k_proj", "v_proj"):
+                continue
+            layer = _layer_config(config, name)
+            head_dim = getattr(layer, "head_dim", None) or width // heads
+            kv = getattr(layer, "num_key_value_heads", None) or heads
+            rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+            if tuple(self.shape(name)) != (rows[proj], width):
                 raise InvalidFileError(
                     f"{where}: {heads} heads ({kv} KV) of {head_dim} and hidden_size {width} do not fit "
                     f"{quoted(name)} {tuple(self.shape(name))}"
@@ -251,6 +258,14 @@ NUMBERS = (
 ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor")
 _UINT32_MAX = (1 << 32) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _layer_config(config: Any, name: str) -> Any:
+    """The config of the layer a tensor belongs to: transformers' per-layer view where layers differ (Gemma 4),
+    else the config itself."""
+    m = _LAYER.search(name)
+    views = getattr(config, "per_layer_config", None) if getattr(config, "is_heterogeneous", False) else None
+    return views[int(m[1])] if m and views is not None else config
 
 
 def _check_config_values(where: Path, config: Any) -> None:

@@ -59,8 +59,9 @@ def output_plan(
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
     """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
     names = linear_names(plan, n_experts)
-    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in names}
-    missing = sorted(q for q in quantized if q not in ckpt)
+    planned = {(f"{lw_prefix}layers.{i}.{n}.weight", n) for i in range(n_layers) for n in names}
+    missing = sorted(q for q, n in planned if q not in ckpt and n not in plan.optional)
+    quantized = {q for q, _ in planned if q in ckpt}
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
     fmt = cfg.format_row
@@ -127,14 +128,17 @@ def fit_format(cfg: QuantizeConfig, model_dir: Path | str, *, explicit: bool) ->
     return cfg
 
 
-def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig, plan: LayerPlan) -> None:
-    """config.json (a text tower's own config for a multimodal source) with the format's quantization_config."""
+def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig, plan: LayerPlan, float_linears: list[str]) -> None:
+    """config.json (a text tower's own config for a multimodal source) with the format's quantization_config;
+    ``float_linears``: the model's Linears outside the decoder layers, which stay float."""
     src = ckpt.path
     config = dict(ckpt.config)
     qc = quantization_config(cfg)
     moe = cfg.format_row.moe
     if plan.experts is not None and moe is not None:
         qc = moe.config(qc, plan.experts.keep_float)
+    if "ignore" in qc:  # a format whose runtime quantizes every Linear it is not told to leave (compressed-tensors)
+        qc["ignore"] = sorted({*qc["ignore"], *float_linears})
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
@@ -171,6 +175,11 @@ def quantize(
     why = moe_refusal(model_type, cfg) if plan.experts is not None else None
     if why:
         raise UnsupportedError(why)
+    if cfg.needs_calibration and not plan.layerwise_forward:
+        raise UnsupportedError(
+            f"--method {cfg.method} does not support {model_type!r} yet: its layers take per-layer "
+            "inputs and K/V of earlier layers, which the layer-by-layer calibration does not carry; --method rtn works"
+        )
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
     lw = LayerwiseModel(model_dir, dev, ckpt, plan.experts)
@@ -196,7 +205,8 @@ def quantize(
                 done.append((layer.routed, {name: q.fallback for name, q in layer.linears.items() if q.fallback}))
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(ckpt, tmp, cfg, plan)
+        outside = [n for n, m in lw.model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." not in n]
+        _copy_config(ckpt, tmp, cfg, plan, outside)
         verification = check(tmp) if check else None
     result = {
         **({"note": note} if note else {}),

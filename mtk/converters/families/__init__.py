@@ -2,6 +2,7 @@
 
 from mtk.converters.families import (  # noqa: F401
     gemma,
+    gemma4,
     glm4,
     gpt_oss,
     granite,
