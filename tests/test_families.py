@@ -348,6 +348,9 @@ REFUSED_MOE = [
     ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),
     ("qwen3moe", {"norm_topk_prob": False}, "norm_topk_prob false"),
     ("mixtral", {"sliding_window": 4096}, "sliding_window 4096"),
+    # llama.cpp's llama4 fixes its chunk at 8192 and turns the Q/K norm off only for 128 experts.
+    ("llama4", {"attention_chunk_size": 64}, "attention_chunk_size 64"),
+    ("llama4", {"use_qk_norm": False}, "use_qk_norm False"),
 ]
 
 

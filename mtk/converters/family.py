@@ -217,6 +217,9 @@ class Family:
     fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # GGUF tensors cut from one HF tensor (gpt-oss's fused experts): the family's Derived rows.
     derived: tuple[Derived, ...] = ()
+    # The config field of the period of MoE layers when dense ones sit between them (Llama 4's
+    # interleave_moe_layer_step: layer i is MoE when (i + 1) % step == 0); import checks each kind's tensors.
+    moe_layer_step: str = ""
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).

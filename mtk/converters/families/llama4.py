@@ -140,6 +140,7 @@ LLAMA4 = register(
             "expert_used_count": "num_experts_per_tok",
         },
         derived=LLAMA4_DERIVED,
+        moe_layer_step="interleave_moe_layer_step",
         extra_config=_config,
         export_config=_export,
         rope=RopeLayout(default_theta=500000.0, freq_factors=True),  # the llama4 loader reads rope_freqs.weight
@@ -174,6 +175,29 @@ LLAMA4 = register(
                         "high_freq_factor": 1.0,
                         "original_max_position_embeddings": 8192,
                     },
+                },
+            ),
+            # Maverick's: MoE every second layer (128 experts there and here: llama.cpp turns the Q/K norm off
+            # for 128 experts, as Maverick's config does), dense layers between, default RoPE base 500000.
+            TinyModel(
+                "llama4-maverick",
+                "meta-llama/Llama-4-Maverick-17B-128E-Instruct",
+                "llama4_text",
+                "o200k",
+                {
+                    "num_hidden_layers": 4,
+                    "head_dim": 16,
+                    "intermediate_size": 32,
+                    "intermediate_size_mlp": 64,
+                    "num_local_experts": NO_QK_NORM_EXPERTS,
+                    "num_experts_per_tok": 1,
+                    "interleave_moe_layer_step": 2,
+                    "use_qk_norm": False,
+                    "attention_chunk_size": CHUNK,
+                    "rms_norm_eps": 1e-5,
+                    "max_position_embeddings": 131072,
+                    "tie_word_embeddings": False,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
                 },
             ),
         ),
