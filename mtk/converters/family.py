@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -232,6 +233,9 @@ class Family:
     dropped: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
+    # A context manager that makes the family's transformers model traceable by torch.onnx while export-onnx
+    # traces it, restoring the model after (Llama 4's complex-valued RoPE as real arithmetic).
+    onnx_tracing: Callable[[Any], AbstractContextManager[None]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()

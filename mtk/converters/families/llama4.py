@@ -23,7 +23,8 @@ What sets it apart, from transformers' ``modeling_llama4.py`` and llama.cpp's ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mtk.converters.family import COMMON_HPARAMS, LLAMA_TENSORS, Derived, Family, Metadata, TinyModel, register
@@ -86,6 +87,45 @@ LLAMA4_DERIVED = (
 )
 
 
+def _rotate_real(xq: torch.Tensor, xk: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``apply_rotary_emb`` in real arithmetic: ``freqs`` (batch, seq, head_dim / 2, 2) holds
+    (cos, sin) where transformers holds one complex number; each pair (x0, x1) of a head is multiplied by it."""
+    import torch
+
+    c, s = freqs[:, :, None, :, 0], freqs[:, :, None, :, 1]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+        a, b = pairs[..., 0], pairs[..., 1]
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(3).type_as(x)
+
+    return rotate(xq), rotate(xk)
+
+
+@contextmanager
+def onnx_tracing(model: Any) -> Iterator[None]:
+    """torch.onnx has no complex numbers, which Llama 4's RoPE uses (``torch.polar`` in the rotary module,
+    ``view_as_complex`` in ``apply_rotary_emb``): while tracing, the rotary module returns (cos, sin) pairs and
+    the attention rotates with :func:`_rotate_real`; both are put back after, also on error."""
+    import torch
+    from transformers.models.llama4 import modeling_llama4
+
+    rotary = model.model.rotary_emb
+
+    def real_freqs(x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        angles = position_ids[..., None].float() * rotary.inv_freq.to(device=x.device, dtype=torch.float)
+        return torch.stack([angles.cos(), angles.sin()], dim=-1) * rotary.attention_scaling
+
+    original = modeling_llama4.apply_rotary_emb
+    rotary.forward = real_freqs
+    modeling_llama4.apply_rotary_emb = _rotate_real
+    try:
+        yield
+    finally:
+        modeling_llama4.apply_rotary_emb = original
+        del rotary.forward  # the class's forward again
+
+
 def _refuse(what: str, given: Any, fixed: Any) -> UnsupportedError:
     return UnsupportedError(f"Llama 4 with {what} {given!r} is not supported: llama.cpp's llama4 uses {fixed!r}")
 
@@ -143,6 +183,7 @@ LLAMA4 = register(
         moe_layer_step="interleave_moe_layer_step",
         extra_config=_config,
         export_config=_export,
+        onnx_tracing=onnx_tracing,
         rope=RopeLayout(default_theta=500000.0, freq_factors=True),  # the llama4 loader reads rope_freqs.weight
         # Maverick's shape (MAVERICK below) is tested on its own (tests/test_families.py), not in the grids.
         tiny=(
