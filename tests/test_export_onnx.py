@@ -296,3 +296,27 @@ def test_smollm2_greedy_matches_transformers(smollm2_hf: Path, tmp_path: Path) -
         ref = model.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1] :].tolist()
     assert got["new_ids"] == ref, (got["new_ids"], ref)
     assert got["text"].lstrip().startswith("Paris")
+
+
+def test_llama4_real_rope_patch_matches_transformers_and_is_restored(tiny_models: dict[str, Path]) -> None:
+    """Llama 4's tracing patch (complex RoPE as real arithmetic) gives transformers' logits, and both patched
+    functions are back after the block, also when it raises."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama4 import modeling_llama4
+
+    from mtk.converters.families.llama4 import onnx_tracing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama4"], dtype=torch.float32).eval()
+    ids = torch.tensor([[(7 * i) % 900 + 3 for i in range(40)]])
+    original = modeling_llama4.apply_rotary_emb
+    with torch.no_grad():
+        ref = model(ids).logits
+        with onnx_tracing(model):
+            assert modeling_llama4.apply_rotary_emb is not original
+            patched = model(ids).logits
+        with pytest.raises(RuntimeError, match="inside"), onnx_tracing(model):
+            raise RuntimeError("inside")
+        again = model(ids).logits
+    assert modeling_llama4.apply_rotary_emb is original and "forward" not in vars(model.model.rotary_emb)
+    assert (patched - ref).abs().max() < 1e-5
+    assert torch.equal(again, ref)

@@ -394,6 +394,9 @@ REFUSED_MOE = [
     ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),
     ("qwen3moe", {"norm_topk_prob": False}, "norm_topk_prob false"),
     ("mixtral", {"sliding_window": 4096}, "sliding_window 4096"),
+    # llama.cpp's llama4 fixes its chunk at 8192 and turns the Q/K norm off only for 128 experts.
+    ("llama4", {"attention_chunk_size": 64}, "attention_chunk_size 64"),
+    ("llama4", {"use_qk_norm": False}, "use_qk_norm False"),
 ]
 
 
@@ -468,3 +471,43 @@ def test_gemma4_variants_llama_cpp_cannot_run_are_refused(overrides: dict, messa
     r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--type", "f32", "--no-verify")
     assert r.returncode == 3 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_llama4_maverick_dense_layers_and_live_quirks_agree_with_llama_cpp(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Maverick's shape (MoE every second layer, dense between, 128 experts, no Q/K norm) exports at F32, agrees
+    with transformers in llama.cpp and imports back bit for bit; on Scout's row the Q/K norm and the NoPE layer
+    are live: switching either off in transformers leaves llama.cpp."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.artifacts.hf import logits as hf_logits
+    from mtk.artifacts.llama_cpp import LlamaCpp
+    from mtk.converters.families.llama4 import MAVERICK
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    src = build_tiny_model("llama4", tmp_path / "maverick", **MAVERICK)
+    out = tmp_path / "m.gguf"
+    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
+    assert result["verification"]["logits"]["max_abs"] < 1e-4 and result["verification"]["logits"]["top1"] == 1.0
+    names = {t.name for t in open_gguf(out).tensors}
+    assert {"blk.0.ffn_gate.weight", "blk.2.ffn_gate.weight", "blk.1.ffn_gate_exps.weight"} <= names
+    assert "blk.1.ffn_gate.weight" not in names and "blk.0.ffn_gate_exps.weight" not in names
+    back = gguf_import(out, tmp_path / "hf", check=import_check(out, True))
+    assert back["verification"]["logits"]["max_abs"] < 1e-4
+    a = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    scout, scout_gguf = tiny_models["llama4"], tmp_path / "scout.gguf"
+    hf_to_gguf.gguf_export(scout, scout_gguf, rules=TypeRules(GGMLQuantizationType.F32))
+    ids = [(7 * i) % 900 + 3 for i in range(64)]
+    with LlamaCpp(scout_gguf) as llm:
+        theirs = torch.from_numpy(llm.logits(ids))
+    model = AutoModelForCausalLM.from_pretrained(scout, dtype=torch.float32).eval()
+    assert (theirs - hf_logits(model, ids)).abs().max() < 1e-4
+    del model.model.layers[0].self_attn.qk_norm
+    assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
+    model = AutoModelForCausalLM.from_pretrained(scout, dtype=torch.float32).eval()
+    model.model.layers[3].self_attn.use_rope = 1
+    assert (theirs - hf_logits(model, ids)).abs().max() > 0.05

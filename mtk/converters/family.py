@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -255,6 +256,9 @@ class Family:
     fused_tensors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # GGUF tensors cut from one HF tensor (gpt-oss's fused experts): the family's Derived rows.
     derived: tuple[Derived, ...] = ()
+    # The config field of the period of MoE layers when dense ones sit between them (Llama 4's
+    # interleave_moe_layer_step: layer i is MoE when (i + 1) % step == 0); import checks each kind's tensors.
+    moe_layer_step: str = ""
     # Family-specific config fields derived from the GGUF metadata (import direction).
     extra_config: Callable[[Metadata, str], dict[str, Any]] | None = None
     # Family-specific GGUF keys (without the "{arch}." prefix) from a transformers config (export direction).
@@ -267,6 +271,9 @@ class Family:
     dropped: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
+    # A context manager that makes the family's transformers model traceable by torch.onnx while export-onnx
+    # traces it, restoring the model after (Llama 4's complex-valued RoPE as real arithmetic).
+    onnx_tracing: Callable[[Any], AbstractContextManager[None]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     # Multimodal architectures whose text tower gguf-export and quantize convert as this family.

@@ -189,8 +189,11 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    layouts = {frozenset(v) for v in per_block.values()}
-    if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and len(layouts) > 1):
+    # Layers of one kind hold the same tensors; a family with dense layers between its MoE ones has two kinds.
+    step = int(cfg[family.moe_layer_step]) if family.moe_layer_step else 1
+    layouts = {((b + 1) % step == 0, frozenset(v)) for b, v in per_block.items()}
+    kinds = len({kind for kind, _ in layouts})
+    if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and len(layouts) > kinds):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:

@@ -245,6 +245,20 @@ def _traceable_experts(model: Any) -> Iterator[None]:
         model.set_experts_implementation(original)
 
 
+@contextmanager
+def _family_tracing(model: Any) -> Iterator[None]:
+    """The family's own tracing patch (``Family.onnx_tracing``), if the model's family has one."""
+    from mtk.converters.family import all_families
+
+    text = model.config.get_text_config(decoder=True)
+    tracing = next((f.onnx_tracing for f in all_families() if text.model_type in f.model_types), None)
+    if tracing is None:
+        yield
+        return
+    with tracing(model):
+        yield
+
+
 def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, Any]:
     """Trace ``model`` for ``task`` into ``dst``; returns the manifest's graph fields."""
     text = model.config.get_text_config(decoder=True)
@@ -260,7 +274,7 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
         module = CausalLM(model)
     else:
         module = CausalLMWithPast(model, len(args[3]) // 2, layers)
-    with warnings.catch_warnings(), torch.no_grad(), _traceable_experts(model):
+    with warnings.catch_warnings(), torch.no_grad(), _traceable_experts(model), _family_tracing(model):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,

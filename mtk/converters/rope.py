@@ -140,10 +140,12 @@ def llama3_factors(theta: float, dim: int, p: Params) -> torch.Tensor:
 
     q = {**LLAMA3_DEFAULTS, **p}
     big, low, high, old = (float(q[k]) for k in LLAMA3_DEFAULTS)
-    if low == high:
-        raise UnsupportedError("llama3 RoPE with low_freq_factor == high_freq_factor has no smooth band")
     # The frequencies in float32 (as the HF and llama.cpp code computes them), the rest in float64.
     wavelen = 2 * math.pi / _llama3_freqs(theta, dim).double()
+    if low == high:  # Llama 4 Scout: no smooth band, a step at old / low
+        if bool((wavelen == old / low).any()):
+            raise UnsupportedError("llama3 RoPE with equal frequency factors and a wavelength on the step")
+        return torch.where(wavelen < old / low, 1.0, big).to(torch.float32)
     smooth = (old / wavelen - low) / (high - low)
     between = 1 / ((1 - smooth) / big + smooth)
     out = torch.where(wavelen < old / high, 1.0, torch.where(wavelen > old / low, big, between))
@@ -164,8 +166,9 @@ def _llama3_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
 def _llama3_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
     """The llama3 parameters whose factors equal ``rope_freqs.weight`` (to float32 rounding).
 
-    Only the ratios O/L and O/H are fixed by the factors, so L and H are taken as Meta's (1 and 4); O comes
-    from the smooth band, or is Meta's 8192 when no frequency falls in it. Anything else is refused.
+    Only the ratios O/L and O/H are fixed by the factors, so L and H are taken as Meta's (1 and 4, or 1 and 1
+    for a step without a smooth band, as Llama 4 Scout's); O comes from the smooth band, or is Meta's 8192 when
+    no frequency falls in it. Anything else is refused.
     """
     import torch
 
@@ -179,16 +182,19 @@ def _llama3_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     if band.any() and big > 1:
         smooth = (1 / got[band].double() - 1 / big) / (1 - 1 / big)
         candidates.insert(0, round(float((wavelen[band] * (3 * smooth + 1)).mean())))
+    # Without a smooth band, a step: Llama 4 Scout's low and high factors, both 1.
+    highs = (4.0,) if band.any() else (4.0, 1.0)
     for old in candidates:
-        p = {
-            "factor": big,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": int(old),
-        }
-        if torch.allclose(llama3_factors(theta, dim, p), got, rtol=1e-5, atol=0):
-            return p
-    raise UnsupportedError("rope_freqs.weight is not llama3 RoPE with low_freq_factor 1 and high_freq_factor 4")
+        for high in highs:
+            p = {
+                "factor": big,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": int(old),
+            }
+            if torch.allclose(llama3_factors(theta, dim, p), got, rtol=1e-5, atol=0):
+                return p
+    raise UnsupportedError("rope_freqs.weight is not llama3 RoPE with low_freq_factor 1 and high_freq_factor 4 or 1")
 
 
 LONGROPE_TENSORS = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}

@@ -7,6 +7,7 @@ from mtk.converters.families import (  # noqa: F401
     gpt_oss,
     granite,
     llama,
+    llama4,
     mistral3,
     mixtral,
     olmo2,
