@@ -197,6 +197,8 @@ class Derived:
     split: Callable[..., Sequence[torch.Tensor]]
     join: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     packed: GGMLQuantizationType | None = None
+    # split also takes the transformers config (keyword ``config``): DeepSeek's kv_b_proj splits per head.
+    config: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,8 @@ class Family:
     tiny: tuple[TinyModel, ...] = ()
     # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
     name: str = ""
+    # The GGUF key (after "{arch}.") holding transformers' head_dim on import (DeepSeek's is its RoPE width).
+    head_dim_key: str = "attention.key_length"
 
     def __post_init__(self) -> None:
         if not self.name:

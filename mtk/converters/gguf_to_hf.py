@@ -74,7 +74,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         cfg["intermediate_size"] = cfg["intermediate_size"][0]
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
-    cfg["head_dim"] = meta.get(f"{arch}.attention.key_length") or cfg["hidden_size"] // heads
+    cfg["head_dim"] = meta.get(f"{arch}.{family.head_dim_key}") or cfg["hidden_size"] // heads
     if cfg["head_dim"] < 2 or cfg["head_dim"] % 2:
         # RoPE turns pairs of dimensions: an odd or empty head is a corrupt width or head count.
         raise InvalidFileError(
@@ -187,8 +187,10 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    layouts = {frozenset(v) for v in per_block.values()}
-    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > 1:
+    # Leading dense layers (DeepSeek's first_k_dense_replace) hold their own tensors; the rest all the same.
+    lead = int(model.metadata.get(f"{model.architecture}.leading_dense_block_count", 0))
+    layouts = {(b < lead, frozenset(v)) for b, v in per_block.items()}
+    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > len({b < lead for b in per_block}):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:
