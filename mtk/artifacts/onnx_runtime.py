@@ -1,8 +1,9 @@
 """Run an exported ONNX folder (``mtk export-onnx``) in onnxruntime: one step through the KV cache, greedy text.
 
 The folder's ``mtk_onnx.json`` says which file to load, the input and output names and the cache layout.
-Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype``; every step
-feeds the previous step's ``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
+Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype`` (values
+``value_head_dim`` wide where it gives one: DeepSeek's latent cache); every step feeds the previous step's
+``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ class OnnxCausalLM:
         self.session = make_session(self.folder / (model_file or self.manifest["model"]), threads)
         cache = self.manifest["cache"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
+        self.value_head_dim = cache.get("value_head_dim", self.head_dim)
         self.cache_dtype = _NUMPY_DTYPES[cache["dtype"]]
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        shape = (batch, self.kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.layers)]
+        dims = (self.head_dim, self.value_head_dim)
+        return [
+            np.zeros((batch, self.kv_heads, 0, dims[i % 2]), dtype=self.cache_dtype) for i in range(2 * self.layers)
+        ]
 
     def step(
         self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None

@@ -242,8 +242,11 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
     if task == "text-generation-with-past":
-        key = args[3][0]
+        key, value = args[3][0], args[3][1]
         graph["cache"] = {"layers": layers, "kv_heads": key.shape[1], "head_dim": key.shape[3], "dtype": "float32"}
+        if value.shape[3] != key.shape[3]:
+            # DeepSeek caches its latent as keys (kv_lora_rank wide) and the shared RoPE key as values.
+            graph["cache"]["value_head_dim"] = value.shape[3]
     return graph
 
 
