@@ -2,7 +2,8 @@
 
 The folder's ``mtk_onnx.json`` says which file to load, the input and output names and the cache layout.
 Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype`` (``cache.shapes``
-gives each cached layer's ``[kv_heads, head_dim]`` where they differ); every step feeds the previous step's
+gives each cached layer's ``[kv_heads, head_dim]`` where they differ; values are ``value_head_dim`` wide where it
+gives one: DeepSeek's latent cache); every step feeds the previous step's
 ``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
 """
 
@@ -53,11 +54,17 @@ class OnnxCausalLM:
         cache = self.manifest["cache"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
         self.shapes = [tuple(s) for s in cache.get("shapes", [[self.kv_heads, self.head_dim]] * self.layers)]
+        self.value_head_dim = cache.get("value_head_dim")
         self.cache_dtype = _NUMPY_DTYPES[cache["dtype"]]
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
         return [
-            np.zeros((batch, heads, 0, dim), dtype=self.cache_dtype) for heads, dim in self.shapes for _ in range(2)
+            np.zeros(
+                (batch, heads, 0, dim if i == 0 or self.value_head_dim is None else self.value_head_dim),
+                dtype=self.cache_dtype,
+            )
+            for heads, dim in self.shapes
+            for i in range(2)
         ]
 
     def step(

@@ -236,6 +236,8 @@ class Derived:
     split: Callable[..., Sequence[torch.Tensor]]
     join: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     packed: GGMLQuantizationType | None = None
+    # split also takes the transformers config (keyword ``config``): DeepSeek's kv_b_proj splits per head.
+    config: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,8 @@ class Family:
     tiny: tuple[TinyModel, ...] = ()
     # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
     name: str = ""
+    # The GGUF key (after "{arch}.") holding transformers' head_dim on import (DeepSeek's is its RoPE width).
+    head_dim_key: str = "attention.key_length"
 
     # Each layer's (head_dim, kv_heads) from the imported config fields, where layers differ (Gemma 4's global
     # layers have wider heads); None: every layer has the config's head_dim and num_key_value_heads.

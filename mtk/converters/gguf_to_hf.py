@@ -74,7 +74,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         cfg["intermediate_size"] = cfg["intermediate_size"][0]
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
-    cfg["head_dim"] = meta.get(f"{arch}.attention.key_length") or cfg["hidden_size"] // heads
+    cfg["head_dim"] = meta.get(f"{arch}.{family.head_dim_key}") or cfg["hidden_size"] // heads
     if cfg["head_dim"] < 2 or cfg["head_dim"] % 2:
         # RoPE turns pairs of dimensions: an odd or empty head is a corrupt width or head count.
         raise InvalidFileError(
@@ -189,10 +189,12 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    # Layers of one kind hold the same tensors; a family with dense layers between its MoE ones has two kinds.
+    # Layers of one kind hold the same tensors: leading dense layers (DeepSeek's first_k_dense_replace) and dense
+    # layers between MoE ones (Llama 4's interleave step) are kinds of their own.
     step = int(cfg[family.moe_layer_step]) if family.moe_layer_step else 1
-    layouts = {((b + 1) % step == 0, frozenset(v)) for b, v in per_block.items()}
-    kinds = len({kind for kind, _ in layouts})
+    lead = int(model.metadata.get(f"{model.architecture}.leading_dense_block_count", 0))
+    layouts = {((b + 1) % step == 0, b < lead, frozenset(v)) for b, v in per_block.items()}
+    kinds = len({(moe, dense) for moe, dense, _ in layouts})
     if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and len(layouts) > kinds):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):

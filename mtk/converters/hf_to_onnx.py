@@ -292,10 +292,13 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
     if task == "text-generation-with-past":
-        keys = args[3][::2]
+        keys, values = args[3][::2], args[3][1::2]
         graph["cache"] = {"layers": len(keys), "kv_heads": keys[0].shape[1], "head_dim": keys[0].shape[3]}
         if len({tuple(k.shape) for k in keys}) > 1:  # Gemma 4: wider heads on the global layers
             graph["cache"]["shapes"] = [[k.shape[1], k.shape[3]] for k in keys]
+        if values[0].shape[3] != keys[0].shape[3]:
+            # DeepSeek caches its latent as keys (kv_lora_rank wide) and the shared RoPE key as values.
+            graph["cache"]["value_head_dim"] = values[0].shape[3]
         graph["cache"]["dtype"] = "float32"
     return graph
 

@@ -1,6 +1,7 @@
 """The built-in model families; importing this package registers each once."""
 
 from mtk.converters.families import (  # noqa: F401
+    deepseek,
     gemma,
     gemma4,
     glm4,
