@@ -146,7 +146,7 @@ def test_config_validation() -> None:
         {"method": "rtn", "act_group_aware": True},
         {"method": "rtn", "desc_act": True},  # an option RTN does not read
         {"method": "awq", "damp_percent": 0.1},
-        {"method": "hqq"},  # not registered
+        {"method": "squeezeq"},  # not registered
         {"format": "exl2"},
         {"bits": 4, "group_size": 16},  # GPTQModel's int4 CPU kernel takes groups of 32 to 256
     )
@@ -167,7 +167,7 @@ REFUSED = [
     (("--method", "gptq", "--format", "awq", "--group-size", "512"), "loads group sizes 32, 64, 128, 256 or -1"),
     (("--method", "rtn", "--bits", "3", "--format", "awq"), "holds 4 bits, not 3"),
     (("--method", "rtn", "--desc-act"), "--desc-act is an option of gptq, not rtn"),
-    (("--method", "hqq"), "supported: awq, gptq, rtn"),
+    (("--method", "squeezeq"), "supported: awq, gptq, hqq, rtn"),
     (("--format", "exl2"), "supported: awq, compressed-tensors, gptq"),
 ]
 

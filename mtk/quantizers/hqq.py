@@ -24,9 +24,14 @@ weights' device.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from mtk.quantizers.grid import grouped, max_code
+
+if TYPE_CHECKING:
+    from mtk.quantizers.gptq import QuantizedLinear
 
 LP_NORM = 0.7
 BETA = 10.0
@@ -70,10 +75,14 @@ def fit_hqq(w: torch.Tensor, bits: int, min_zero: int = 1) -> tuple[torch.Tensor
     return best_scale, best_zero
 
 
-def hqq(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes ``(out, in)`` and scale/zero ``(out, n_groups)`` of a Linear weight ``(out, in)``."""
+def hqq_linear(w: torch.Tensor, bits: int, group_size: int) -> QuantizedLinear:
+    """A Linear weight ``(out, in)`` on HQQ's grids, natural groups."""
+    from mtk.quantizers.gptq import QuantizedLinear
+
     out, cols = w.shape
     rows = grouped(w.float(), group_size)
     scale, zero = fit_hqq(rows, bits)
     q = torch.clamp(torch.round(rows / scale[:, None]) + zero[:, None], 0, max_code(bits)).reshape(out, cols)
-    return q, scale.reshape(out, -1), zero.reshape(out, -1)
+    gs = cols if group_size == -1 else group_size
+    g_idx = (torch.arange(cols, device=w.device) // gs).to(torch.int32)
+    return QuantizedLinear(q, scale.reshape(out, -1), zero.reshape(out, -1), g_idx)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from mtk.errors import UsageError
 from mtk.quantizers.methods import QUANTIZERS, LayerResult, MethodConfig, QuantMethod
-from mtk.quantizers.plan import linear_names
 
 if TYPE_CHECKING:
     import torch
@@ -25,23 +24,13 @@ class HQQConfig(MethodConfig):
 def quantize_layer(
     lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
 ) -> LayerResult:
-    """Weights straight from the checkpoint, each group's zero point fitted; the layer is never built."""
-    import torch
-
-    from mtk.quantizers.gptq import QuantizedLinear
-    from mtk.quantizers.hqq import hqq
-    from mtk.quantizers.moe import expert_count
+    """Weights straight from the checkpoint, each group's grid fitted."""
+    from mtk.quantizers.hqq import hqq_linear
+    from mtk.quantizers.methods.rtn import from_checkpoint
 
     if cfg.sym:
         raise UsageError("HQQ fits zero points: it needs an asymmetric grid (drop --sym)")
-    result = {}
-    for name in linear_names(plan, expert_count(plan, lw.config)):
-        w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
-        codes, scale, zero = hqq(w, cfg.bits, cfg.group_size)
-        gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
-        g_idx = (torch.arange(w.shape[1], device=w.device) // gs).to(torch.int32)
-        result[name] = QuantizedLinear(codes, scale, zero, g_idx)
-    return LayerResult(result)
+    return from_checkpoint(lw, i, plan, lambda w: hqq_linear(w, cfg.bits, cfg.group_size))
 
 
 HQQ = QUANTIZERS.add(

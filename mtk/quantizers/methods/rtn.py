@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
     from mtk.converters.family import LayerPlan
     from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.gptq import QuantizedLinear
     from mtk.quantizers.layerwise import LayerwiseModel
 
 
@@ -21,20 +23,28 @@ class RTNConfig(MethodConfig):
     """RTN has no options of its own: bits, group size and grid are the shared settings."""
 
 
-def quantize_layer(
-    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+def from_checkpoint(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, fit: Callable[[torch.Tensor], QuantizedLinear]
 ) -> LayerResult:
-    """Weights straight from the checkpoint, rounded; the layer is never built."""
-    from mtk.quantizers.gptq import round_to_nearest
+    """Layer ``i``'s Linears fitted one by one by ``fit`` from the checkpoint's weights (the calibration-free
+    methods): the layer is never built."""
     from mtk.quantizers.moe import expert_count
 
     result = {}
     for name in linear_names(plan, expert_count(plan, lw.config)):
         if name in plan.optional and f"{lw.layer_prefix(i)}{name}.weight" not in lw.ckpt:
             continue  # a layer without it (Gemma 4's KV-sharing layers)
-        w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
-        result[name] = round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym))
+        result[name] = fit(lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device))
     return LayerResult(result)
+
+
+def quantize_layer(
+    lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
+) -> LayerResult:
+    """Weights straight from the checkpoint, rounded."""
+    from mtk.quantizers.gptq import round_to_nearest
+
+    return from_checkpoint(lw, i, plan, lambda w: round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym)))
 
 
 RTN = QUANTIZERS.add(
