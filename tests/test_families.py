@@ -348,6 +348,12 @@ REFUSED_MOE = [
     ("qwen3moe", {"decoder_sparse_step": 2}, "dense layers"),
     ("qwen3moe", {"norm_topk_prob": False}, "norm_topk_prob false"),
     ("mixtral", {"sliding_window": 4096}, "sliding_window 4096"),
+    ("deepseek-v3", {"attention_bias": True}, "deepseek2 has no biases"),
+    (
+        "deepseek-v3",
+        {"rope_parameters": {**TINY["deepseek-v3"].config["rope_parameters"], "mscale": 0.707}},
+        "llama.cpp assumes mscale 1.0",
+    ),
 ]
 
 
