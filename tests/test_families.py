@@ -397,6 +397,12 @@ REFUSED_MOE = [
     # llama.cpp's llama4 fixes its chunk at 8192 and turns the Q/K norm off only for 128 experts.
     ("llama4", {"attention_chunk_size": 64}, "attention_chunk_size 64"),
     ("llama4", {"use_qk_norm": False}, "use_qk_norm False"),
+    ("deepseek-v3", {"attention_bias": True}, "deepseek2 has no biases"),
+    (
+        "deepseek-v3",
+        {"rope_parameters": {**TINY["deepseek-v3"].config["rope_parameters"], "mscale": 0.707}},
+        "llama.cpp assumes mscale 1.0",
+    ),
 ]
 
 
