@@ -36,7 +36,7 @@ def quantize_layer(
         raise UsageError("HQQ fits zero points: it needs an asymmetric grid (drop --sym)")
     result = {}
     for name in linear_names(plan, expert_count(plan, lw.config)):
-        w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
+        w = lw.ckpt.get(lw.checkpoint_name(f"{lw.layer_prefix(i)}{name}.weight")).to(lw.device)
         codes, scale, zero = hqq(w, cfg.bits, cfg.group_size)
         gs = w.shape[1] if cfg.group_size == -1 else cfg.group_size
         g_idx = (torch.arange(w.shape[1], device=w.device) // gs).to(torch.int32)
