@@ -60,7 +60,7 @@ def test_unfused_experts_compute_what_transformers_fused_ones_do(tiny_models: di
     from mtk.quantizers.moe import ExpertLinears
 
     src = tiny_models["qwen2moe"]
-    lw = LayerwiseModel(src, torch.device("cpu"), experts=layer_plan("qwen2_moe").experts)
+    lw = LayerwiseModel(src, torch.device("cpu"), plan=layer_plan("qwen2_moe"))
     mine = lw.load_layer(1).mlp
     assert isinstance(mine.experts, ExpertLinears) and mine.experts.count == 4
     fused = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).model.layers[1].mlp
@@ -185,7 +185,7 @@ def test_awq_scales_folded_into_the_norm_leave_routing_and_the_moe_block_unchang
     from mtk.quantizers.layerwise import LayerwiseModel
 
     plan = layer_plan("qwen2_moe")
-    lw = LayerwiseModel(tiny_models["qwen2moe"], torch.device("cpu"), experts=plan.experts)
+    lw = LayerwiseModel(tiny_models["qwen2moe"], torch.device("cpu"), plan=plan)
     layer = lw.load_layer(0)
     groups = scale_groups(plan, 4)
     norm = next(g for g in groups if g.prev == "post_attention_layernorm")

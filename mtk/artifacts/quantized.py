@@ -58,37 +58,41 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
     """Overwrite the float ``model`` (the source architecture) with exactly the weights stored in ``path``."""
     import torch
 
+    from mtk.converters.family import all_families
     from mtk.formats.checkpoint import HFCheckpoint
+    from mtk.quantizers.plan import stored_name
 
     qc, fmt = _format(path)
     ckpt = HFCheckpoint(path)
     names = set(ckpt.names())
+    model_type = model.config.model_type
+    plan = next((f.layer_plan for f in all_families() if model_type in f.model_types), None)
 
     def weight(name: str) -> torch.Tensor:
+        """The files' weight of a module-tree name (MoE blocks may be stored under another name)."""
+        name = stored_name(plan, name) if plan is not None else name
         base = name.removesuffix(".weight")
         if f"{base}.{fmt.packed_keys[0]}" in names:
             return fmt.unpack({k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}, qc)
         return ckpt.get(name)
 
-    fused = _fused_experts(model, weight)
+    fused = _fused_experts(model, plan, weight)
     state = model.state_dict()
     with torch.no_grad():
         for name, tensor in state.items():
+            stored = stored_name(plan, name) if plan is not None else name
             if name in fused:
                 tensor.copy_(fused.pop(name)())
-            elif name in names or f"{name.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+            elif stored in names or f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
                 tensor.copy_(weight(name).to(tensor.dtype))
     return model
 
 
-def _fused_experts(model: Any, weight: Any) -> dict[str, Any]:
+def _fused_experts(model: Any, plan: Any, weight: Any) -> dict[str, Any]:
     """MoE models: each fused 3-D experts parameter of transformers 5 (full name) -> a function stacking it from
     the files' per-expert weights (``weight(name)``); empty for dense models."""
-    from mtk.converters.family import all_families
     from mtk.quantizers.moe import expert_count, fused_weights
 
-    model_type = model.config.model_type
-    plan = next((f.layer_plan for f in all_families() if model_type in f.model_types), None)
     if plan is None or plan.experts is None:
         return {}
     ep, n = plan.experts, expert_count(plan, model.config)

@@ -123,6 +123,9 @@ class ExpertPlan:
     down: str = "down_proj"
     linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
     keep_float: tuple[str, ...] = ("mlp.gate",)
+    # (module prefix, checkpoint prefix) pairs where checkpoints name the block otherwise than transformers' module
+    # tree (Mixtral: block_sparse_moe on disk, mlp in memory); the plan's names are the module tree's.
+    stored: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

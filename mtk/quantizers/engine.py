@@ -29,7 +29,7 @@ from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.layerwise import LayerwiseModel, to_device
 from mtk.quantizers.methods import LayerResult
 from mtk.quantizers.moe import expert_count
-from mtk.quantizers.plan import linear_names
+from mtk.quantizers.plan import linear_names, stored_name
 from mtk.runtime import resolve_device
 
 Progress = Callable[[int, int, str], None]
@@ -59,7 +59,7 @@ def output_plan(
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
     """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
     names = linear_names(plan, n_experts)
-    planned = {(f"{lw_prefix}layers.{i}.{n}.weight", n) for i in range(n_layers) for n in names}
+    planned = {(stored_name(plan, f"{lw_prefix}layers.{i}.{n}.weight"), n) for i in range(n_layers) for n in names}
     missing = sorted(q for q, n in planned if q not in ckpt and n not in plan.optional)
     quantized = {q for q, _ in planned if q in ckpt}
     if missing:
@@ -182,7 +182,7 @@ def quantize(
         )
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
-    lw = LayerwiseModel(model_dir, dev, ckpt, plan.experts)
+    lw = LayerwiseModel(model_dir, dev, ckpt, plan)
     n_layers = len(lw.layers)
     n_experts = expert_count(plan, lw.config)
     entries, others = output_plan(ckpt, lw.prefix, n_layers, plan, cfg, n_experts)
@@ -246,14 +246,19 @@ def _quantize_layer(
     prefix = lw.layer_prefix(i)
     done = cfg.method_row.quantize_layer(lw, i, plan, cfg, inputs, kwargs)
     fmt = cfg.format_row
-    packed = {f"{prefix}{name}.{k}": v for name, q in done.linears.items() for k, v in fmt.pack(q, cfg).items()}
+    # Module-tree names as the checkpoint names them (Mixtral's block_sparse_moe is transformers' mlp).
+    packed = {
+        lw.checkpoint_name(f"{prefix}{name}.{k}"): v
+        for name, q in done.linears.items()
+        for k, v in fmt.pack(q, cfg).items()
+    }
+    changed = {lw.checkpoint_name(prefix + k): v for k, v in (done.tensors or {}).items()}
     while writer.pending is not None and writer.pending[0].startswith(prefix):
         name, dtype = writer.pending
         if name in packed:
             writer.write(name, packed[name])
         else:
-            rel = name[len(prefix) :]
-            value = done.tensors[rel] if done.tensors is not None and rel in done.tensors else lw.ckpt.get(name)
+            value = changed[name] if name in changed else lw.ckpt.get(name)
             writer.write(name, value.to(dtype))
             lw.ckpt.release(name)
     lw.unload_layer(i)

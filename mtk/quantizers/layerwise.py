@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtk.converters.family import ExpertPlan
+from mtk.converters.family import LayerPlan
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 from mtk.formats.checkpoint import HFCheckpoint
 
@@ -82,7 +82,7 @@ class LayerwiseModel:
         model_dir: Path | str,
         device: torch.device,
         ckpt: HFCheckpoint | None = None,
-        experts: ExpertPlan | None = None,
+        plan: LayerPlan | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -101,12 +101,14 @@ class LayerwiseModel:
             ) from None
         self.decoder = self.model.get_decoder()
         self.layers: nn.ModuleList = self.decoder.layers
+        self.plan = plan
+        experts = plan.experts if plan is not None else None
         if experts is not None:  # per-expert Linears, named as the checkpoint's weights (mtk.quantizers.moe)
             from mtk.quantizers.moe import unfuse
 
             for layer in self.layers:
                 unfuse(layer, experts)
-        self.ckpt.check_shapes({name: tuple(p.shape) for name, p in self.model.named_parameters()})
+        self.ckpt.check_shapes({self.checkpoint_name(n): tuple(p.shape) for n, p in self.model.named_parameters()})
         self.prefix = self._find_prefix()
 
     def _find_prefix(self) -> str:
@@ -116,6 +118,12 @@ class LayerwiseModel:
                     return name.removesuffix("embed_tokens.weight")
                 break
         raise InvalidFileError(f"{self.ckpt.path}: no embed_tokens.weight tensor where transformers expects it")
+
+    def checkpoint_name(self, name: str) -> str:
+        """The checkpoint's name of a parameter of the module tree (they differ where ``ExpertPlan.stored`` says)."""
+        from mtk.quantizers.plan import stored_name
+
+        return stored_name(self.plan, name) if self.plan is not None else name
 
     def layer_prefix(self, i: int) -> str:
         return f"{self.prefix}layers.{i}."
@@ -127,10 +135,11 @@ class LayerwiseModel:
             self.model._init_weights(sub)  # rotary frequencies, embedding scales: computed, not stored
         with torch.no_grad():
             for name, p in module.named_parameters():
-                if prefix + name not in self.ckpt:
-                    raise UnsupportedError(f"{prefix}{name}: not in the checkpoint (fused or renamed weights)")
-                p.copy_(self.ckpt.get(prefix + name).to(p.dtype))
-                self.ckpt.release(prefix + name)
+                key = self.checkpoint_name(prefix + name)
+                if key not in self.ckpt:
+                    raise UnsupportedError(f"{key}: not in the checkpoint (fused or renamed weights)")
+                p.copy_(self.ckpt.get(key).to(p.dtype))
+                self.ckpt.release(key)
 
     def load_layer(self, i: int) -> nn.Module:
         layer = self.layers[i]

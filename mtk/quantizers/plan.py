@@ -5,6 +5,8 @@ Pure data, no torch: the engine, the methods and their math read the expanded na
 
 from __future__ import annotations
 
+import re
+
 from mtk.converters.family import LayerPlan, ScaleGroup
 
 XID = "{xid}"
@@ -47,3 +49,10 @@ def scale_groups(plan: LayerPlan, n_experts: int = 0) -> list[ScaleGroup]:
             linears = [n.replace(XID, str(x)) for n in g.linears for x in (range(n_experts) if XID in n else [0])]
             out.append(ScaleGroup(g.prev, tuple(linears), g.inspect, g.prev_rows, g.compensate))
     return out
+
+
+def stored_name(plan: LayerPlan, name: str) -> str:
+    """The checkpoint's name of a parameter named by transformers' module tree (``ExpertPlan.stored``)."""
+    for module, stored in plan.experts.stored if plan.experts is not None else ():
+        name = re.sub(rf"(^|\.)(layers\.\d+\.){re.escape(module)}", rf"\g<1>\g<2>{stored}", name, count=1)
+    return name

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtk.converters.family import COMMON_HPARAMS, FUSED_EXPERTS, LLAMA_TENSORS, Family, TinyModel, register
+from mtk.converters.family import (
+    COMMON_HPARAMS,
+    FUSED_EXPERTS,
+    LLAMA_TENSORS,
+    QKV,
+    ExpertPlan,
+    Family,
+    LayerPlan,
+    ScaleGroup,
+    TinyModel,
+    register,
+)
 from mtk.converters.rope import RopeLayout
 from mtk.errors import UnsupportedError
 
@@ -22,7 +33,20 @@ def _mixtral_gguf(config: Any) -> dict[str, Any]:
     return {}
 
 
-# No layer plan yet, so quantize refuses it (see Qwen2-MoE).
+_W1_W3 = ("mlp.experts.{xid}.w1", "mlp.experts.{xid}.w3")
+# The module tree's names (transformers 5 renames block_sparse_moe to mlp in memory); checkpoints keep
+# block_sparse_moe (ExpertPlan.stored). Written as compressed-tensors, as every MoE model (README).
+MIXTRAL_PLAN = LayerPlan(
+    sequential=(QKV, ("self_attn.o_proj",), _W1_W3, ("mlp.experts.{xid}.w2",)),
+    awq=(
+        ScaleGroup("input_layernorm", QKV, "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup("post_attention_layernorm", _W1_W3, "mlp", compensate=("mlp.gate",)),
+        ScaleGroup("mlp.experts.{xid}.w3", ("mlp.experts.{xid}.w2",), "mlp.experts.{xid}.w2"),
+    ),
+    experts=ExpertPlan(count="num_local_experts", linears=("w1", "w3", "w2"), stored=(("mlp.", "block_sparse_moe."),)),
+)
+
 MIXTRAL = register(
     Family(
         gguf_arch="llama",
@@ -45,6 +69,7 @@ MIXTRAL = register(
         fused_tensors={"model.layers.{bid}.mlp.gate.weight": ("blk.{bid}.ffn_gate_inp.weight",), **FUSED_EXPERTS},
         export_config=_mixtral_gguf,
         rope=RopeLayout(freq_factors=True),  # the llama loader reads rope_freqs.weight
+        layer_plan=MIXTRAL_PLAN,
         tiny=(
             # 8 experts, 2 per token (llama.cpp's 8-expert quantize rules apply), no sliding window, RoPE base
             # 1e6, GQA, SentencePiece vocabulary, an untied head.
