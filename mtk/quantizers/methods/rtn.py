@@ -32,9 +32,10 @@ def from_checkpoint(
 
     result = {}
     for name in linear_names(plan, expert_count(plan, lw.config)):
-        if name in plan.optional and lw.checkpoint_name(f"{lw.layer_prefix(i)}{name}.weight") not in lw.ckpt:
+        stored = lw.checkpoint_name(f"{lw.layer_prefix(i)}{name}.weight")
+        if name in plan.optional and stored not in lw.ckpt:
             continue  # a layer without it (Gemma 4's KV-sharing layers)
-        result[name] = fit(lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device))
+        result[name] = fit(lw.ckpt.get(stored).to(lw.device))
     return LayerResult(result)
 
 
