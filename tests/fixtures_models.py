@@ -49,5 +49,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: 
             if p.ndim == 1 and "norm" in name:
                 # Norm weights start at 1 (or 0 for Gemma's 1 + w); perturb them so that errors show.
                 p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.add_(torch.randn_like(b) * 0.1)  # GLM-4.5's expert selection bias starts at 0: make it count
     model.save_pretrained(out_dir)
     return out_dir

@@ -229,6 +229,14 @@ class Family:
     dropped: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # GGUF tensors the exporter computes from the config besides its RoPE type's: name -> tensor.
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
+    # The GGUF key (without "{arch}.") counting the leading dense layers before the MoE ones (GLM-4.5's
+    # leading_dense_block_count): gguf-import expects those to share one set of tensors and the rest another.
+    dense_lead: str = ""
+    # Config fields gguf-import sets true when the GGUF holds a tensor (GLM-4.5's use_qk_norm: attn_q_norm).
+    flags: Mapping[str, str] = field(default_factory=dict)
+    # The config field counting extra layers a checkpoint holds past num_hidden_layers (GLM-4.5's multi-token
+    # prediction layers, num_nextn_predict_layers), which transformers drops at load: gguf-export skips them.
+    extra_layers: str = ""
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()

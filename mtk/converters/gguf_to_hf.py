@@ -105,6 +105,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
             cfg[field] = meta[f"tokenizer.ggml.{key}"]
     if family.extra_config:
         cfg.update(family.extra_config(meta, arch))
+    cfg.update({flag: tensor in model.by_name for flag, tensor in family.flags.items()})
     return cfg
 
 
@@ -187,8 +188,9 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    layouts = {frozenset(v) for v in per_block.values()}
-    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > 1:
+    dense = int(model.metadata.get(f"{model.architecture}.{family.dense_lead}", 0)) if family.dense_lead else 0
+    layouts = {(bid < dense, frozenset(v)) for bid, v in per_block.items()}
+    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > len({bid < dense for bid in per_block}):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:

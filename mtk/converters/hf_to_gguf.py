@@ -9,6 +9,7 @@ already in its target type is copied byte for byte.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -71,7 +72,10 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
+    # transformers 5 keeps the factor in rope_parameters for some families (GLM-4.5), on the config for others.
+    rope_params = getattr(config, "rope_parameters", None) or {}
+    partial = getattr(config, "partial_rotary_factor", None) or rope_params.get("partial_rotary_factor")
+    rotary = int(head_dim * (partial or 1.0))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",
@@ -132,7 +136,7 @@ def plan_hf(
     fused: dict[str, tuple[int, int]] = {}
     derived: dict[str, ExportTensor] = {}
     for hf_name in ckpt.names():
-        if hf_name.endswith(family.dropped):
+        if hf_name.endswith(family.dropped) or extra_layer(family, hf_name, model.n_layer):
             continue
         row = family.derived_source(hf_name)
         if row is not None:
@@ -170,6 +174,18 @@ def plan_hf(
         for name, m in groups.items()
     ]
     return made + planned + [replace(t, qtype=types[name]) for name, t in derived.items()]
+
+
+def extra_layer(family: Family, hf_name: str, n_layer: int) -> bool:
+    """Whether an HF tensor belongs to a layer past the model's ``n_layer`` that the family's checkpoints may
+    hold and transformers drops (GLM-4.5's multi-token prediction layers)."""
+    if not family.extra_layers:
+        return False
+    m = _LAYER.match(hf_name)
+    return m is not None and int(m.group(1)) >= n_layer
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dict[str, ExportTensor]:
@@ -263,6 +279,7 @@ class _Source:
 
     def __init__(self, path: Path, rules: TypeRules, device: torch.device) -> None:
         self.device = device
+        self.skipped = ""  # what an HF source held that the GGUF leaves out, in words
         self.gguf: GGUFModel | None = None
         if path.is_file():
             self.gguf = open_gguf(path)
@@ -281,6 +298,9 @@ class _Source:
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
+        extra = [n for n in self.ckpt.names() if extra_layer(self.family, n, model.n_layer)]
+        if extra:
+            self.skipped = f"skipped {len(extra)} tensors of layers past num_hidden_layers ({self.family.extra_layers})"
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
@@ -446,6 +466,8 @@ def gguf_export(
         "convert_seconds": convert_seconds,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if src.skipped:
+        result["skipped"] = src.skipped
     if imatrix is not None:
         result["imatrix"] = {"tensors_used": len(used), "missing": missing}
     if verification is not None:

@@ -1,3 +1,3 @@
 """The built-in model families; importing this package registers each once."""
 
-from mtk.converters.families import gemma, gpt_oss, granite, llama, mixtral, olmo2, phi3, qwen, smollm3  # noqa: F401
+from mtk.converters.families import gemma, glm, gpt_oss, granite, llama, mixtral, olmo2, phi3, qwen, smollm3  # noqa: F401
