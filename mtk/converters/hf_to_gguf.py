@@ -292,8 +292,8 @@ class _Source:
             self.architecture = self.gguf.architecture
             return
         self.ckpt = HFCheckpoint(path)
-        self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.architecture)
+        self.config = self.ckpt.transformers_config(self.family.extra_layers)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
