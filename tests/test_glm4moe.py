@@ -89,3 +89,10 @@ def test_expert_groups_are_refused(tiny_models: dict[str, Path], tmp_path: Path)
     proc = run_mtk("gguf-export", str(grouped), "-o", str(tmp_path / "g.gguf"))
     assert proc.returncode == 3 and "expert groups" in proc.stderr
     assert not (tmp_path / "g.gguf").exists()
+
+
+def test_quantize_refuses_glm4moe(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Its dense leading layers and MoE layers need two layer plans, which mtk quantize does not have yet."""
+    proc = run_mtk("quantize", str(tiny_models["glm4moe"]), "-o", str(tmp_path / "q"), "--method", "rtn")
+    assert proc.returncode == 3 and "glm4_moe" in proc.stderr, proc.stderr
+    assert not (tmp_path / "q").exists()
