@@ -96,3 +96,37 @@ def test_quantize_refuses_glm4moe(tiny_models: dict[str, Path], tmp_path: Path) 
     proc = run_mtk("quantize", str(tiny_models["glm4moe"]), "-o", str(tmp_path / "q"), "--method", "rtn")
     assert proc.returncode == 3 and "glm4_moe" in proc.stderr, proc.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_llama_cpp_mtp_block_is_left_out_on_import(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """llama.cpp's converter writes GLM-4.5's MTP layer as the last block (Air: block_count 47 of which
+    nextn_predict_layers 1): gguf-import leaves it out, as transformers does, and gives back the source's weights."""
+    import numpy as np
+
+    from mtk.formats.gguf_writer import write_gguf
+
+    src = tiny_models["glm4moe"]
+    plain = tmp_path / "plain.gguf"
+    gguf_export(src, plain, rules=TypeRules(Q.F32))
+    model = open_gguf(plain)
+    tensors = {t.name: (Q.F32, model.tensor_bytes(t).numpy().view(np.float32).reshape(t.shape)) for t in model.tensors}
+    tensors.update({"blk.3." + n[6:]: v for n, v in tensors.items() if n.startswith("blk.2.")})
+    rng = np.random.default_rng(0)
+    tensors["blk.3.nextn.eh_proj.weight"] = (Q.F32, rng.standard_normal((64, 128), dtype=np.float32))
+    tensors["blk.3.nextn.enorm.weight"] = (Q.F32, np.ones(64, dtype=np.float32))
+    tensors["blk.3.nextn.hnorm.weight"] = (Q.F32, np.ones(64, dtype=np.float32))
+    meta = {**model.metadata, "glm4moe.block_count": 4, "glm4moe.nextn_predict_layers": 1}
+    mtp = tmp_path / "mtp.gguf"
+    write_gguf(mtp, meta, tensors)
+    out = tmp_path / "hf"
+    result = gguf_import(mtp, out, check=import_check(mtp, True))
+    assert result["skipped"] == "skipped the last 1 blocks (glm4moe.nextn_predict_layers)"
+    v = result["verification"]["logits"]
+    assert v["max_abs"] < 1e-4 and v["top1"] == 1.0, v
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["num_nextn_predict_layers"]) == (3, 0)
+    a = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys()
+    for name, t in a.items():
+        assert torch.equal(b[name], t), name

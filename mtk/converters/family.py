@@ -237,6 +237,9 @@ class Family:
     # The config field counting extra layers a checkpoint holds past num_hidden_layers (GLM-4.5's multi-token
     # prediction layers, num_nextn_predict_layers), which transformers drops at load: gguf-export skips them.
     extra_layers: str = ""
+    # The GGUF key (without "{arch}.") counting such layers that llama.cpp's converter writes as the last blocks
+    # (GLM-4.5's nextn_predict_layers): gguf-import leaves them out, as transformers would.
+    extra_layers_gguf: str = ""
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     tiny: tuple[TinyModel, ...] = ()

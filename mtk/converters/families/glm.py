@@ -79,6 +79,7 @@ GLM4MOE = register(
         dense_lead="leading_dense_block_count",
         flags={"use_qk_norm": "blk.0.attn_q_norm.weight"},
         extra_layers="num_nextn_predict_layers",
+        extra_layers_gguf="nextn_predict_layers",
         tiny=(
             # One dense layer before two MoE ones, 8 routed experts (2 per token) beside one shared expert,
             # renormalised sigmoid routing, NEOX RoPE over half of an explicit head_dim, Q/K/V biases
