@@ -41,7 +41,7 @@ def _glm4moe_config(meta: Metadata, arch: str) -> dict[str, Any]:
     return {
         "norm_topk_prob": bool(meta.get(f"{arch}.expert_weights_norm", False)),
         "routed_scaling_factor": float(meta.get(f"{arch}.expert_weights_scale", 1.0) or 1.0),
-        "n_group": 1,
+        "n_group": 1,  # what llama.cpp's glm4moe computes, whatever expert_group_count says
         "topk_group": 1,
         "num_nextn_predict_layers": 0,
     }
@@ -71,6 +71,9 @@ GLM4MOE = register(
             "expert_shared_count": "n_shared_experts",
             "leading_dense_block_count": "first_k_dense_replace",
             "expert_weights_scale": "routed_scaling_factor",
+            # Written as llama.cpp's converter does (its glm4moe does not read them); only 1 gets this far.
+            "expert_group_count": "n_group",
+            "expert_group_used_count": "topk_group",
         },
         expert_tensors=QWEN_EXPERTS,
         fused_tensors=FUSED_EXPERTS,
