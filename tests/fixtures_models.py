@@ -70,6 +70,6 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, **overrides: 
                 p.add_(torch.randn_like(p) * 0.1)
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
-                b.add_(torch.randn_like(b) * 0.1)  # DeepSeek's routing bias starts at 0; make it choose
+                b.add_(torch.randn_like(b) * 0.1)  # routing biases (DeepSeek's, GLM-4.5's) start at 0
     model.save_pretrained(out_dir)
     return out_dir

@@ -86,6 +86,8 @@ def gguf_export_command(
     if result.get("imatrix", {}).get("missing"):
         missing = result["imatrix"]["missing"]
         info(f"warning: the imatrix has no entry for {len(missing)} tensor(s), encoded without it: {missing[0]} ...")
+    if result.get("skipped"):
+        info(f"note: {result['skipped']}")
     types = ", ".join(f"{k}: {n}" for k, n in result["types"].items())
     render(
         result,

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from mtk.cli.common import Device, DeviceOpt, DType, OutputDir, Overwrite, progress_bar, render, report_verification
+from mtk.cli.common import (
+    Device,
+    DeviceOpt,
+    DType,
+    OutputDir,
+    Overwrite,
+    info,
+    progress_bar,
+    render,
+    report_verification,
+)
 
 
 def gguf_import_command(
@@ -40,6 +50,8 @@ def gguf_import_command(
             progress=bar.update,
         ).to_dict()  # fmt: skip
     report_verification(result)
+    if result.get("skipped"):
+        info(f"note: {result['skipped']}")
     render(
         result,
         f"wrote {result['output']}: {result['architecture']}, {result['tensors']} tensors, "

@@ -279,6 +279,17 @@ class Family:
     # A context manager that makes the family's transformers model traceable by torch.onnx while export-onnx
     # traces it, restoring the model after (Llama 4's complex-valued RoPE as real arithmetic).
     onnx_tracing: Callable[[Any], AbstractContextManager[None]] | None = None
+    # The GGUF key (without "{arch}.") counting the leading dense layers before the MoE ones (GLM-4.5's
+    # leading_dense_block_count): gguf-import expects those to share one set of tensors and the rest another.
+    dense_lead: str = ""
+    # Config fields gguf-import sets true when the GGUF holds a tensor (GLM-4.5's use_qk_norm: attn_q_norm).
+    flags: Mapping[str, str] = field(default_factory=dict)
+    # The config field counting extra layers a checkpoint holds past num_hidden_layers (GLM-4.5's multi-token
+    # prediction layers, num_nextn_predict_layers), which transformers drops at load: gguf-export skips them.
+    extra_layers: str = ""
+    # The GGUF key (without "{arch}.") counting such layers that llama.cpp's converter writes as the last blocks
+    # (GLM-4.5's nextn_predict_layers): gguf-import leaves them out, as transformers would.
+    extra_layers_gguf: str = ""
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
     # Multimodal architectures whose text tower gguf-export and quantize convert as this family.

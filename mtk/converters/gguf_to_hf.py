@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
             value = meta[f"{arch}.{key}"]
             # GGUF floats are float32: write the shortest decimal that gives the same float32 (1e-05).
             cfg[field] = float(str(np.float32(value))) if isinstance(value, float) else value
+    extra = extra_layers(family, model)
+    if extra:
+        if extra >= cfg["num_hidden_layers"]:
+            raise InvalidFileError(f"{model.path}: GGUF's {extra} extra layers leave none of its {arch}.block_count")
+        cfg["num_hidden_layers"] -= extra
     if "intermediate_size" in cfg and isinstance(cfg["intermediate_size"], list):
         cfg["intermediate_size"] = cfg["intermediate_size"][0]
     heads = cfg["num_attention_heads"]
@@ -105,7 +111,16 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
             cfg[field] = meta[f"tokenizer.ggml.{key}"]
     if family.extra_config:
         cfg.update(family.extra_config(meta, arch))
+    cfg.update({flag: tensor in model.by_name for flag, tensor in family.flags.items()})
     return cfg
+
+
+def extra_layers(family: Family, model: GGUFModel) -> int:
+    """How many of the GGUF's last blocks are layers transformers has no place for (GLM-4.5's MTP layers)."""
+    if not family.extra_layers_gguf:
+        return 0
+    value = model.metadata.get(f"{model.architecture}.{family.extra_layers_gguf}", 0)
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def _check_hparams(model: GGUFModel, arch: str) -> None:
@@ -145,12 +160,15 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     """
     plan: list[PlannedTensor] = []
     per_block: dict[int, set[str]] = {}
+    layers, extra = cfg["num_hidden_layers"], extra_layers(family, model)
     joined: dict[str, dict[int, GGUFTensorInfo]] = {}  # HF name of a Derived row -> its parts found so far
     uniform = [(cfg["head_dim"], cfg["num_key_value_heads"])] * cfg["num_hidden_layers"]
     heads = family.layer_heads(cfg) if family.layer_heads else uniform
     for info in model.tensors:
         if info.name in rope.ROPE_TENSORS:
             continue  # read into rope_parameters by hf_config
+        if extra and (m := _BLOCK.match(info.name)) and layers <= int(m[1]) < layers + extra:
+            continue  # an extra (MTP) layer: transformers drops it at load
         part = family.derived_part(info.name)
         if part is not None:
             row, i, idx = part
@@ -201,6 +219,9 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         if required not in model.by_name:
             raise InvalidFileError(f"{model.path}: GGUF lacks {required}")
     return plan
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")
 
 
 def _join_plan(path: Path, p: PlannedTensor, found: dict[int, GGUFTensorInfo]) -> PlannedTensor:
@@ -329,6 +350,8 @@ def gguf_import(
         "tensors": len(plan),
         "parameters": sum(math.prod(p.shape) for p in plan),
     }
+    if extra := extra_layers(family, model):
+        result["skipped"] = f"skipped the last {extra} blocks ({model.architecture}.{family.extra_layers_gguf})"
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         writer = SafetensorsWriter(
             tmp, [(p.hf_name, torch_dtype, p.shape) for p in plan], max_shard_bytes=max_shard_bytes

@@ -9,6 +9,7 @@ already in its target type is copied byte for byte.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -134,7 +135,7 @@ def plan_hf(
     fused: dict[str, tuple[int, int]] = {}
     derived: dict[str, ExportTensor] = {}
     for hf_name in ckpt.names():
-        if hf_name.endswith(family.dropped):
+        if hf_name.endswith(family.dropped) or extra_layer(family, hf_name, model.n_layer):
             continue
         row = family.derived_source(hf_name)
         if row is not None:
@@ -172,6 +173,18 @@ def plan_hf(
         for name, m in groups.items()
     ]
     return made + planned + [replace(t, qtype=types[name]) for name, t in derived.items()]
+
+
+def extra_layer(family: Family, hf_name: str, n_layer: int) -> bool:
+    """Whether an HF tensor belongs to a layer past the model's ``n_layer`` that the family's checkpoints may
+    hold and transformers drops (GLM-4.5's multi-token prediction layers)."""
+    if not family.extra_layers:
+        return False
+    m = _LAYER.match(hf_name)
+    return m is not None and int(m.group(1)) >= n_layer
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int], config: Any) -> dict[str, ExportTensor]:
@@ -267,6 +280,7 @@ class _Source:
 
     def __init__(self, path: Path, rules: TypeRules, device: torch.device) -> None:
         self.device = device
+        self.skipped = ""  # what an HF source held that the GGUF leaves out, in words
         self.gguf: GGUFModel | None = None
         self.note: str | None = None  # what of the source is left out (a multimodal model's other towers)
         if path.is_file():
@@ -280,13 +294,16 @@ class _Source:
             self.architecture = self.gguf.architecture
             return
         self.ckpt, self.note = open_checkpoint(path)
-        self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.source_architecture)
+        self.config = self.ckpt.transformers_config(self.family.extra_layers)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
         # Metadata first: a family refuses configs llama.cpp cannot run there, with a clearer reason than a tensor.
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config), self.config)
+        extra = [n for n in self.ckpt.names() if extra_layer(self.family, n, model.n_layer)]
+        if extra:
+            self.skipped = f"skipped {len(extra)} tensors of layers past num_hidden_layers ({self.family.extra_layers})"
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
@@ -454,6 +471,8 @@ def gguf_export(
         "convert_seconds": convert_seconds,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if src.skipped:
+        result["skipped"] = src.skipped
     if imatrix is not None:
         result["imatrix"] = {"tensors_used": len(used), "missing": missing}
     if verification is not None:

@@ -134,12 +134,14 @@ class HFCheckpoint:
         self.config = {**text, "architectures": [architecture]}
         return left
 
-    def transformers_config(self) -> Any:
+    def transformers_config(self, extra_layers: str = "") -> Any:
         """The folder's transformers config, checked against the tensors it describes.
 
         transformers validates the values (types, hidden_size divisible by the heads); the rest is what a
         config can lie about that every family shares: the embedding's shape and the number of layers.
-        Raises InvalidFileError for a config that does not load or does not fit the checkpoint.
+        ``extra_layers``: the config field counting layers the checkpoint may hold past num_hidden_layers
+        (GLM-4.5's multi-token prediction layers). Raises InvalidFileError for a config that does not load or
+        does not fit the checkpoint.
         """
         from transformers import AutoConfig
 
@@ -168,7 +170,9 @@ class HFCheckpoint:
         self._check_attention(where, config)
         found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
         # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
-        if layers is not None and found and (len(found) != layers or max(found) != layers - 1):
+        extra = int(getattr(config, extra_layers, 0) or 0) if extra_layers and layers is not None else 0
+        allowed = {layers, layers + extra} if layers is not None else set()
+        if layers is not None and found and (len(found) not in allowed or max(found) != len(found) - 1):
             raise InvalidFileError(f"{where}: num_hidden_layers is {layers}, the checkpoint holds {len(found)} layers")
         return config
 

@@ -4,6 +4,7 @@ from mtk.converters.families import (  # noqa: F401
     deepseek,
     gemma,
     gemma4,
+    glm,
     glm4,
     gpt_oss,
     granite,
