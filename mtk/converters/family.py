@@ -15,6 +15,8 @@ transforms that differ between families are flags here, applied by the converter
   compute ``x * w``.
 - ``expert_tensors``: GGUF stacks the experts of a MoE layer in one 3-D tensor; HF checkpoints keep one
   2-D tensor per expert.
+- ``transforms``: any other change of one tensor's values or shape (Qwen3.5's ``-exp(A_log)``, its squeezed
+  conv kernels and reordered value heads), as a pair of functions, one per direction.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mtk.converters import rope
 from mtk.converters.rope import RopeLayout, Synthesised
 from mtk.errors import UnsupportedError
 from mtk.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 Metadata = Mapping[str, Any]
 
@@ -104,7 +109,7 @@ LLAMA_PLAN = LayerPlan(
     ),
 )
 
-TokenizerKind = Literal["bpe", "spm", "gemma"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "qwen35"]
 # The shape every tiny test checkpoint shares unless its row overrides it.
 TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
@@ -132,6 +137,20 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
+class TensorTransform:
+    """A change llama.cpp's converter makes to one tensor, both ways. The functions get the float32 tensor and
+    the transformers config as a dict (export: ``config.to_dict()``; import: the fields gguf-import derives);
+    the shape functions map a shape across when the transform changes it (None: unchanged)."""
+
+    to_gguf: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+    to_hf: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+    gguf_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    # The largest difference a float32 export and import leaves (0: bit for bit), for a lossy transform.
+    atol: float = 0.0
+
+
+@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -142,6 +161,15 @@ class Family:
     hparams: Mapping[str, str] = field(default_factory=lambda: dict(COMMON_HPARAMS))
     permute_qk: bool = False
     norm_shift: float = 0.0
+    # GGUF templates ending in norm.weight that norm_shift leaves alone (Qwen3.5's gated norm computes x * w).
+    unshifted: tuple[str, ...] = ()
+    # GGUF template -> its value/shape change (see TensorTransform).
+    transforms: Mapping[str, TensorTransform] = field(default_factory=dict)
+    # The Q projection also yields a per-head output gate: twice the rows, [q, gate] per head (Qwen3-Next/3.5).
+    gated_q: bool = False
+    # Decoder layers of different types (config.layer_types) hold different tensors (Qwen3.5's linear-attention
+    # and full-attention layers); gguf-import then checks that the layers of each type agree.
+    hybrid: bool = False
     # GGUF 3-D expert tensor template -> HF per-expert template (with {xid}).
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
     # Family-specific config fields derived from the GGUF metadata (import direction).
@@ -186,6 +214,10 @@ class Family:
         if self.export_config:
             out.update(self.export_config(config))
         return out
+
+    def shifts(self, template: str) -> bool:
+        """Whether ``norm_shift`` applies to the GGUF tensor ``template``."""
+        return bool(self.norm_shift) and template.endswith("norm.weight") and template not in self.unshifted
 
     def synthesised(self, config: Any) -> dict[str, Synthesised]:
         """The GGUF tensors to compute for a transformers config (its RoPE type's, then the family's own)."""

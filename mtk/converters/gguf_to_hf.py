@@ -94,7 +94,10 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         if f"tokenizer.ggml.{key}" in meta:
             cfg[field] = meta[f"tokenizer.ggml.{key}"]
     if family.extra_config:
-        cfg.update(family.extra_config(meta, arch))
+        extra = family.extra_config(meta, arch)
+        if "rope_parameters" in extra:  # fields the family adds to the RoPE table's
+            extra["rope_parameters"] = {**cfg["rope_parameters"], **extra["rope_parameters"]}
+        cfg.update(extra)
     return cfg
 
 
@@ -135,6 +138,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     """
     plan: list[PlannedTensor] = []
     per_block: dict[int, set[str]] = {}
+    kinds = cfg.get("layer_types") if family.hybrid else None
     for info in model.tensors:
         if info.name in rope.ROPE_TENSORS:
             continue  # read into rope_parameters by hf_config
@@ -151,7 +155,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
                     f"{model.path}: tensor {quoted(info.name)} is past the model's {cfg['num_hidden_layers']} layers"
                 )
             per_block.setdefault(idx["bid"], set()).add(gguf_t)
-        _check_shape(model.path, info, gguf_t, cfg)
+        _check_shape(model.path, info, gguf_t, cfg, family)
         if gguf_t in family.expert_tensors:
             for x in range(info.shape[0]):
                 plan.append(PlannedTensor(hf_t.format(xid=x, **idx), tuple(info.shape[1:]), info, gguf_t, expert=x))
@@ -160,9 +164,14 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         shape = (
             (1, info.shape[0]) if gguf_t.endswith("ffn_gate_inp_shexp.weight") and len(info.shape) == 1 else info.shape
         )
+        transform = family.transforms.get(gguf_t)
+        if transform is not None and transform.hf_shape is not None:
+            shape = transform.hf_shape(shape)
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
-    layouts = {frozenset(v) for v in per_block.values()}
-    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > 1:
+    layouts: dict[str, set[frozenset[str]]] = {}
+    for bid, held in per_block.items():
+        layouts.setdefault(kinds[bid] if kinds else "", set()).add(frozenset(held))
+    if len(per_block) != cfg["num_hidden_layers"] or any(len(v) > 1 for v in layouts.values()):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:
@@ -170,11 +179,11 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     return plan
 
 
-def _check_shape(path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any]) -> None:
+def _check_shape(path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any], family: Family) -> None:
     head_dim = cfg["head_dim"]
     rows = {
         "token_embd.weight": cfg["vocab_size"],
-        "blk.{bid}.attn_q.weight": cfg["num_attention_heads"] * head_dim,
+        "blk.{bid}.attn_q.weight": cfg["num_attention_heads"] * head_dim * (2 if family.gated_q else 1),
         "blk.{bid}.attn_k.weight": cfg["num_key_value_heads"] * head_dim,
         "blk.{bid}.attn_v.weight": cfg["num_key_value_heads"] * head_dim,
     }.get(gguf_t)
@@ -199,7 +208,10 @@ def convert_tensor(family: Family, gguf_t: str, w: torch.Tensor, cfg: dict[str, 
     if family.permute_qk and gguf_t.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = cfg["num_attention_heads"] if ".attn_q." in gguf_t else cfg["num_key_value_heads"]
         w = unpermute_rows(w, heads)
-    if family.norm_shift and gguf_t.endswith("norm.weight"):
+    transform = family.transforms.get(gguf_t)
+    if transform is not None:
+        w = transform.to_hf(w, cfg)
+    if family.shifts(gguf_t):
         w = w - family.norm_shift
     return w
 

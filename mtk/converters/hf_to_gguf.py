@@ -66,7 +66,10 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
+    partial = getattr(config, "partial_rotary_factor", None) or rope.config_parameters(config).get(
+        "partial_rotary_factor"
+    )
+    rotary = int(head_dim * (partial or 1.0))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",
@@ -141,6 +144,9 @@ def plan_hf(
     for name, members in groups.items():
         shape = ckpt.shape(members[min(members)])
         shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
+        transform = family.transforms.get(templates[name])
+        if transform is not None and transform.gguf_shape is not None:
+            shapes[name] = transform.gguf_shape(shapes[name])
     types = plan_types(list(shapes.items()), model, rules)
     made = [ExportTensor(n, n, types[n], shapes[n], (), synthesised=s) for n, s in synthesised.items()]
     return made + [
@@ -169,8 +175,11 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
     if family.permute_qk and t.template.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = config.num_attention_heads if ".attn_q." in t.template else config.num_key_value_heads
         w = permute_rows(w, heads)
-    if family.norm_shift and t.template.endswith("norm.weight"):
+    if family.shifts(t.template):
         w = w + family.norm_shift
+    transform = family.transforms.get(t.template)
+    if transform is not None:
+        w = transform.to_gguf(w, config.to_dict())
     return w
 
 
@@ -207,8 +216,8 @@ class _Source:
             self.architecture = self.gguf.architecture
             return
         self.ckpt = HFCheckpoint(path)
-        self.config = self.ckpt.transformers_config()
         self.family = family_for_hf(self.ckpt.architecture)
+        self.config = self.ckpt.transformers_config(self.family.gated_q)
         model = shape_from_config(self.family, self.config)
         self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)

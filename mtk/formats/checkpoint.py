@@ -102,11 +102,12 @@ class HFCheckpoint:
             raise InvalidFileError(f"{self.path / 'config.json'}: architectures is not a list of names")
         return archs[0] if archs else str(self.config.get("model_type", "unknown"))
 
-    def transformers_config(self) -> Any:
+    def transformers_config(self, gated_q: bool = False) -> Any:
         """The folder's transformers config, checked against the tensors it describes.
 
         transformers validates the values (types, hidden_size divisible by the heads); the rest is what a
         config can lie about that every family shares: the embedding's shape and the number of layers.
+        ``gated_q``: the Q projection also yields an output gate per head (twice the rows; Qwen3.5).
         Raises InvalidFileError for a config that does not load or does not fit the checkpoint.
         """
         from transformers import AutoConfig
@@ -126,21 +127,21 @@ class HFCheckpoint:
                 f"{where}: vocab_size {vocab} and hidden_size {width} do not fit {embed} {tuple(self.shape(embed))}"
             )
         _check_config_values(where, config)
-        self._check_attention(where, config)
+        self._check_attention(where, config, 2 if gated_q else 1)
         found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
         # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
         if layers is not None and found and (len(found) != layers or max(found) != layers - 1):
             raise InvalidFileError(f"{where}: num_hidden_layers is {layers}, the checkpoint holds {len(found)} layers")
         return config
 
-    def _check_attention(self, where: Path, config: Any) -> None:
+    def _check_attention(self, where: Path, config: Any, q_factor: int) -> None:
         """Q/K/V projections of the config's heads and width (the converters reshape them per head)."""
         heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
         if heads is None or width is None:
             return
         head_dim = getattr(config, "head_dim", None) or width // heads
         kv = getattr(config, "num_key_value_heads", None) or heads
-        rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+        rows = {"q_proj": heads * head_dim * q_factor, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
         for name in self.names():
             proj = name.rsplit(".", 2)[-2] if name.endswith(".weight") and ".self_attn." in name else None
             if proj in rows and tuple(self.shape(name)) != (rows[proj], width):

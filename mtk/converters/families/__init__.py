@@ -1,3 +1,3 @@
 """The built-in model families; importing this package registers each once."""
 
-from mtk.converters.families import gemma, llama, olmo2, phi3, qwen  # noqa: F401
+from mtk.converters.families import gemma, llama, olmo2, phi3, qwen, qwen35  # noqa: F401
