@@ -2,7 +2,9 @@
 
 The folder's ``mtk_onnx.json`` says which file to load, the input and output names and the cache layout.
 Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype``; every step
-feeds the previous step's ``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
+feeds the previous step's ``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``. A hybrid model's
+linear-attention layers (``cache.layer_types``) hold a conv and a recurrent state of fixed shapes instead
+(``cache.conv_shape``, ``cache.recurrent_shape``, after the batch; zeros start a sequence).
 """
 
 from __future__ import annotations
@@ -52,10 +54,17 @@ class OnnxCausalLM:
         cache = self.manifest["cache"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
         self.cache_dtype = _NUMPY_DTYPES[cache["dtype"]]
+        self.layer_types = cache.get("layer_types") or ["full_attention"] * self.layers
+        self.state_shapes = (cache.get("conv_shape"), cache.get("recurrent_shape"))
+        # The cache tensor whose length is the past's: the first attention layer's key.
+        self.past_index = 2 * next(i for i, t in enumerate(self.layer_types) if t != "linear_attention")
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        shape = (batch, self.kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.layers)]
+        out = []
+        for kind in self.layer_types:
+            shapes = self.state_shapes if kind == "linear_attention" else [(self.kv_heads, 0, self.head_dim)] * 2
+            out += [np.zeros((batch, *shape), dtype=self.cache_dtype) for shape in shapes]
+        return out
 
     def step(
         self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None
@@ -67,7 +76,7 @@ class OnnxCausalLM:
         """
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, new = input_ids.shape
-        past = cache[0].shape[2]
+        past = cache[self.past_index].shape[2]
         if attention_mask is None:
             attention_mask = np.ones((batch, past + new), dtype=np.int64)
         attention_mask = np.asarray(attention_mask, dtype=np.int64)
