@@ -128,7 +128,7 @@ def test_qwen35_linear_attention_states_through_the_cache(tiny_models: dict[str,
     export_onnx(tiny_models["qwen35"], out, check=validate)
     manifest = json.loads((out / "mtk_onnx.json").read_text())
     types = ["linear_attention"] * 3 + ["full_attention"]
-    conv, recurrent = [2 * 2 * 16 + 4 * 16, 4], [4, 16, 16]  # tiny row: 2 key / 4 value heads of 16, kernel 4
+    conv, recurrent = [2 * 16 * 16 + 32 * 16, 4], [32, 16, 16]  # tiny row: 16 key / 32 value heads of 16, kernel 4
     assert manifest["cache"] == {
         "layers": 4, "kv_heads": 1, "head_dim": 32, "dtype": "float32",
         "layer_types": types, "conv_shape": conv, "recurrent_shape": recurrent,

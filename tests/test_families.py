@@ -26,6 +26,7 @@ from mtk.converters.family import (
     family_for_hf,
     family_for_model_type,
     layer_plan,
+    layer_plans,
 )
 from mtk.converters.gguf_types import TypeRules
 from mtk.errors import InvalidFileError, UnsupportedError
@@ -59,19 +60,20 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager").eval()
     if fam.layer_plan is None:
         return
-    plan = fam.layer_plan
-    layer = model.model.layers[0]
-    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
-    assert sorted(n for group in plan.sequential for n in group) == linears
+    plans = layer_plans(tiny.model_type, getattr(config, "layer_types", None), config.num_hidden_layers)
+    for plan, layer in zip(plans, model.model.layers, strict=True):  # hybrid families: a plan per layer type
+        linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear))
+        assert sorted(n for group in plan.sequential for n in group) == linears
+        assert all(set(group.linears) <= set(linears) for group in plan.awq)
+        layer.get_submodule(plan.mixer)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # norms away from 1 (Gemma's from 0)
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
         folded = 0
-        for block in model.model.layers:
+        for plan, block in zip(plans, model.model.layers, strict=True):
             for group in plan.awq:
-                assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
                 if _applicable(block, group):
                     width = block.get_submodule(group.linears[0]).in_features

@@ -94,6 +94,8 @@ class LayerPlan:
     norm_offset: float = 0.0
     # AutoAWQ leaves q/k out of the clipping search: their outputs meet in a softmax, not a sum.
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+    # The token mixer: the one inspected module that takes the decoder layer's keyword arguments (masks, RoPE).
+    mixer: str = "self_attn"
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -186,6 +188,8 @@ class Family:
     synthesise: Callable[[Any], dict[str, Synthesised]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
+    # Hybrid families: the plan of each other layer type (config.layer_types), over layer_plan.
+    layer_plans: Mapping[str, LayerPlan] = field(default_factory=dict)
     tiny: tuple[TinyModel, ...] = ()
 
     def gguf_to_hf(self, name: str) -> tuple[str, dict[str, int]] | None:
@@ -306,6 +310,13 @@ def layer_plan(model_type: str) -> LayerPlan:
         known = ", ".join(sorted(plans))
         raise UnsupportedError(f"mtk quantize does not support model type {model_type!r} (supported: {known})")
     return plans[model_type]
+
+
+def layer_plans(model_type: str, layer_types: list[str] | None, n_layers: int) -> list[LayerPlan]:
+    """Each decoder layer's quantize plan: its layer type's, else the family's (see :func:`layer_plan`)."""
+    default = layer_plan(model_type)
+    by_type = family_for_model_type(model_type).layer_plans
+    return [by_type.get(t, default) for t in (layer_types or [""] * n_layers)]
 
 
 def tiny_models() -> list[TinyModel]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mtk.converters.family import LayerPlan, layer_plan
+from mtk.converters.family import LayerPlan, layer_plan, layer_plans
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -52,10 +52,11 @@ def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
 
 
 def output_plan(
-    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plan: LayerPlan, cfg: QuantizeConfig
+    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plans: list[LayerPlan], cfg: QuantizeConfig
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
-    """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
-    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in linear_names(plan)}
+    """The output tensors in write order (everything else, then layer by layer) and the non-layer names;
+    ``plans``: each layer's."""
+    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in linear_names(plans[i])}
     missing = sorted(q for q in quantized if q not in ckpt)
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
@@ -117,12 +118,14 @@ def quantize(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
     ckpt = HFCheckpoint(model_dir)
-    plan = layer_plan(str(ckpt.config.get("model_type")))
+    model_type = str(ckpt.config.get("model_type"))
+    layer_plan(model_type)  # refuses a family without one before anything is loaded
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
     lw = LayerwiseModel(model_dir, dev, ckpt)
     n_layers = len(lw.layers)
-    entries, others = output_plan(ckpt, lw.prefix, n_layers, plan, cfg)
+    plans = layer_plans(model_type, getattr(lw.config, "layer_types", None), n_layers)
+    entries, others = output_plan(ckpt, lw.prefix, n_layers, plans, cfg)
     ids = None
     if cfg.needs_calibration:
         from transformers import AutoTokenizer
@@ -137,7 +140,7 @@ def quantize(
                 ckpt.release(name)
             inputs, kwargs = lw.capture(ids) if ids is not None else ([], {})
             for i in range(n_layers):
-                _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
+                _quantize_layer(lw, i, plans[i], cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
         _copy_config(model_dir, tmp, cfg)

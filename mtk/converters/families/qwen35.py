@@ -23,7 +23,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mtk.converters.family import COMMON_HPARAMS, Family, Metadata, TensorTransform, TinyModel, register
+from mtk.converters.family import (
+    COMMON_HPARAMS,
+    GATE_UP,
+    LLAMA_PLAN,
+    Family,
+    LayerPlan,
+    Metadata,
+    ScaleGroup,
+    TensorTransform,
+    TinyModel,
+    register,
+)
 from mtk.errors import InvalidFileError, UnsupportedError, quoted
 
 if TYPE_CHECKING:
@@ -182,6 +193,28 @@ def _import_config(meta: Metadata, arch: str) -> dict[str, Any]:
     }
 
 
+_IN_PROJ = tuple(f"linear_attn.in_proj_{x}" for x in ("qkv", "z", "b", "a"))
+# Full attention: the llama layer with a gated q_proj (its gate rows scale with v -> o as a product, so the v -> o
+# group still folds); both block norms compute x * (1 + w).
+QWEN35_ATTENTION_PLAN = LayerPlan(
+    sequential=LLAMA_PLAN.sequential,
+    awq=LLAMA_PLAN.awq,
+    norm_offset=1.0,
+)
+# Linear attention: the four input projections read the same normed input; out_proj reads the gated norm, whose
+# weight is shared by all value heads (no per-channel scale folds into it: no group for out_proj).
+QWEN35_LINEAR_PLAN = LayerPlan(
+    sequential=(_IN_PROJ, ("linear_attn.out_proj",), GATE_UP, ("mlp.down_proj",)),
+    awq=(
+        ScaleGroup("input_layernorm", _IN_PROJ, "linear_attn"),
+        ScaleGroup("post_attention_layernorm", GATE_UP, "mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+    ),
+    norm_offset=1.0,
+    no_clip=(),
+    mixer="linear_attn",
+)
+
 QWEN35 = register(
     Family(
         "qwen35",
@@ -196,11 +229,14 @@ QWEN35 = register(
         hybrid=True,
         extra_config=_import_config,
         export_config=_export_config,
+        layer_plan=QWEN35_ATTENTION_PLAN,
+        layer_plans={"linear_attention": QWEN35_LINEAR_PLAN},
         tiny=(
             # Qwen/Qwen3.5-9B's text config (the checkpoint is a Qwen3_5ForConditionalGeneration; its text model
-            # is transformers' Qwen3_5ForCausalLM): 3 linear-attention layers to 1 full; twice as many linear
-            # value heads as key heads (32:16), both 128 wide (here 16); 4 query heads per KV head (16:4); RoPE
-            # on a quarter of each head, interleaved MRoPE sections, base 1e7; conv kernel 4; untied head.
+            # is transformers' Qwen3_5ForCausalLM): 3 linear-attention layers to 1 full; its 16 linear key heads
+            # and 32 value heads, both 128 wide (here 16; 32 rows of in_proj_a/b are what the 4-bit
+            # packers need); 4 query heads per KV head (16:4); RoPE on a quarter of each head, interleaved MRoPE
+            # sections, base 1e7; conv kernel 4; untied head.
             TinyModel(
                 "qwen35",
                 "Qwen/Qwen3.5-9B",
@@ -212,8 +248,8 @@ QWEN35 = register(
                     "num_attention_heads": 4,
                     "num_key_value_heads": 1,
                     "head_dim": 32,
-                    "linear_num_key_heads": 2,
-                    "linear_num_value_heads": 4,
+                    "linear_num_key_heads": 16,
+                    "linear_num_value_heads": 32,
                     "linear_key_head_dim": 16,
                     "linear_value_head_dim": 16,
                     "linear_conv_kernel_dim": 4,

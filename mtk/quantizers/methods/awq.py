@@ -29,7 +29,7 @@ def quantize_layer(
 
     layer = lw.load_layer(i)
     seen, outputs = layer_inputs(layer, plan, inputs, kwargs, lw.device)
-    attn = layer.get_submodule("self_attn")
+    attn = layer.get_submodule(plan.mixer)
     result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size)
     inputs[:] = outputs
     # The norms and previous Linears now hold the folded scales: write these, not the checkpoint's.
