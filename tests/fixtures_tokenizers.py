@@ -10,6 +10,7 @@ Three kinds, each modelled on a family that ships GGUFs:
 | "bert"  | bert-base-uncased    | WordPiece, lower case, accents off     | [PAD] [UNK] [CLS] [SEP] [MASK]     |
 | "bert-cased" | bert-base-cased | WordPiece, case and accents kept       | as "bert"                          |
 | "o200k" | gpt-oss (o200k)      | byte-level BPE, GPT-4o's split regex   | <|startoftext|> <|return|>, harmony |
+| "qwen35"| Qwen3.5              | as "bpe", letters with their marks     | as "bpe"                           |
 
 The SentencePiece-style kinds are built the way a SentencePiece BPE model is converted to `tokenizer.json`:
 a score per piece, and merges listing every split of every piece into two pieces, ordered by the piece's score.
@@ -27,8 +28,8 @@ from transformers import PreTrainedTokenizerFast
 
 from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "bert", "bert-cased"]
-KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "o200k")
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "qwen35", "bert", "bert-cased"]
+KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "o200k", "qwen35")
 WORDPIECE_KINDS: tuple[TokenizerKind, ...] = ("bert", "bert-cased")
 
 # More texts the tests compare on: edge cases of the pre-tokenizers and of the space prefix.
@@ -90,6 +91,11 @@ _O200K_SPLIT = (
 # Qwen2's split regex, as its tokenizer.json spells it.
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen3.5's (llama.cpp's "qwen35"): a word's combining marks (\p{M}) stay with its letters.
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 _TRAIN_TEXT = """\
@@ -157,18 +163,19 @@ def build_tokenizer(kind: TokenizerKind, out_dir: Path) -> None:
         "o200k": _build_o200k,
         "bert": lambda out: _build_wordpiece(out, lowercase=True),
         "bert-cased": lambda out: _build_wordpiece(out, lowercase=False),
+        "qwen35": lambda out: _build_bytelevel_bpe(out, _QWEN35_SPLIT),
     }
     if kind not in builders:
         raise ValueError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(builders)}")
     builders[kind](Path(out_dir))
 
 
-def _build_bytelevel_bpe(out_dir: Path) -> None:
+def _build_bytelevel_bpe(out_dir: Path, split: str = _QWEN2_SPLIT) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -118,6 +118,53 @@ def test_left_padding_matches_unpadded(llama_onnx: tuple[Path, dict]) -> None:
     assert np.abs(padded[0, 2:] - alone[0]).max() <= 1e-4
 
 
+def test_qwen35_linear_attention_states_through_the_cache(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Qwen3.5's linear-attention layers take and return a conv and a recurrent state (mtk.converters.
+    onnx_linear_attention); batch 3 with a 5-token prefill and a 2-token chunk through them agrees with PyTorch
+    without a cache, left padding with the unpadded run, and the model gets its own modules back after tracing."""
+    from mtk.converters.onnx_linear_attention import GatedDeltaNetTwin, traceable
+
+    out = tmp_path / "qwen35"
+    export_onnx(tiny_models["qwen35"], out, check=validate)
+    manifest = json.loads((out / "mtk_onnx.json").read_text())
+    types = ["linear_attention"] * 3 + ["full_attention"]
+    conv, recurrent = [2 * 16 * 16 + 32 * 16, 4], [32, 16, 16]  # tiny row: 16 key / 32 value heads of 16, kernel 4
+    assert manifest["cache"] == {
+        "layers": 4, "kv_heads": 1, "head_dim": 32, "dtype": "float32",
+        "layer_types": types, "conv_shape": conv, "recurrent_shape": recurrent,
+    }  # fmt: skip
+    graph = onnx.load(str(out / "model.onnx")).graph
+    names = [f"{i}.{k}" for i in range(3) for k in ("conv", "recurrent")] + ["3.key", "3.value"]
+    assert [i.name for i in graph.input][3:] == [f"past_key_values.{n}" for n in names]
+    assert [o.name for o in graph.output][1:] == [f"present.{n}" for n in names]
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims["past_key_values.0.conv"] == ["batch", *conv]
+    assert dims["past_key_values.2.recurrent"] == ["batch", *recurrent]
+    assert dims["past_key_values.3.key"] == ["batch", 1, "past_sequence", 32]
+    assert any(n.op_type == "Scan" for n in graph.node)
+
+    runner = OnnxCausalLM(out)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen35"], dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    logits1, cache = runner.step(ids[:, :5].numpy(), runner.empty_cache(3))
+    logits2, cache = runner.step(ids[:, 5:].numpy(), cache)
+    assert cache[0].shape == (3, *conv) and cache[1].shape == (3, *recurrent) and cache[6].shape == (3, 1, 7, 32)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    assert np.abs(np.concatenate([logits1, logits2], axis=1) - ref).max() <= 1e-4
+    alone, _ = runner.step(np.array([[5, 6, 7, 8]]), runner.empty_cache())
+    padded, _ = runner.step(
+        np.array([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]),
+        runner.empty_cache(2),
+        np.array([[0, 0, 1, 1, 1, 1], [1] * 6]),
+    )
+    assert np.abs(padded[0, 2:] - alone[0]).max() <= 1e-4
+    before = [layer.linear_attn for layer in model.model.layers[:3]]
+    with traceable(model, types):
+        assert all(isinstance(layer.linear_attn, GatedDeltaNetTwin) for layer in model.model.layers[:3])
+    assert all(layer.linear_attn is net for layer, net in zip(model.model.layers, before, strict=False))
+
+
 # Bounds for the tiny llama (its measured values: fp16 KL ~1e-6, int8 ~5e-4, int4 ~0.03); the library's
 # own bounds are looser because they must also hold for real models (see mtk/artifacts/onnx.py).
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ in both directions (or refused with exit 3), and tensors the exporter synthesise
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ from mtk.converters.family import (
     layer_plan,
 )
 from mtk.converters.gguf_types import TypeRules
-from mtk.errors import UnsupportedError
+from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats.gguf_reader import open_gguf
 from mtk.quantizers.awq import _applicable, apply_scales
 from mtk.quantizers.moe import expert_count, unfuse
@@ -68,26 +69,28 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     model = auto.from_config(config, dtype=torch.float64, attn_implementation="eager", **impl).eval()
     if fam.layer_plan is None:
         return
-    plan = fam.layer_plan
     layers = model.get_decoder().layers  # a multimodal model's text tower
-    layer = layers[0]
-    n_experts = expert_count(plan, config)
+    text = config.get_text_config(decoder=True)
+    kinds = getattr(text, "layer_types", None) or [""] * len(layers)
+    plans = [fam.layer_plans.get(k, fam.layer_plan) for k in kinds]  # hybrid families: a plan per layer type
+    n_experts = expert_count(fam.layer_plan, text)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # norms away from 1 (Gemma's from 0)
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
-    if plan.experts is not None:  # fused MoE experts as per-expert Linears: must compute the same (checked below)
-        for block in layers:
-            unfuse(block, plan.experts)
-    float_ = plan.experts.keep_float if plan.experts else ()
-    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n not in float_)
-    assert sorted(linear_names(plan, n_experts)) == linears
+    for plan, layer in zip(plans, layers, strict=True):
+        if plan.experts is not None:  # fused MoE experts as per-expert Linears: must compute the same (below)
+            unfuse(layer, plan.experts)
+        float_ = plan.experts.keep_float if plan.experts else ()
+        linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n not in float_)
+        names = sorted(linear_names(plan, n_experts))
+        assert [n for n in names if n in linears or n not in plan.optional] == linears  # optional: Gemma 4's K/V
+        layer.get_submodule(plan.mixer)
     with torch.no_grad():
         folded = 0
-        for block in layers:
+        for plan, block in zip(plans, layers, strict=True):
             for group in scale_groups(plan, n_experts):
-                assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
                 if _applicable(block, group):
                     width = block.get_submodule(group.linears[0]).in_features
@@ -517,3 +520,62 @@ def test_llama4_maverick_dense_layers_and_live_quirks_agree_with_llama_cpp(
     model = AutoModelForCausalLM.from_pretrained(scout, dtype=torch.float32).eval()
     model.model.layers[3].self_attn.use_rope = 1
     assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
+
+
+def test_qwen35_transforms_tile_the_value_heads_and_invert() -> None:
+    """llama.cpp's value-head order is tiled: its head j is transformers' grouped head (j % n_k) * r + j // n_k
+    (r value heads per key head; llama.cpp's _LinearAttentionVReorderBase notes). Each transform inverts bit for
+    bit, but A_log's exp/log, within its stated bound over the range transformers initialises it in."""
+    from mtk.converters.families.qwen35 import A_LOG_ATOL, QWEN35_TRANSFORMS
+
+    n_k, n_v, dk, dv, width, kernel = 2, 6, 3, 5, 7, 4
+    cfg = {"linear_num_key_heads": n_k, "linear_num_value_heads": n_v, "linear_key_head_dim": dk}
+    cfg["linear_value_head_dim"] = dv
+    tiled_heads = torch.tensor([(j % n_k) * (n_v // n_k) + j // n_k for j in range(n_v)])
+    qk = 2 * n_k * dk
+    # Each row (column for ssm_out) holds the grouped index of its value head; q/k channels hold -1.
+    by_head = torch.arange(n_v).repeat_interleave(dv).float()
+    gate = QWEN35_TRANSFORMS["blk.{bid}.attn_gate.weight"].to_gguf(by_head[:, None].expand(-1, width), cfg)
+    assert torch.equal(gate[:, 0], tiled_heads.repeat_interleave(dv).float())
+    qkv_rows = torch.cat([torch.full((qk,), -1.0), by_head])
+    qkv = QWEN35_TRANSFORMS["blk.{bid}.attn_qkv.weight"].to_gguf(qkv_rows[:, None].expand(-1, width), cfg)
+    assert torch.equal(qkv[:qk, 0], torch.full((qk,), -1.0))
+    assert torch.equal(qkv[qk:, 0], tiled_heads.repeat_interleave(dv).float())
+    out = QWEN35_TRANSFORMS["blk.{bid}.ssm_out.weight"].to_gguf(by_head[None, :].expand(width, -1), cfg)
+    assert torch.equal(out[0], tiled_heads.repeat_interleave(dv).float())
+    beta = QWEN35_TRANSFORMS["blk.{bid}.ssm_beta.weight"].to_gguf(torch.arange(n_v).float()[:, None], cfg)
+    assert torch.equal(beta[:, 0], tiled_heads.float())
+    conv = QWEN35_TRANSFORMS["blk.{bid}.ssm_conv1d.weight"]
+    assert conv.gguf_shape((qk + n_v * dv, 1, kernel)) == (qk + n_v * dv, kernel)
+    assert conv.hf_shape((qk + n_v * dv, kernel)) == (qk + n_v * dv, 1, kernel)
+
+    torch.manual_seed(0)
+    shapes = {
+        "blk.{bid}.attn_qkv.weight": (qk + n_v * dv, width),
+        "blk.{bid}.attn_gate.weight": (n_v * dv, width),
+        "blk.{bid}.ssm_beta.weight": (n_v, width),
+        "blk.{bid}.ssm_alpha.weight": (n_v, width),
+        "blk.{bid}.ssm_dt.bias": (n_v,),
+        "blk.{bid}.ssm_conv1d.weight": (qk + n_v * dv, kernel),
+        "blk.{bid}.ssm_out.weight": (width, n_v * dv),
+    }
+    assert set(shapes) | {"blk.{bid}.ssm_a"} == set(QWEN35_TRANSFORMS)
+    for template, shape in shapes.items():
+        w = torch.randn(shape)
+        t = QWEN35_TRANSFORMS[template]
+        moved = t.to_gguf(w, cfg)
+        assert not torch.equal(moved, w) and torch.equal(t.to_hf(moved, cfg), w), template
+    # A_log = log(A), A uniform in [0.01, 16] (transformers' init), and the ends of that range.
+    a_log = torch.cat([torch.empty(100_000).uniform_(0.01, 16).log(), torch.tensor([math.log(0.01), math.log(16)])])
+    many = {**cfg, "linear_num_value_heads": len(a_log)}  # one value per head, two key heads
+    t = QWEN35_TRANSFORMS["blk.{bid}.ssm_a"]
+    stored = t.to_gguf(a_log, many)
+    assert bool((stored < 0).all())
+    assert torch.equal(t.to_gguf(a_log[:n_v], cfg), (-a_log[:n_v].double().exp()).float()[tiled_heads])
+    back = t.to_hf(stored, many)
+    assert float((back - a_log).abs().max()) <= A_LOG_ATOL
+    # One bf16 rounding of the result gives back a bf16 A_log exactly.
+    a16 = a_log.bfloat16().float()
+    assert torch.equal(t.to_hf(t.to_gguf(a16, many), many).bfloat16().float(), a16)
+    with pytest.raises(InvalidFileError, match="ssm_a"):
+        t.to_hf(-stored, many)

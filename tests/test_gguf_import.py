@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import FAMILY_NAMES, build_tiny_model, text_state_dict
+from fixtures_models import FAMILY_NAMES, TINY, build_tiny_model, text_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mtk.artifacts.gguf import import_check
@@ -21,6 +21,7 @@ from mtk.artifacts.hf import logits as hf_logits
 from mtk.artifacts.llama_cpp import LlamaCpp
 from mtk.bench.perplexity import perplexity, token_windows
 from mtk.compare import PROMPTS, logit_metrics
+from mtk.converters.family import family_for_model_type
 from mtk.converters.gguf_to_hf import gguf_import
 from mtk.converters.gguf_types import TypeRules
 from mtk.converters.hf_to_gguf import gguf_export
@@ -76,14 +77,19 @@ def test_family_imports_and_agrees_with_llama_cpp(
     v = result["verification"]
     assert v["tokenizer"]["identical"] and v["tokenizer"]["tokens"] > 200
     assert v["logits"]["max_abs"] < bound and v["logits"]["top1"] == 1.0
-    # F32 in, F32 out: every weight comes back bit for bit (Gemma's norms pass through w + 1 - 1).
-    # A multimodal source imports as its text tower's causal LM.
+    # F32 in, F32 out: every weight comes back bit for bit, but shifted norms (w + 1 - 1: Gemma, Qwen3.5) and
+    # lossy transforms (Qwen3.5's log(-(-exp(A_log)))), to their bounds. A multimodal source imports as its text
+    # tower's causal LM.
     a = text_state_dict(family, src)
     b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
     assert a.keys() == b.keys()
+    fam = family_for_model_type(TINY[family].model_type)
     for name, t in a.items():
-        if family in GELU_FAMILIES and name.endswith("norm.weight"):
-            torch.testing.assert_close(b[name], t, rtol=0, atol=1e-7)
+        template = (fam.hf_to_gguf(name) or ("", {}))[0]
+        transform = fam.transforms.get(template)
+        atol = (1e-7 if fam.shifts(template) else 0.0) + (transform.atol if transform is not None else 0.0)
+        if atol:
+            torch.testing.assert_close(b[name], t, rtol=0, atol=atol)
         else:
             assert torch.equal(b[name], t), name
     tok_a, tok_b = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)

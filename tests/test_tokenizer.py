@@ -192,6 +192,7 @@ EXPECTED_METADATA = {
     "spm": ("llama", None, True, (1, 2, 0, None), True, {0: 2, 1: 3, 2: 3, 3: 6, 258: 6, 259: 1}),
     "gemma": ("llama", None, False, (2, 1, 3, 0), True, {0: 3, 3: 2, 5: 3, 6: 6, 261: 6, 262: 1}),
     "o200k": ("gpt2", "gpt-4o", None, (0, 2, None, 1), False, {0: 3, 2: 3, 5: 3, 6: 1}),
+    "qwen35": ("gpt2", "qwen35", None, (None, 2, None, 0), False, {0: 3, 1: 3, 2: 3, 3: 1, 1000: 4}),
 }
 # Byte-level vocabularies: tokens that no merge makes besides the 256 bytes (specials, <tool_call>).
 UNMERGED = {"bpe": 3 + 1, "o200k": 6}

@@ -3,8 +3,10 @@
 The folder's ``mtk_onnx.json`` says which file to load, the input and output names and the cache layout.
 Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype`` (``cache.shapes``
 gives each cached layer's ``[kv_heads, head_dim]`` where they differ; values are ``value_head_dim`` wide where it
-gives one: DeepSeek's latent cache); every step feeds the previous step's
-``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
+gives one: DeepSeek's latent cache); every step feeds the previous step's ``present.{i}.key/value`` back as
+``past_key_values.{i}.key/value``. A hybrid model's linear-attention layers (``cache.layer_types``) hold a conv
+and a recurrent state of fixed shapes instead (``cache.conv_shape``, ``cache.recurrent_shape``, after the batch;
+zeros start a sequence).
 """
 
 from __future__ import annotations
@@ -56,16 +58,20 @@ class OnnxCausalLM:
         self.shapes = [tuple(s) for s in cache.get("shapes", [[self.kv_heads, self.head_dim]] * self.layers)]
         self.value_head_dim = cache.get("value_head_dim")
         self.cache_dtype = _NUMPY_DTYPES[cache["dtype"]]
+        self.layer_types = cache.get("layer_types") or ["full_attention"] * self.layers
+        self.state_shapes = (cache.get("conv_shape"), cache.get("recurrent_shape"))
+        # The cache tensor whose length is the past's: the first attention layer's key.
+        self.past_index = 2 * next(i for i, t in enumerate(self.layer_types) if t != "linear_attention")
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        return [
-            np.zeros(
-                (batch, heads, 0, dim if i == 0 or self.value_head_dim is None else self.value_head_dim),
-                dtype=self.cache_dtype,
-            )
-            for heads, dim in self.shapes
-            for i in range(2)
-        ]
+        out = []
+        for kind, (heads, dim) in zip(self.layer_types, self.shapes, strict=True):
+            if kind == "linear_attention":
+                out += [np.zeros((batch, *shape), dtype=self.cache_dtype) for shape in self.state_shapes]
+            else:
+                value = dim if self.value_head_dim is None else self.value_head_dim
+                out += [np.zeros((batch, heads, 0, d), dtype=self.cache_dtype) for d in (dim, value)]
+        return out
 
     def step(
         self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None
@@ -77,7 +83,7 @@ class OnnxCausalLM:
         """
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, new = input_ids.shape
-        past = cache[0].shape[2]
+        past = cache[self.past_index].shape[2]
         if attention_mask is None:
             attention_mask = np.ones((batch, past + new), dtype=np.int64)
         attention_mask = np.asarray(attention_mask, dtype=np.int64)

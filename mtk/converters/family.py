@@ -22,6 +22,8 @@ transforms that differ between families are flags here, applied by the converter
 - ``derived``: GGUF tensors cut from one HF tensor (or a packed pair) by a family's own functions, and joined
   back on import: gpt-oss keeps its experts as one (E, D, 2F) ``gate_up_proj`` with gate and up interleaved,
   which llama.cpp stores as two (E, F, D) tensors.
+- ``transforms``: any other change of one tensor's values or shape (Qwen3.5's ``-exp(A_log)``, its squeezed
+  conv kernels and reordered value heads), as a pair of functions, one per direction.
 
 Several families may share a GGUF architecture (Mixtral is llama.cpp's ``llama`` with experts): each is
 registered under its own ``name``, and :func:`family_for_gguf` tells them apart by whether the GGUF has experts.
@@ -150,6 +152,8 @@ class LayerPlan:
     optional: tuple[str, ...] = ()
     # Whether the calibrated methods' layer-by-layer forward reproduces the model (False: only RTN runs).
     layerwise_forward: bool = True
+    # The token mixer: the one inspected module that takes the decoder layer's keyword arguments (masks, RoPE).
+    mixer: str = "self_attn"
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -165,7 +169,7 @@ LLAMA_PLAN = LayerPlan(
     ),
 )
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "o200k"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "qwen35"]
 # The shape every tiny test checkpoint shares unless its row overrides it.
 TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
@@ -244,6 +248,20 @@ class Derived:
 
 
 @dataclass(frozen=True)
+class TensorTransform:
+    """A change llama.cpp's converter makes to one tensor, both ways. The functions get the float32 tensor and
+    the transformers config as a dict (export: ``config.to_dict()``; import: the fields gguf-import derives);
+    the shape functions map a shape across when the transform changes it (None: unchanged)."""
+
+    to_gguf: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+    to_hf: Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+    gguf_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    # The largest difference a float32 export and import leaves (0: bit for bit), for a lossy transform.
+    atol: float = 0.0
+
+
+@dataclass(frozen=True)
 class Family:
     """How one GGUF architecture corresponds to one transformers architecture."""
 
@@ -254,6 +272,15 @@ class Family:
     hparams: Mapping[str, str] = field(default_factory=lambda: dict(COMMON_HPARAMS))
     permute_qk: bool = False
     norm_shift: float = 0.0
+    # GGUF templates ending in norm.weight that norm_shift leaves alone (Qwen3.5's gated norm computes x * w).
+    unshifted: tuple[str, ...] = ()
+    # GGUF template -> its value/shape change (see TensorTransform).
+    transforms: Mapping[str, TensorTransform] = field(default_factory=dict)
+    # The Q projection also yields a per-head output gate: twice the rows, [q, gate] per head (Qwen3-Next/3.5).
+    gated_q: bool = False
+    # Decoder layers of different types (config.layer_types) hold different tensors (Qwen3.5's linear-attention
+    # and full-attention layers); gguf-import then checks that the layers of each type agree.
+    hybrid: bool = False
     # GGUF 3-D expert tensor template -> HF per-expert template (with {xid}).
     expert_tensors: Mapping[str, str] = field(default_factory=dict)
     # transformers 5's fused layout (export only): HF template -> the GGUF templates it holds, concatenated
@@ -294,6 +321,8 @@ class Family:
     layer_plan: LayerPlan | None = None
     # Multimodal architectures whose text tower gguf-export and quantize convert as this family.
     towers: tuple[Tower, ...] = ()
+    # Hybrid families: the plan of each other layer type (config.layer_types), over layer_plan.
+    layer_plans: Mapping[str, LayerPlan] = field(default_factory=dict)
     tiny: tuple[TinyModel, ...] = ()
     # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
     name: str = ""
@@ -369,6 +398,10 @@ class Family:
         if self.export_config:
             out.update(self.export_config(config))
         return out
+
+    def shifts(self, template: str) -> bool:
+        """Whether ``norm_shift`` applies to the GGUF tensor ``template``."""
+        return bool(self.norm_shift) and template.endswith("norm.weight") and template not in self.unshifted
 
     def synthesised(self, config: Any) -> dict[str, Synthesised]:
         """The GGUF tensors to compute for a transformers config (its RoPE type's, then the family's own)."""
@@ -518,6 +551,13 @@ def layer_plan(model_type: str) -> LayerPlan:
         known = ", ".join(sorted(plans))
         raise UnsupportedError(f"mtk quantize does not support model type {model_type!r} (supported: {known})")
     return plans[model_type]
+
+
+def layer_plans(model_type: str, layer_types: list[str] | None, n_layers: int) -> list[LayerPlan]:
+    """Each decoder layer's quantize plan: its layer type's, else the family's (see :func:`layer_plan`)."""
+    default = layer_plan(model_type)
+    by_type = family_for_model_type(model_type).layer_plans
+    return [by_type.get(t, default) for t in (layer_types or [""] * n_layers)]
 
 
 def tiny_models() -> list[TinyModel]:

@@ -110,7 +110,10 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         if f"tokenizer.ggml.{key}" in meta:
             cfg[field] = meta[f"tokenizer.ggml.{key}"]
     if family.extra_config:
-        cfg.update(family.extra_config(meta, arch))
+        extra = family.extra_config(meta, arch)
+        if "rope_parameters" in extra:  # fields the family adds to the RoPE table's
+            extra["rope_parameters"] = {**cfg["rope_parameters"], **extra["rope_parameters"]}
+        cfg.update(extra)
     cfg.update({flag: tensor in model.by_name for flag, tensor in family.flags.items()})
     return cfg
 
@@ -164,6 +167,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     joined: dict[str, dict[int, GGUFTensorInfo]] = {}  # HF name of a Derived row -> its parts found so far
     uniform = [(cfg["head_dim"], cfg["num_key_value_heads"])] * cfg["num_hidden_layers"]
     heads = family.layer_heads(cfg) if family.layer_heads else uniform
+    kinds = cfg.get("layer_types") if family.hybrid else None
     for info in model.tensors:
         if info.name in rope.ROPE_TENSORS:
             continue  # read into rope_parameters by hf_config
@@ -196,7 +200,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
                     f"{model.path}: tensor {quoted(info.name)} is past the model's {cfg['num_hidden_layers']} layers"
                 )
             per_block.setdefault(idx["bid"], set()).add(gguf_t)
-        _check_shape(model.path, info, gguf_t, cfg, heads[idx["bid"]] if "bid" in idx else None)
+        _check_shape(model.path, info, gguf_t, cfg, heads[idx["bid"]] if "bid" in idx else None, family)
         if gguf_t in family.expert_tensors:
             for x in range(info.shape[0]):
                 plan.append(PlannedTensor(hf_t.format(xid=x, **idx), tuple(info.shape[1:]), info, gguf_t, expert=x))
@@ -205,15 +209,21 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         shape = (
             (1, info.shape[0]) if gguf_t.endswith("ffn_gate_inp_shexp.weight") and len(info.shape) == 1 else info.shape
         )
+        transform = family.transforms.get(gguf_t)
+        if transform is not None and transform.hf_shape is not None:
+            shape = transform.hf_shape(shape)
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    # Layers of one kind hold the same tensors: leading dense layers (DeepSeek's first_k_dense_replace) and dense
-    # layers between MoE ones (Llama 4's interleave step) are kinds of their own.
+    # Layers of one kind hold the same tensors: leading dense layers (DeepSeek's first_k_dense_replace), dense
+    # layers between MoE ones (Llama 4's interleave step) and a hybrid model's layer types are kinds of their own.
     step = int(cfg[family.moe_layer_step]) if family.moe_layer_step else 1
     lead = int(model.metadata.get(f"{model.architecture}.leading_dense_block_count", 0))
-    layouts = {((b + 1) % step == 0, b < lead, frozenset(v)) for b, v in per_block.items()}
-    kinds = len({(moe, dense) for moe, dense, _ in layouts})
-    if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and len(layouts) > kinds):
+    layouts: dict[tuple[Any, ...], set[frozenset[str]]] = {}
+    for b, held in per_block.items():
+        kind = (kinds[b] if kinds else "", (b + 1) % step == 0, b < lead)
+        layouts.setdefault(kind, set()).add(frozenset(held))
+    mixed = any(len(v) > 1 for v in layouts.values())
+    if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and mixed):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:
@@ -241,13 +251,13 @@ def _join_plan(path: Path, p: PlannedTensor, found: dict[int, GGUFTensorInfo]) -
 
 
 def _check_shape(
-    path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any], heads: tuple[int, int] | None
+    path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any], heads: tuple[int, int] | None, family: Family
 ) -> None:
     """``heads``: the (head_dim, kv_heads) of the tensor's layer, None outside the layers."""
     head_dim, kv_heads = heads or (cfg["head_dim"], cfg["num_key_value_heads"])
     rows = {
         "token_embd.weight": cfg["vocab_size"],
-        "blk.{bid}.attn_q.weight": cfg["num_attention_heads"] * head_dim,
+        "blk.{bid}.attn_q.weight": cfg["num_attention_heads"] * head_dim * (2 if family.gated_q else 1),
         "blk.{bid}.attn_k.weight": kv_heads * head_dim,
         "blk.{bid}.attn_v.weight": kv_heads * head_dim,
     }.get(gguf_t)
@@ -272,7 +282,10 @@ def convert_tensor(family: Family, gguf_t: str, w: torch.Tensor, cfg: dict[str, 
     if family.permute_qk and gguf_t.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = cfg["num_attention_heads"] if ".attn_q." in gguf_t else cfg["num_key_value_heads"]
         w = unpermute_rows(w, heads)
-    if family.norm_shift and gguf_t.endswith("norm.weight"):
+    transform = family.transforms.get(gguf_t)
+    if transform is not None:
+        w = transform.to_hf(w, cfg)
+    if family.shifts(gguf_t):
         w = w - family.norm_shift
     return w
 

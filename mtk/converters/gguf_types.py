@@ -182,7 +182,10 @@ def n_dims(shape: Sequence[int]) -> int:
 
 
 def quantizable(name: str, shape: Sequence[int]) -> bool:
-    """llama.cpp's tensor_allows_quantization, for the tensors of the families mtk exports."""
+    """llama.cpp's tensor_allows_quantization, for the tensors of the families mtk exports (its small conv1d
+    kernels of recurrent layers stay F32 too)."""
+    if "ssm_conv1d" in name:
+        return False
     return n_dims(shape) >= 2 and name.endswith("weight") and not name.endswith(F32_SUFFIXES)
 
 

@@ -163,6 +163,9 @@ def plan_hf(
             shapes[name] = _row_block(ckpt, members[0], shape, fused[name][1])
         else:
             shapes[name] = (len(members), *shape) if templates[name] in family.expert_tensors else shape
+        transform = family.transforms.get(templates[name])
+        if transform is not None and transform.gguf_shape is not None:
+            shapes[name] = transform.gguf_shape(shapes[name])
     shapes.update({name: t.shape for name, t in derived.items()})
     types = plan_types(list(shapes.items()), model, rules)
     made = [ExportTensor(n, n, types[n], shapes[n], (), synthesised=s) for n, s in synthesised.items()]
@@ -254,8 +257,11 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
     if family.permute_qk and t.template.startswith(("blk.{bid}.attn_q.", "blk.{bid}.attn_k.")):
         heads = config.num_attention_heads if ".attn_q." in t.template else config.num_key_value_heads
         w = permute_rows(w, heads)
-    if family.norm_shift and t.template.endswith("norm.weight"):
+    if family.shifts(t.template):
         w = w + family.norm_shift
+    transform = family.transforms.get(t.template)
+    if transform is not None:
+        w = transform.to_gguf(w, config.to_dict())
     return w
 
 
@@ -295,7 +301,7 @@ class _Source:
             return
         self.ckpt, self.note = open_checkpoint(path)
         self.family = family_for_hf(self.ckpt.source_architecture)
-        self.config = self.ckpt.transformers_config(self.family.extra_layers)
+        self.config = self.ckpt.transformers_config(self.family.extra_layers, self.family.gated_q)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
         # Metadata first: a family refuses configs llama.cpp cannot run there, with a clearer reason than a tensor.

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from mtk.converters import onnx_linear_attention as linear_attention
 from mtk.converters.family import text_tower
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
@@ -209,16 +210,20 @@ def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[
         return (ids, mask, pos), shapes, names, ["logits"]
     with torch.no_grad():
         cache = model(input_ids=torch.randint(0, model.config.vocab_size, (2, 4)), use_cache=True).cache
-    layers = cached_layers(cache)
-    flat = [t.clone() for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
+    types = linear_attention.layer_types(model.config)
+    if types is None:
+        layers = cached_layers(cache)
+        flat = [t.clone() for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
+        kv = [f"{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    else:  # linear-attention states have no past dimension
+        flat, kv = linear_attention.flat_cache(cache, types), linear_attention.cache_names(types)
     pos = torch.arange(4, 7).expand(2, 3)
     shapes = {
         "input_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},
         "position_ids": {0: batch, 1: seq},
-        "past": [{0: batch, 2: past}] * len(flat),
+        "past": [{0: batch} if n.endswith(linear_attention.STATES) else {0: batch, 2: past} for n in kv],
     }
-    kv = [f"{i}.{k}" for i in range(layers) for k in ("key", "value")]
     return (
         (ids, mask, pos, flat),
         shapes,
@@ -274,7 +279,16 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
         module = CausalLM(model)
     else:
         module = CausalLMWithPast(model, len(args[3]) // 2, layers)
-    with warnings.catch_warnings(), torch.no_grad(), _traceable_experts(model), _family_tracing(model):
+    types = linear_attention.layer_types(model.config)
+    with (
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        _traceable_experts(model),
+        _family_tracing(model),
+        linear_attention.traceable(model, types or []) as states,
+    ):
+        if types is not None and task == "text-generation-with-past":
+            module = linear_attention.HybridCausalLMWithPast(model, types, states)
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
@@ -292,14 +306,20 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
     if task == "text-generation-with-past":
-        keys, values = args[3][::2], args[3][1::2]
-        graph["cache"] = {"layers": len(keys), "kv_heads": keys[0].shape[1], "head_dim": keys[0].shape[3]}
-        if len({tuple(k.shape) for k in keys}) > 1:  # Gemma 4: wider heads on the global layers
-            graph["cache"]["shapes"] = [[k.shape[1], k.shape[3]] for k in keys]
-        if values[0].shape[3] != keys[0].shape[3]:
-            # DeepSeek caches its latent as keys (kv_lora_rank wide) and the shared RoPE key as values.
-            graph["cache"]["value_head_dim"] = values[0].shape[3]
-        graph["cache"]["dtype"] = "float32"
+        types = linear_attention.layer_types(model.config)
+        if types is not None:
+            key = args[3][2 * types.index("full_attention")]
+            graph["cache"] = {"layers": layers, "kv_heads": key.shape[1], "head_dim": key.shape[3], "dtype": "float32"}
+            graph["cache"].update(linear_attention.cache_layout(model, types))
+        else:
+            keys, values = args[3][::2], args[3][1::2]
+            graph["cache"] = {"layers": len(keys), "kv_heads": keys[0].shape[1], "head_dim": keys[0].shape[3]}
+            if len({tuple(k.shape) for k in keys}) > 1:  # Gemma 4: wider heads on the global layers
+                graph["cache"]["shapes"] = [[k.shape[1], k.shape[3]] for k in keys]
+            if values[0].shape[3] != keys[0].shape[3]:
+                # DeepSeek caches its latent as keys (kv_lora_rank wide) and the shared RoPE key as values.
+                graph["cache"]["value_head_dim"] = values[0].shape[3]
+            graph["cache"]["dtype"] = "float32"
     return graph
 
 

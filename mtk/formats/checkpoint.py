@@ -134,14 +134,15 @@ class HFCheckpoint:
         self.config = {**text, "architectures": [architecture]}
         return left
 
-    def transformers_config(self, extra_layers: str = "") -> Any:
+    def transformers_config(self, extra_layers: str = "", gated_q: bool = False) -> Any:
         """The folder's transformers config, checked against the tensors it describes.
 
         transformers validates the values (types, hidden_size divisible by the heads); the rest is what a
         config can lie about that every family shares: the embedding's shape and the number of layers.
         ``extra_layers``: the config field counting layers the checkpoint may hold past num_hidden_layers
-        (GLM-4.5's multi-token prediction layers). Raises InvalidFileError for a config that does not load or
-        does not fit the checkpoint.
+        (GLM-4.5's multi-token prediction layers). ``gated_q``: the Q projection also yields an output gate per
+        head (twice the rows; Qwen3.5). Raises InvalidFileError for a config that does not load or does not fit
+        the checkpoint.
         """
         from transformers import AutoConfig
 
@@ -167,7 +168,7 @@ class HFCheckpoint:
                 f"{where}: vocab_size {vocab} and hidden_size {width} do not fit {embed} {tuple(self.shape(embed))}"
             )
         _check_config_values(where, config)
-        self._check_attention(where, config)
+        self._check_attention(where, config, 2 if gated_q else 1)
         found = {int(m[1]) for n in self.names() if (m := _LAYER.search(n))}
         # Distinct non-negative indices are 0..layers-1 exactly when there are `layers` of them, the last layers-1.
         extra = int(getattr(config, extra_layers, 0) or 0) if extra_layers and layers is not None else 0
@@ -176,7 +177,7 @@ class HFCheckpoint:
             raise InvalidFileError(f"{where}: num_hidden_layers is {layers}, the checkpoint holds {len(found)} layers")
         return config
 
-    def _check_attention(self, where: Path, config: Any) -> None:
+    def _check_attention(self, where: Path, config: Any, q_factor: int) -> None:
         """Q/K/V projections of the config's heads and width (the converters reshape them per head)."""
         heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
         if heads is None or width is None:
@@ -188,7 +189,7 @@ class HFCheckpoint:
             layer = _layer_config(config, name)
             head_dim = getattr(layer, "head_dim", None) or width // heads
             kv = getattr(layer, "num_key_value_heads", None) or heads
-            rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+            rows = {"q_proj": heads * head_dim * q_factor, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
             if tuple(self.shape(name)) != (rows[proj], width):
                 raise InvalidFileError(
                     f"{where}: {heads} heads ({kv} KV) of {head_dim} and hidden_size {width} do not fit "

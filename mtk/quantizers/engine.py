@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mtk.converters.family import LayerPlan, layer_plan, open_checkpoint
+from mtk.converters.family import LayerPlan, layer_plan, layer_plans, open_checkpoint
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -55,13 +55,17 @@ def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
 
 
 def output_plan(
-    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plan: LayerPlan, cfg: QuantizeConfig, n_experts: int = 0
+    ckpt: HFCheckpoint, lw_prefix: str, n_layers: int, plans: list[LayerPlan], cfg: QuantizeConfig, n_experts: int = 0
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
-    """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
-    names = linear_names(plan, n_experts)
-    planned = {(stored_name(plan, f"{lw_prefix}layers.{i}.{n}.weight"), n) for i in range(n_layers) for n in names}
-    missing = sorted(q for q, n in planned if q not in ckpt and n not in plan.optional)
-    quantized = {q for q, _ in planned if q in ckpt}
+    """The output tensors in write order (everything else, then layer by layer) and the non-layer names;
+    ``plans``: each layer's."""
+    planned = {
+        (stored_name(plans[i], f"{lw_prefix}layers.{i}.{n}.weight"), n, i)
+        for i in range(n_layers)
+        for n in linear_names(plans[i], n_experts)
+    }
+    missing = sorted(q for q, n, i in planned if q not in ckpt and n not in plans[i].optional)
+    quantized = {q for q, _, _ in planned if q in ckpt}
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
     fmt = cfg.format_row
@@ -185,7 +189,8 @@ def quantize(
     lw = LayerwiseModel(model_dir, dev, ckpt, plan)
     n_layers = len(lw.layers)
     n_experts = expert_count(plan, lw.config)
-    entries, others = output_plan(ckpt, lw.prefix, n_layers, plan, cfg, n_experts)
+    plans = layer_plans(model_type, getattr(lw.config, "layer_types", None), n_layers)
+    entries, others = output_plan(ckpt, lw.prefix, n_layers, plans, cfg, n_experts)
     ids = None
     if cfg.needs_calibration:
         from transformers import AutoTokenizer
@@ -201,7 +206,7 @@ def quantize(
             inputs, kwargs = lw.capture(ids) if ids is not None else ([], {})
             done = []  # per layer: the tokens routed to each expert, the Linears that took a fallback
             for i in range(n_layers):
-                layer = _quantize_layer(lw, i, plan, cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
+                layer = _quantize_layer(lw, i, plans[i], cfg, inputs, to_device(kwargs.get(i, {}), dev), writer)
                 done.append((layer.routed, {name: q.fallback for name, q in layer.linears.items() if q.fallback}))
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")

@@ -42,6 +42,16 @@ class _Recorder(nn.Module):
         return hidden_states
 
 
+def _gated_q(ckpt: HFCheckpoint) -> bool:
+    """Whether the checkpoint's family has gated Q projections (twice the rows: Qwen3.5)."""
+    from mtk.converters.family import family_for_model_type
+
+    try:
+        return family_for_model_type(str(ckpt.config.get("model_type"))).gated_q
+    except UnsupportedError:
+        return False
+
+
 def to_device(value: Any, device: torch.device) -> Any:
     """Move the tensors of nested tuples, lists and dicts to ``device``."""
     if isinstance(value, torch.Tensor):
@@ -88,7 +98,7 @@ class LayerwiseModel:
 
         self.ckpt = ckpt or HFCheckpoint(model_dir)
         self.device = device
-        self.config = self.ckpt.transformers_config()
+        self.config = self.ckpt.transformers_config(_gated_q(self.ckpt))
         try:
             with torch.device("meta"):
                 self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)

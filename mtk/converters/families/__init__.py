@@ -15,5 +15,6 @@ from mtk.converters.families import (  # noqa: F401
     olmo2,
     phi3,
     qwen,
+    qwen35,
     smollm3,
 )

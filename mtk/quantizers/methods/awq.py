@@ -33,7 +33,7 @@ def quantize_layer(
     with calibrating(layer, cfg.moe_calibration) as experts:
         seen, outputs = layer_inputs(layer, plan, inputs, kwargs, lw.device, n)
         routed = [c for m in experts for c in m.routed] if experts else None
-    attn = layer.get_submodule("self_attn")
+    attn = layer.get_submodule(plan.mixer)
     result = awq_layer(layer, plan, seen, lambda m: kwargs if m is attn else {}, cfg.bits, cfg.group_size, n)
     inputs[:] = outputs
     # The norms and previous Linears now hold the folded scales: write these, not the checkpoint's.
