@@ -404,3 +404,20 @@ def test_llama4_maverick_dense_layers_and_live_quirks_agree_with_llama_cpp(
     model = AutoModelForCausalLM.from_pretrained(scout, dtype=torch.float32).eval()
     model.model.layers[3].self_attn.use_rope = 1
     assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
+
+
+def test_llama4_multimodal_checkpoint_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The Hub's Llama 4 checkpoints are Llama4ForConditionalGeneration (text under ``language_model.``, beside a
+    vision tower): gguf-export reads only the text-only Llama4ForCausalLM, and says so with exit 3."""
+    import json
+    import shutil
+
+    src = tmp_path / "mm"
+    shutil.copytree(tiny_models["llama4"], src)
+    text = json.loads((src / "config.json").read_text())
+    config = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text}
+    (src / "config.json").write_text(json.dumps(config))
+    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--no-verify")
+    assert r.returncode == UnsupportedError.exit_code, r.stderr
+    assert "'Llama4ForConditionalGeneration'" in r.stderr and "Llama4ForCausalLM" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()
