@@ -208,6 +208,14 @@ def test_every_family(family: str, tiny_models: dict[str, Path], tmp_path: Path)
     result = export_onnx(tiny_models[family], tmp_path / family, check=validate)
     m = result["validation"]["logits"]
     assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
+    if family == "gemma4":
+        # Only the two layers that compute K/V keep a cache (the last two reuse theirs), one KV head each, of 32
+        # (sliding) and 64 (global) dimensions.
+        cache = json.loads((tmp_path / family / "mtk_onnx.json").read_text())["cache"]
+        assert cache == {"layers": 2, "kv_heads": 1, "head_dim": 32, "shapes": [[1, 32], [1, 64]], "dtype": "float32"}
+        graph = onnx.load(str(tmp_path / family / "model.onnx")).graph
+        dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+        assert len(dims) == 3 + 4 and dims["past_key_values.1.value"] == ["batch", 1, "past_sequence", 64]
 
 
 @pytest.mark.slow

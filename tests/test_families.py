@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import run_mtk
-from fixtures_models import TINY
+from fixtures_models import TINY, tiny_config
 from gguf import GGMLQuantizationType
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -18,7 +18,6 @@ import mtk.converters.hf_to_gguf as hf_to_gguf
 from mtk.artifacts.gguf import export_check, import_check
 from mtk.converters import rope
 from mtk.converters.family import (
-    TINY_SHAPE,
     Synthesised,
     all_families,
     family_for_gguf,
@@ -32,6 +31,7 @@ from mtk.formats.gguf_reader import open_gguf
 from mtk.quantizers.awq import _applicable, apply_scales
 from mtk.quantizers.moe import expert_count, unfuse
 from mtk.quantizers.plan import linear_names, scale_groups
+from mtk.runtime import auto_model_class
 
 
 def test_every_family_is_found_by_gguf_arch_hf_architecture_and_model_type() -> None:
@@ -60,15 +60,17 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
     tiny = TINY[name]
     assert "/" in tiny.mirrors
     fam = family_for_model_type(tiny.model_type)
-    config = AutoConfig.for_model(tiny.model_type, **{**TINY_SHAPE, **tiny.config}, vocab_size=96, pad_token_id=None)
+    config = tiny_config(tiny, vocab_size=96, pad_token_id=None)
     torch.manual_seed(0)
     # eager experts too: transformers' default grouped matmul for fused MoE experts takes no float64
     impl = {"experts_implementation": "eager"} if fam.layer_plan and fam.layer_plan.experts else {}
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float64, attn_implementation="eager", **impl).eval()
+    auto = auto_model_class(config.model_type)
+    model = auto.from_config(config, dtype=torch.float64, attn_implementation="eager", **impl).eval()
     if fam.layer_plan is None:
         return
     plan = fam.layer_plan
-    layer = model.model.layers[0]
+    layers = model.get_decoder().layers  # a multimodal model's text tower
+    layer = layers[0]
     n_experts = expert_count(plan, config)
     with torch.no_grad():
         for p in model.parameters():
@@ -76,14 +78,14 @@ def test_tiny_rows_and_layer_plans_fit_transformers(name: str) -> None:
         ids = torch.randint(0, 96, (1, 7))
         before = model(ids).logits
     if plan.experts is not None:  # fused MoE experts as per-expert Linears: must compute the same (checked below)
-        for block in model.model.layers:
+        for block in layers:
             unfuse(block, plan.experts)
     float_ = plan.experts.keep_float if plan.experts else ()
     linears = sorted(n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n not in float_)
     assert sorted(linear_names(plan, n_experts)) == linears
     with torch.no_grad():
         folded = 0
-        for block in model.model.layers:
+        for block in layers:
             for group in scale_groups(plan, n_experts):
                 assert set(group.linears) <= set(linears)
                 block.get_submodule(group.inspect)
@@ -109,6 +111,25 @@ ROUND_TRIPS = [
             "rope.scaling.type": "yarn",
             "rope.scaling.factor": 4.0,
             "rope.scaling.original_context_length": 32768,
+        },
+    ),
+    (
+        # gpt-oss's: llama.cpp's converter writes the betas too.
+        {
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 32.0,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+        {
+            "rope.freq_base": 150000.0,
+            "rope.scaling.type": "yarn",
+            "rope.scaling.factor": 32.0,
+            "rope.scaling.original_context_length": 4096,
+            "rope.scaling.yarn_beta_fast": 32.0,
+            "rope.scaling.yarn_beta_slow": 1.0,
         },
     ),
 ]
@@ -151,18 +172,43 @@ def test_gemma3_keeps_per_layer_type_rope_through_the_table() -> None:
     full = {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}
     config = SimpleNamespace(rope_parameters={"full_attention": full, "sliding_attention": sliding})
     meta = rope.gguf_metadata(layout, config, "gemma3")
+    # As llama.cpp's converter writes a Gemma 3 4B-27B config: the global layers' base and scaling, the sliding base.
     assert meta == {
         "gemma3.rope.freq_base": 1e6,
         "gemma3.rope.scaling.type": "linear",
         "gemma3.rope.scaling.factor": 8.0,
+        "gemma3.rope.freq_base_swa": 10000.0,
     }
     assert rope.hf_parameters(layout, meta, "gemma3", (), NO_TENSORS) == config.rope_parameters
-    # llama.cpp runs sliding layers at base 10000 whatever the config says: another base is refused.
-    other = SimpleNamespace(
-        rope_parameters={"full_attention": full, "sliding_attention": {**sliding, "rope_theta": 5e4}}
-    )
+    # Another sliding base goes to rope.freq_base_swa; llama.cpp never scales sliding layers: scaling is refused.
+    other = {"full_attention": full, "sliding_attention": {**sliding, "rope_theta": 5e4}}
+    meta = rope.gguf_metadata(layout, SimpleNamespace(rope_parameters=other), "gemma3")
+    assert meta["gemma3.rope.freq_base_swa"] == 5e4
+    assert rope.hf_parameters(layout, meta, "gemma3", (), NO_TENSORS) == other
+    scaled = SimpleNamespace(rope_parameters={"full_attention": full, "sliding_attention": full})
     with pytest.raises(UnsupportedError, match="sliding_attention"):
-        rope.gguf_metadata(layout, other, "gemma3")
+        rope.gguf_metadata(layout, scaled, "gemma3")
+
+
+def test_gemma3_sliding_rope_base_reaches_llama_cpp(tmp_path: Path) -> None:
+    """A sliding base other than llama.cpp's default (10000) in rope.freq_base_swa: llama.cpp agrees with
+    transformers on the layers that use it, and the import gives the same rope_parameters back."""
+    from fixtures_models import build_tiny_model
+
+    from mtk.converters.gguf_to_hf import gguf_import
+
+    params = {
+        "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+    }
+    src = build_tiny_model("gemma3", tmp_path / "src", rope_parameters=params)
+    out = tmp_path / "m.gguf"
+    result = hf_to_gguf.gguf_export(src, out, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
+    m = result["verification"]["logits"]
+    assert m["max_abs"] < 3e-3 and m["top1"] == 1.0, m
+    assert open_gguf(out).metadata["gemma3.rope.freq_base_swa"] == 100.0
+    gguf_import(out, tmp_path / "hf")
+    assert AutoConfig.from_pretrained(tmp_path / "hf").rope_parameters == params
 
 
 def test_synthesised_tensors_are_planned_written_and_refused_on_import(
@@ -364,6 +410,67 @@ def test_moe_configs_llama_cpp_cannot_run_are_refused(name: str, overrides: dict
     r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--no-verify")
     assert r.returncode == UnsupportedError.exit_code and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()
+
+
+def test_multimodal_checkpoint_converts_its_text_tower_and_says_what_it_left_out(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Gemma3ForConditionalGeneration: gguf-export writes the text tower alone (no vision tensor), says so in one
+    stderr line and in the result; gguf-import gives a text-only Gemma3ForCausalLM."""
+    import json
+
+    from safetensors import safe_open
+
+    src = tiny_models["gemma3-4b"]
+    with safe_open(src / "model.safetensors", "pt") as f:
+        stored = list(f.keys())
+    vision = [n for n in stored if not n.startswith("language_model.")]
+    assert vision and all(n.startswith(("vision_tower.", "multi_modal_projector.")) for n in vision)
+    out = tmp_path / "m.gguf"
+    r = run_mtk("--json", "gguf-export", str(src), "-o", str(out), "--type", "f32", "--no-verify")
+    assert r.returncode == 0, r.stderr
+    note = json.loads(r.stdout)["note"]
+    assert note.startswith("Gemma3ForConditionalGeneration: converted its text tower as Gemma3ForCausalLM")
+    assert f"left out {len(vision)} tensors" in note
+    assert [line for line in r.stderr.splitlines() if line.startswith("note: ")] == [f"note: {note}"]
+    g = open_gguf(out)
+    assert g.architecture == "gemma3" and all(t.name.startswith(("blk.", "token_embd", "output")) for t in g.tensors)
+    assert len(g.tensors) == len(stored) - len(vision)  # tied head: no output.weight in either
+    r = run_mtk("--json", "gguf-import", str(out), "-o", str(tmp_path / "hf"), "--no-verify")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and "vision_config" not in config
+    # quantize writes the text tower alone too, and says so.
+    q = tmp_path / "rtn"
+    args = ("--json", "quantize", str(src), "-o", str(q), "--method", "rtn", "--group-size", "32", "--no-verify")
+    r = run_mtk(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["note"] == note and f"note: {note}" in r.stderr.splitlines()
+    config = json.loads((q / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["model_type"] == "gemma3_text"
+    with safe_open(q / "model.safetensors", "pt") as f:
+        written = list(f.keys())
+    assert written and not [n for n in written if "vision" in n or "multi_modal" in n]
+
+
+GEMMA4_REFUSED = [
+    ({"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32}, "Mixture"),
+    ({"attention_k_eq_v": True, "num_global_key_value_heads": 1}, "K=V attention"),
+    # transformers shares the last sliding and the last global layer before the shared ones, in any order;
+    # llama.cpp takes the two layers before them as sliding, then global.
+    ({"layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]}, "shares"),
+    ({"vocab_size_per_layer_input": 64}, "same token ids"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), GEMMA4_REFUSED, ids=[m for _, m in GEMMA4_REFUSED])
+def test_gemma4_variants_llama_cpp_cannot_run_are_refused(overrides: dict, message: str, tmp_path: Path) -> None:
+    from fixtures_models import build_tiny_model
+
+    src = build_tiny_model("gemma4", tmp_path / "src", **overrides)
+    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--type", "f32", "--no-verify")
+    assert r.returncode == 3 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_llama4_maverick_dense_layers_and_live_quirks_agree_with_llama_cpp(

@@ -71,19 +71,30 @@ def test_unfused_experts_compute_what_transformers_fused_ones_do(tiny_models: di
         assert torch.allclose(mine(x), fused(x), atol=1e-5)
 
 
-def test_gptq_calibrates_each_expert_on_its_routed_tokens(tiny_models: dict, calibration: Path, tmp_path: Path) -> None:
-    from mtk.formats.checkpoint import HFCheckpoint
+@pytest.fixture(scope="module")
+def written(tiny_models: dict, calibration: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """The tiny qwen2moe by GPTQ (CLI, routed calibration) and RTN (API), both verified: method -> (folder, result)."""
+    import mtk
 
-    src, out = tiny_models["qwen2moe"], tmp_path / "gptq"
+    root = tmp_path_factory.mktemp("moe")
+    src = tiny_models["qwen2moe"]
     r = run_mtk(
-        "--json", "quantize", str(src), "-o", str(out), "--method", "gptq", "--group-size", "32",
+        "--json", "quantize", str(src), "-o", str(root / "gptq"), "--method", "gptq", "--group-size", "32",
         "--calibration", str(calibration), "--samples", "8", "--seq-len", "64",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(r.stdout)
+    rtn = mtk.quantize(src, root / "rtn", method="rtn", group_size=32, device="cpu").to_dict()
+    return {"gptq": (root / "gptq", json.loads(r.stdout)), "rtn": (root / "rtn", rtn)}
+
+
+def test_gptq_calibrates_each_expert_on_its_routed_tokens(tiny_models: dict, calibration: Path, written: dict) -> None:
+    from mtk.formats.checkpoint import HFCheckpoint
+
+    src = tiny_models["qwen2moe"]
+    out, result = written["gptq"]
     assert result["format"] == CT  # the MoE default
     experts = result["experts"]
-    assert experts["count"] == 4 and experts["calibration"] == "routed" and experts["fallbacks"] == []
+    assert experts["count"] == 4 and experts["calibration"] == "routed" and result["fallbacks"] == []
     routed = experts["routed_tokens"]
     # Every token goes to num_experts_per_tok = 2 experts in each of the 2 layers.
     assert [sum(layer) for layer in routed] == [8 * 64 * 2] * 2, routed
@@ -156,13 +167,13 @@ def test_an_expert_no_token_reaches_falls_back_to_rtn_unless_all_tokens_calibrat
     codes, scale, zero = rtn(source, 4, 32, sym=True)
     rounded = scale.half().float().repeat_interleave(32, 1) * (codes - zero.repeat_interleave(32, 1))
     if mode == "routed":
-        assert {(f["layer"], f["linear"]) for f in experts["fallbacks"]} == {(0, n) for n in starved}, experts
-        assert all("no calibration tokens" in f["fallback"] for f in experts["fallbacks"])
+        assert {(f["layer"], f["linear"]) for f in result["fallbacks"]} == {(0, n) for n in starved}, result
+        assert all("no calibration tokens" in f["fallback"] for f in result["fallbacks"])
         # The fallback is plain round-to-nearest of the source weights, not GPTQ on an empty Hessian (zeros).
         assert torch.equal(_expert_weight(out, base), rounded)
     else:
         # Every expert saw every token of its layer: GPTQ everywhere, so expert 3 differs from round-to-nearest.
-        assert experts["fallbacks"] == []
+        assert result["fallbacks"] == []
         assert not torch.equal(_expert_weight(out, base), rounded)
 
 
@@ -207,10 +218,31 @@ def test_a_degenerate_hessian_takes_more_dampening_then_rtn() -> None:
         gptq_quantize(w, -torch.eye(32), bits=4, group_size=32, sym=True, damp_percent=0.01)
 
 
-def test_rtn_writes_every_expert_and_the_runtime_loads_them(tiny_models: dict, tmp_path: Path) -> None:
-    result = quantize(tiny_models["qwen2moe"], tmp_path / "rtn", QuantizeConfig(method="rtn", group_size=32,
-                      format=CT), device="cpu")  # fmt: skip
-    assert result["experts"] == {"count": 4, "calibration": None, "routed_tokens": [[], []], "fallbacks": []}
+def test_rtn_writes_every_expert_and_the_runtime_loads_them(written: dict) -> None:
+    _, result = written["rtn"]
+    assert result["format"] == CT
+    assert result["experts"] == {"count": 4, "calibration": None, "routed_tokens": [[], []]}
+    assert result["fallbacks"] == []
+    assert result["verification"]["logits"]["kl_mean"] < 1e-5, result["verification"]
+
+
+def test_gptq_per_expert_beats_round_to_nearest_on_held_out_text(
+    tiny_models: dict, written: dict, bible_text: str
+) -> None:
+    """In transformers, on 2048 tokens the calibration never saw (measured: mean KL 0.012 against RTN's 0.021)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtk.artifacts import quantized
+
+    src = tiny_models["qwen2moe"]
+    ids = torch.tensor(AutoTokenizer.from_pretrained(src)(bible_text[-60_000:])["input_ids"][:2048]).reshape(16, 128)
+    with torch.no_grad():
+        ref = torch.log_softmax(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(ids).logits, -1)
+        kl = {}
+        for method, (out, _) in written.items():
+            logq = torch.log_softmax(quantized.load(out)(ids).logits.float(), -1)
+            kl[method] = float((ref.exp() * (ref - logq)).sum(-1).mean())
+    assert kl["gptq"] < 0.8 * kl["rtn"], kl
 
 
 REFUSED = [
@@ -218,6 +250,7 @@ REFUSED = [
     (("--method", "rtn", "--format", "awq"), 3, "mixture-of-experts model and the awq format cannot hold"),
     (("--method", "rtn", "--no-sym"), 3, "cannot load asymmetric per-expert compressed-tensors weights"),
     (("--method", "awq", "--calibration", "x.txt"), 3, "AWQ's grid has a zero point, use --method gptq or rtn"),
+    (("--method", "gptq", "--desc-act", "--calibration", "x.txt"), 2, "written as compressed-tensors (a mixture"),
     (("--method", "rtn", "--moe-calibration", "all"), 2, "rtn calibrates nothing"),
     (("--method", "rtn", "--moe-calibration", "some"), 2, "routed or all"),
 ]

@@ -41,6 +41,7 @@ from mtk.converters.tokenizer import (
     write_hf_tokenizer,
 )
 from mtk.converters.tokenizer_bpe import (
+    DEEPSEEK_LLM,
     PRE_TOKENIZER_TYPES,
     PRE_TOKENIZERS_BY_NAME,
     PreTokenizerType,
@@ -254,6 +255,8 @@ def _unsplit_metadata(
     if not pre.byte_encode:
         types[: len(RAW_SPECIALS)] = [int(TokenType.CONTROL)] * len(RAW_SPECIALS)
         types[len(RAW_SPECIALS) : len(RAW_SPECIALS) + 256] = [int(TokenType.BYTE)] * 256
+    if pre.drops_whitespace:
+        model = "whitespace"
     metadata = {K.MODEL: model, K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types, K.MERGES: merges}
     metadata[K.ADD_BOS] = False
     if not pre.byte_encode:  # llama.cpp adds bos for Gemma 4's types whatever the GGUF says
@@ -272,7 +275,15 @@ def test_pre_tokenizer_is_identified_back(pre, unsplit_vocab, tmp_path) -> None:
     write_hf_tokenizer(_unsplit_metadata(pre, unsplit_vocab), tmp_path)
     # The Hugging Face files name the same llama.cpp behaviour (an alias may come back as its first name).
     same = PRE_TOKENIZERS_BY_NAME[_pre_name(gguf_tokenizer_metadata(tmp_path))]
-    behaviour = ("splits", "ignore_merges", "clean_spaces", "byte_encode", "escape_spaces", "gemma4")
+    behaviour = (
+        "splits",
+        "ignore_merges",
+        "clean_spaces",
+        "byte_encode",
+        "escape_spaces",
+        "gemma4",
+        "drops_whitespace",
+    )
     assert [getattr(same, field) for field in behaviour] == [getattr(pre, field) for field in behaviour]
 
 
@@ -338,6 +349,35 @@ HF_PRE_TOKENIZERS = {
             _BYTE_LEVEL,
         ],
         True,
+        False,
+    ),
+    # deepseek-llm-7b-base: its letter class as llama.cpp copied it; CR and LF as the JSON file holds them.
+    "deepseek-llm": (
+        None,
+        [
+            _split("[\r\n]"),
+            _split(DEEPSEEK_LLM[1]),
+            _split(DEEPSEEK_LLM[2]),
+            _split(r"\s+$"),
+            _split("[一-龥ࠀ-一가-\ud7ff]+"),
+            {"type": "Digits", "individual_digits": False},
+            _BYTE_LEVEL,
+        ],
+        False,
+        False,
+    ),
+    # Tiny Aya: GPT-4o's regex, which llama.cpp runs without cases, after digits in threes.
+    "tiny_aya": (
+        None,
+        [
+            _split(r"\d{1,3}(?=(?:\d{3})*\b)"),
+            _split(
+                f"{_HF_CASED}{_HF_CONTRACTIONS}?|{_HF_UNCASED}{_HF_CONTRACTIONS}?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            ),
+            _BYTE_LEVEL,
+        ],
+        False,
         False,
     ),
 }
@@ -411,6 +451,16 @@ def test_gemma4_checkpoint_exports_as_gemma4(hf_dirs, tmp_path) -> None:
     for text in sorted({line for whole in TEXTS for line in whole.split("\n")}):
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == hf_ids(tokenizer, text), text
         assert vocab.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(tokenizer, text, True), text
+
+
+@pytest.mark.llama
+@requires_llama
+def test_whitespace_model_lowercases_like_llama_cpp(unsplit_vocab, tmp_path) -> None:
+    """tokenizer.ggml.model "whitespace" told to lower-case (its "whitespace" type otherwise keeps case)."""
+    metadata = _unsplit_metadata(PRE_TOKENIZERS_BY_NAME["whitespace"], unsplit_vocab)
+    metadata[NORMALIZER_LOWERCASE] = True
+    _check_both_ways(metadata, tmp_path)
+    assert gguf_tokenizer_metadata(tmp_path)[NORMALIZER_LOWERCASE] is True
 
 
 # ---------------------------------------------------------------------------------------------- WordPiece
@@ -535,6 +585,8 @@ def _bpe_metadata(converted, **changes: Any) -> dict[str, Any]:
     [
         ({K.MODEL: "t5"}, "GGUF tokenizer model 't5' is not supported"),
         ({K.PRE: "no-such-pre"}, "GGUF pre-tokenizer 'no-such-pre' is not supported"),
+        ({K.PRE: "whitespace"}, "GGUF tokenizer model 'gpt2' with pre-tokenizer 'whitespace'"),
+        ({K.MODEL: "whitespace"}, "GGUF tokenizer model 'whitespace' with pre-tokenizer 'qwen2'"),
     ],
 )
 def test_unsupported_gguf_tokenizers_are_refused(changes, message, converted, tmp_path) -> None:

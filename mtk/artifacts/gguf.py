@@ -10,6 +10,7 @@ complete temporary output, before anything is published.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,28 @@ def matrix_types(path: Path | str) -> set[str]:
     return types
 
 
-def tolerance_for(gguf_types: set[str], lossless_dtype: bool) -> Tolerance:
+def f32_max_abs(path: Path | str) -> float | None:
+    """The family's own bound on F32 logit differences (``Family.f32_max_abs``), None for the default."""
+    from mtk.converters.family import family_for_gguf
+    from mtk.errors import UnsupportedError
+    from mtk.formats.gguf_reader import open_gguf
+
+    g = open_gguf(path)
+    arch = g.architecture
+    g.close()
+    try:
+        return family_for_gguf(arch).f32_max_abs
+    except UnsupportedError:
+        return None
+
+
+def tolerance_for(gguf_types: set[str], lossless_dtype: bool, max_abs: float | None = None) -> Tolerance:
+    """``max_abs``: the F32 bound where the family needs a wider one than EXACT_F32's."""
     if not lossless_dtype or gguf_types - FLOAT_TYPES:
         return QUANTIZED
-    return EXACT_F32 if gguf_types == {"F32"} else FLOAT16
+    if gguf_types != {"F32"}:
+        return FLOAT16
+    return dataclasses.replace(EXACT_F32, max_abs=max_abs) if max_abs is not None else EXACT_F32
 
 
 def compare_tokenizers(gguf_path: Path | str, hf_dir: Path | str, text: str = PROBE_TEXT) -> dict[str, Any]:
@@ -152,7 +171,7 @@ def verify_import(gguf_path: Path | str, hf_dir: Path | str, prompts: Sequence[s
     lossless = stored == torch.float32 or types <= {"F16" if stored == torch.float16 else "BF16"}
     with LlamaCpp(first_part(gguf_path)) as llm:
         metrics = compare_on_prompts(llm, llm.logits, lambda ids: hf.logits(model, ids), prompts)
-    return _check("imported model", tok, metrics, tolerance_for(types, lossless))
+    return _check("imported model", tok, metrics, tolerance_for(types, lossless, f32_max_abs(gguf_path)))
 
 
 def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[str] = PROMPTS) -> dict[str, Any]:
@@ -168,6 +187,7 @@ def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[s
     from mtk.converters.gguf_to_hf import load_in_memory
 
     types = matrix_types(gguf_path)
+    tolerance = tolerance_for(types, lossless_dtype=True, max_abs=f32_max_abs(gguf_path))
     float_only = types <= FLOAT_TYPES
     from_hf = Path(source).is_dir()
     with LlamaCpp(first_part(gguf_path)) as llm:
@@ -183,10 +203,10 @@ def verify_export(gguf_path: Path | str, source: Path | str, prompts: Sequence[s
                 src_logits = src.logits
             if float_only and from_hf:
                 metrics = compare_on_prompts(llm, src_logits, llm.logits, prompts)
-                return _check("exported GGUF", tok, metrics, tolerance_for(types, lossless_dtype=True))
+                return _check("exported GGUF", tok, metrics, tolerance)
             held = load_in_memory(gguf_path)
             metrics = compare_on_prompts(llm, lambda ids: hf.logits(held, ids), llm.logits, prompts)
-            report = _check("exported GGUF", tok, metrics, tolerance_for(types, lossless_dtype=True))
+            report = _check("exported GGUF", tok, metrics, tolerance)
             report["quality"] = compare_on_prompts(llm, src_logits, llm.logits, prompts)
             return report
         finally:

@@ -77,11 +77,13 @@ def count_params(path: Path) -> int | None:
 def load(path: Path | str) -> Any:
     """The checkpoint in transformers, computing in float32 whatever it stores."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from mtk.runtime import auto_model_class
+
     hf_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    auto = auto_model_class(str(read_config(Path(path)).get("model_type")))
+    return auto.from_pretrained(str(path), dtype=torch.float32)
 
 
 def logits(model: Any, ids: Sequence[int]) -> Any:

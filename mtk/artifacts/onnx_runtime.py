@@ -1,8 +1,10 @@
 """Run an exported ONNX folder (``mtk export-onnx``) in onnxruntime: one step through the KV cache, greedy text.
 
 The folder's ``mtk_onnx.json`` says which file to load, the input and output names and the cache layout.
-Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype``; every step
-feeds the previous step's ``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
+Cache tensors are ``(batch, kv_heads, length, head_dim)`` in the manifest's ``cache.dtype`` (``cache.shapes``
+gives each cached layer's ``[kv_heads, head_dim]`` where they differ; values are ``value_head_dim`` wide where it
+gives one: DeepSeek's latent cache); every step feeds the previous step's
+``present.{i}.key/value`` back as ``past_key_values.{i}.key/value``.
 """
 
 from __future__ import annotations
@@ -51,11 +53,19 @@ class OnnxCausalLM:
         self.session = make_session(self.folder / (model_file or self.manifest["model"]), threads)
         cache = self.manifest["cache"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
+        self.shapes = [tuple(s) for s in cache.get("shapes", [[self.kv_heads, self.head_dim]] * self.layers)]
+        self.value_head_dim = cache.get("value_head_dim")
         self.cache_dtype = _NUMPY_DTYPES[cache["dtype"]]
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        shape = (batch, self.kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.cache_dtype) for _ in range(2 * self.layers)]
+        return [
+            np.zeros(
+                (batch, heads, 0, dim if i == 0 or self.value_head_dim is None else self.value_head_dim),
+                dtype=self.cache_dtype,
+            )
+            for heads, dim in self.shapes
+            for i in range(2)
+        ]
 
     def step(
         self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None

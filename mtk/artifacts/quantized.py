@@ -101,6 +101,20 @@ def _fused_experts(model: Any, weight: Any) -> dict[str, Any]:
     return out
 
 
+def _file_model(source_model: Any, path: Path | str) -> Any:
+    """The float model to hold the files' weights: the source model, or a causal LM of the checkpoint's own config
+    when that is another architecture (a multimodal source quantized as its text tower)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(hf.read_config(Path(path)))
+    if type(source_model).__name__ in config.get("architectures", []):
+        return source_model
+    config.pop("quantization_config")
+    text = AutoConfig.for_model(config.pop("model_type"), **config)
+    return AutoModelForCausalLM.from_config(text, dtype=torch.float32).eval()
+
+
 def _logits(model: Any, prompts: list[list[int]]) -> Any:
     import torch
 
@@ -116,15 +130,14 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
       (VerificationError) beyond the format's tolerance (``CheckpointFormat.tolerance``).
     - Quality: against the unquantized source model, for the caller (or a test) to bound.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source))
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     runtime = _logits(load(path), prompts)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    model = hf.load(source)
     src = _logits(model, prompts)
-    held = _logits(hold_file_weights(model, path), prompts)  # the source model, now with the files' weights
+    held = _logits(hold_file_weights(_file_model(model, path), path), prompts)  # now with the files' weights
     metrics = logit_metrics(held, runtime)
     tolerance = _format(path)[1].tolerance()
     failures = tolerance.failures(metrics)

@@ -87,6 +87,8 @@ class HFRunner:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
+        from mtk.runtime import auto_model_class
+
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         torch.set_num_threads(threads)
@@ -97,7 +99,8 @@ class HFRunner:
         if quantized:
             # Quantized integrations place their packed weights themselves.
             kwargs["device_map"] = device
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs).eval()
+        auto = AutoModelForCausalLM if quantized else auto_model_class(str(config.get("model_type")))
+        self.model = auto.from_pretrained(str(folder), **kwargs).eval()
         if not quantized:
             self.model.to(self.device)
         self.vocab = int(self.model.get_output_embeddings().weight.shape[0])

@@ -80,6 +80,8 @@ def gguf_export_command(
             source, output, device=device.value, verify=verify, overwrite=overwrite, progress=bar.update,
             **options,  # type: ignore[arg-type]
         ).to_dict()  # fmt: skip
+    if result.get("note"):
+        info(f"note: {result['note']}")
     report_verification(result)
     if result.get("imatrix", {}).get("missing"):
         missing = result["imatrix"]["missing"]

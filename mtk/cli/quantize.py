@@ -117,12 +117,21 @@ def quantize_command(
             moe_calibration=moe_calibration, device=device.value, verify=verify, overwrite=overwrite,
             progress=bar.update,
         ).to_dict()  # fmt: skip
+    if result.get("note"):
+        info(f"note: {result['note']}")
     v = result.get("verification")
     if v:
         m, q = v["logits"], v["quality"]
         info(
             f"verified in transformers: top-1 {m['top1']:.3f}, mean KL {m['kl_mean']:.2e} against its own weights; "
             f"against the source: top-1 {q['top1']:.3f}, mean KL {q['kl_mean']:.3g}"
+        )
+    fallbacks = result.get("fallbacks") or []
+    if fallbacks:
+        first = fallbacks[0]
+        info(
+            f"{len(fallbacks)} Linear(s) took a fallback (all in --json), e.g. layer {first['layer']} "
+            f"{first['linear']}: {first['fallback']}"
         )
     render(
         result,

@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mtk.converters import rope
@@ -43,6 +44,8 @@ from mtk.registry import Registry
 if TYPE_CHECKING:
     import torch
     from gguf import GGMLQuantizationType
+
+    from mtk.formats.checkpoint import HFCheckpoint
 
 Metadata = Mapping[str, Any]
 
@@ -140,6 +143,10 @@ class LayerPlan:
     no_clip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
     # Mixture-of-experts layers: where the routed experts live; names with {xid} above are per expert.
     experts: ExpertPlan | None = None
+    # Linears some layers lack (Gemma 4's KV-sharing layers have no K/V projections).
+    optional: tuple[str, ...] = ()
+    # Whether the calibrated methods' layer-by-layer forward reproduces the model (False: only RTN runs).
+    layerwise_forward: bool = True
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -180,6 +187,37 @@ class TinyModel:
     config: Mapping[str, Any] = field(default_factory=dict)  # over TINY_SHAPE
     # Special tokens llama.cpp expects in the vocabulary (it recognises Phi-3 by name and wants its chat tokens).
     special_tokens: tuple[str, ...] = ()
+    # A multimodal checkpoint's own config fields (vision_config ...); TINY_SHAPE and ``config`` then form its
+    # text_config. None: a causal LM.
+    outer: Mapping[str, Any] | None = None
+    # Config fields the builder sets to the tokenizer's size (Gemma 4's per-layer embedding vocabulary).
+    vocab_fields: tuple[str, ...] = ()
+
+
+# Where multimodal checkpoints keep their text tower, and the causal LM's names for it: transformers 5 saves
+# model.language_model.* and lm_head.*, transformers 4 saved language_model.model.* and language_model.lm_head.*.
+TEXT_TOWER_PREFIXES: dict[str, str] = {
+    "model.language_model.": "model.",
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+    "lm_head.": "lm_head.",
+}
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A multimodal architecture whose text tower is the family's causal LM (its other towers are left out)."""
+
+    hf_architecture: str  # e.g. "Gemma3ForConditionalGeneration"
+    model_type: str  # its transformers model_type, e.g. "gemma3" (the text tower's is the family's)
+    prefixes: Mapping[str, str] = field(default_factory=lambda: dict(TEXT_TOWER_PREFIXES))
+
+    def rename(self, name: str) -> str | None:
+        """A text tower tensor's name in the causal LM; None for the other towers' tensors."""
+        for old, new in self.prefixes.items():
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return None
 
 
 @dataclass(frozen=True)
@@ -198,6 +236,8 @@ class Derived:
     split: Callable[..., Sequence[torch.Tensor]]
     join: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     packed: GGMLQuantizationType | None = None
+    # split also takes the transformers config (keyword ``config``): DeepSeek's kv_b_proj splits per head.
+    config: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,9 +278,22 @@ class Family:
     onnx_tracing: Callable[[Any], AbstractContextManager[None]] | None = None
     # How mtk quantize walks a decoder layer; None: quantize refuses the family.
     layer_plan: LayerPlan | None = None
+    # Multimodal architectures whose text tower gguf-export and quantize convert as this family.
+    towers: tuple[Tower, ...] = ()
     tiny: tuple[TinyModel, ...] = ()
     # The registry key; the GGUF architecture unless two families share it (Mixtral: "mixtral" on "llama").
     name: str = ""
+    # The GGUF key (after "{arch}.") holding transformers' head_dim on import (DeepSeek's is its RoPE width).
+    head_dim_key: str = "attention.key_length"
+
+    # Each layer's (head_dim, kv_heads) from the imported config fields, where layers differ (Gemma 4's global
+    # layers have wider heads); None: every layer has the config's head_dim and num_key_value_heads.
+    layer_heads: Callable[[Mapping[str, Any]], list[tuple[int, int]]] | None = None
+    # Whether every layer holds the same tensors (Gemma 4's KV-sharing layers have no K/V projections).
+    uniform_layers: bool = True
+    # The bound on llama.cpp's F32 logits against transformers' where the default (5e-3) is too tight: llama.cpp's
+    # CPU GELU is an f16 lookup table, whose error grows with the GELU layers (None: the default).
+    f32_max_abs: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -390,17 +443,55 @@ def all_families() -> list[Family]:
 
 def family_for_hf(architecture: str) -> Family:
     for fam in all_families():
-        if architecture == fam.hf_architecture or architecture in fam.also_exports:
+        if architecture in (fam.hf_architecture, *fam.also_exports, *(t.hf_architecture for t in fam.towers)):
             return fam
     known = sorted(
-        {a for n in FAMILIES.names() for a in (FAMILIES.get(n).hf_architecture, *FAMILIES.get(n).also_exports)}
+        {
+            a
+            for f in all_families()
+            for a in (f.hf_architecture, *f.also_exports, *(t.hf_architecture for t in f.towers))
+        }
     )
     raise UnsupportedError(f"unsupported architecture {architecture!r}; supported: {', '.join(known)}")
 
 
+def open_checkpoint(path: Path | str) -> tuple[HFCheckpoint, str | None]:
+    """An HF checkpoint as the causal LM mtk converts, and a one-line note when that is not all of it: a
+    multimodal checkpoint (Gemma3ForConditionalGeneration) becomes a view of its text tower, the rest left out."""
+    from mtk.formats.checkpoint import HFCheckpoint  # torch: not at import time
+
+    ckpt = HFCheckpoint(path)
+    arch = ckpt.architecture
+    found = text_tower(arch)
+    if found is None:
+        return ckpt, None
+    fam, tower = found
+    text_arch = _causal_lm(ckpt.config.get("text_config"), fam.hf_architecture)
+    left = ckpt.text_tower(tower.rename, text_arch)
+    what = f"{len(left)} tensors of its other towers (vision), e.g. {left[0]}" if left else "no other tensors"
+    return ckpt, f"{arch}: converted its text tower as {text_arch}; left out {what}"
+
+
+def _causal_lm(text_config: Any, default: str) -> str:
+    """transformers' causal LM class for a text_config's model_type (Mistral3's text tower is a MistralForCausalLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = text_config.get("model_type") if isinstance(text_config, dict) else None
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, default)
+
+
+def text_tower(architecture: str) -> tuple[Family, Tower] | None:
+    """The family and tower of a multimodal HF architecture whose text tower mtk converts; None for others."""
+    for fam in all_families():
+        for tower in fam.towers:
+            if tower.hf_architecture == architecture:
+                return fam, tower
+    return None
+
+
 def family_for_model_type(model_type: str) -> Family:
     for fam in all_families():
-        if model_type in fam.model_types:
+        if model_type in (*fam.model_types, *(t.model_type for t in fam.towers)):
             return fam
     known = sorted(t for f in all_families() for t in f.model_types)
     raise UnsupportedError(f"unsupported model type {model_type!r}; supported: {', '.join(known)}")

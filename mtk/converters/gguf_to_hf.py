@@ -74,7 +74,7 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
         cfg["intermediate_size"] = cfg["intermediate_size"][0]
     heads = cfg["num_attention_heads"]
     cfg.setdefault("num_key_value_heads", heads)
-    cfg["head_dim"] = meta.get(f"{arch}.attention.key_length") or cfg["hidden_size"] // heads
+    cfg["head_dim"] = meta.get(f"{arch}.{family.head_dim_key}") or cfg["hidden_size"] // heads
     if cfg["head_dim"] < 2 or cfg["head_dim"] % 2:
         # RoPE turns pairs of dimensions: an odd or empty head is a corrupt width or head count.
         raise InvalidFileError(
@@ -146,6 +146,8 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
     plan: list[PlannedTensor] = []
     per_block: dict[int, set[str]] = {}
     joined: dict[str, dict[int, GGUFTensorInfo]] = {}  # HF name of a Derived row -> its parts found so far
+    uniform = [(cfg["head_dim"], cfg["num_key_value_heads"])] * cfg["num_hidden_layers"]
+    heads = family.layer_heads(cfg) if family.layer_heads else uniform
     for info in model.tensors:
         if info.name in rope.ROPE_TENSORS:
             continue  # read into rope_parameters by hf_config
@@ -176,7 +178,7 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
                     f"{model.path}: tensor {quoted(info.name)} is past the model's {cfg['num_hidden_layers']} layers"
                 )
             per_block.setdefault(idx["bid"], set()).add(gguf_t)
-        _check_shape(model.path, info, gguf_t, cfg)
+        _check_shape(model.path, info, gguf_t, cfg, heads[idx["bid"]] if "bid" in idx else None)
         if gguf_t in family.expert_tensors:
             for x in range(info.shape[0]):
                 plan.append(PlannedTensor(hf_t.format(xid=x, **idx), tuple(info.shape[1:]), info, gguf_t, expert=x))
@@ -187,10 +189,13 @@ def plan_tensors(family: Family, model: GGUFModel, cfg: dict[str, Any]) -> list[
         )
         plan.append(PlannedTensor(hf_t.format(**idx), shape, info, gguf_t))
     plan = [_join_plan(model.path, p, joined[p.hf_name]) if p.derived is not None else p for p in plan]
-    # Layers of one kind hold the same tensors; a family with dense layers between its MoE ones has two kinds.
+    # Layers of one kind hold the same tensors: leading dense layers (DeepSeek's first_k_dense_replace) and dense
+    # layers between MoE ones (Llama 4's interleave step) are kinds of their own.
     step = int(cfg[family.moe_layer_step]) if family.moe_layer_step else 1
-    layouts = {((b + 1) % step == 0, frozenset(v)) for b, v in per_block.items()}
-    if len(per_block) != cfg["num_hidden_layers"] or len(layouts) > len({kind for kind, _ in layouts}):
+    lead = int(model.metadata.get(f"{model.architecture}.leading_dense_block_count", 0))
+    layouts = {((b + 1) % step == 0, b < lead, frozenset(v)) for b, v in per_block.items()}
+    kinds = len({(moe, dense) for moe, dense, _ in layouts})
+    if len(per_block) != cfg["num_hidden_layers"] or (family.uniform_layers and len(layouts) > kinds):
         raise InvalidFileError(f"{model.path}: GGUF layers do not all hold the same tensors")
     for required in ("token_embd.weight", "output_norm.weight"):
         if required not in model.by_name:
@@ -214,13 +219,16 @@ def _join_plan(path: Path, p: PlannedTensor, found: dict[int, GGUFTensorInfo]) -
     return PlannedTensor(p.hf_name, shape, parts[0], p.gguf_template, derived=row, parts=parts)
 
 
-def _check_shape(path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any]) -> None:
-    head_dim = cfg["head_dim"]
+def _check_shape(
+    path: Path, info: GGUFTensorInfo, gguf_t: str, cfg: dict[str, Any], heads: tuple[int, int] | None
+) -> None:
+    """``heads``: the (head_dim, kv_heads) of the tensor's layer, None outside the layers."""
+    head_dim, kv_heads = heads or (cfg["head_dim"], cfg["num_key_value_heads"])
     rows = {
         "token_embd.weight": cfg["vocab_size"],
         "blk.{bid}.attn_q.weight": cfg["num_attention_heads"] * head_dim,
-        "blk.{bid}.attn_k.weight": cfg["num_key_value_heads"] * head_dim,
-        "blk.{bid}.attn_v.weight": cfg["num_key_value_heads"] * head_dim,
+        "blk.{bid}.attn_k.weight": kv_heads * head_dim,
+        "blk.{bid}.attn_v.weight": kv_heads * head_dim,
     }.get(gguf_t)
     if rows is not None and (len(info.shape) != 2 or info.shape[0] != rows or info.shape[1] != cfg["hidden_size"]):
         raise InvalidFileError(

@@ -19,7 +19,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mtk.converters import rope
-from mtk.converters.family import Derived, Family, Synthesised, family_for_hf
+from mtk.converters.family import Derived, Family, Synthesised, family_for_hf, open_checkpoint
 from mtk.converters.gguf_types import ModelShape, TypeRules, plan_types
 from mtk.converters.imatrix import Imatrix
 from mtk.converters.tokenizer import METADATA_TYPES
@@ -71,7 +71,7 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     arch = family.gguf_arch
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rotary = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0))
+    rotary = int(head_dim * rope.rotary_fraction(config))
     meta: dict[str, Any] = {
         "general.architecture": arch,
         "general.type": "model",
@@ -82,9 +82,10 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     for key, value in family.export_hparams(config).items():
         meta[f"{arch}.{key}"] = float(value) if isinstance(value, float) else value
     meta.setdefault(f"{arch}.attention.head_count_kv", heads)
-    meta[f"{arch}.attention.key_length"] = head_dim
-    meta[f"{arch}.attention.value_length"] = head_dim
-    meta[f"{arch}.rope.dimension_count"] = rotary
+    # A family's own keys win (Gemma 4's layers differ in head size, DeepSeek's latent attention has its own widths).
+    meta.setdefault(f"{arch}.attention.key_length", head_dim)
+    meta.setdefault(f"{arch}.attention.value_length", head_dim)
+    meta.setdefault(f"{arch}.rope.dimension_count", rotary)
     meta.update(rope.gguf_metadata(family.rope, config, arch))
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
@@ -122,6 +123,7 @@ def plan_hf(
     rules: TypeRules,
     model: ModelShape,
     synthesised: dict[str, Synthesised] | None = None,
+    config: Any = None,
 ) -> list[ExportTensor]:
     """GGUF tensors: the ``synthesised`` ones first (as llama.cpp's converter writes its generated tensors),
     then checkpoint order, experts of a layer stacked into one tensor (per-expert layout) or cut from
@@ -136,7 +138,7 @@ def plan_hf(
             continue
         row = family.derived_source(hf_name)
         if row is not None:
-            derived.update(_derived_parts(ckpt, *row))
+            derived.update(_derived_parts(ckpt, *row, config))
             continue
         found = _gguf_names(family, hf_name)
         if found is None:
@@ -172,7 +174,7 @@ def plan_hf(
     return made + planned + [replace(t, qtype=types[name]) for name, t in derived.items()]
 
 
-def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dict[str, ExportTensor]:
+def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int], config: Any) -> dict[str, ExportTensor]:
     """The GGUF tensors of one Derived row (their shapes from its split of empty tensors of the sources')."""
     sources = tuple(t.format(**idx) for t in row.sources)
     missing = [s for s in sources if s not in ckpt.names()]
@@ -180,7 +182,8 @@ def _derived_parts(ckpt: HFCheckpoint, row: Derived, idx: dict[str, int]) -> dic
         raise InvalidFileError(f"{ckpt.path}: the checkpoint lacks {quoted(missing[0])}")
     empty = [torch.empty(ckpt.shape(s), dtype=ckpt.dtype(s), device="meta") for s in sources]
     out = {}
-    for i, (template, part) in enumerate(zip(row.parts, row.split(*empty), strict=True)):
+    kw = {"config": config} if row.config else {}
+    for i, (template, part) in enumerate(zip(row.parts, row.split(*empty, **kw), strict=True)):
         shape = tuple(part.shape)
         if row.packed is not None:  # rows of whole blocks: the logical row is longer than its bytes
             size, type_size = GGML_QUANT_SIZES[row.packed]
@@ -227,7 +230,8 @@ def hf_tensor(family: Family, t: ExportTensor, ckpt: HFCheckpoint, config: Any, 
         return t.synthesised.make().to(device=device, dtype=torch.float32)
     if t.derived is not None:
         dtype = None if t.derived.packed is not None else torch.float32  # packed bytes stay bytes
-        return t.derived.split(*(ckpt.get(s).to(device=device, dtype=dtype) for s in t.sources))[t.part]
+        kw = {"config": config} if t.derived.config else {}
+        return t.derived.split(*(ckpt.get(s).to(device=device, dtype=dtype) for s in t.sources), **kw)[t.part]
     parts = [ckpt.get(s).to(device=device, dtype=torch.float32) for s in t.sources]
     if t.rows is not None:
         i, n = t.rows
@@ -264,6 +268,7 @@ class _Source:
     def __init__(self, path: Path, rules: TypeRules, device: torch.device) -> None:
         self.device = device
         self.gguf: GGUFModel | None = None
+        self.note: str | None = None  # what of the source is left out (a multimodal model's other towers)
         if path.is_file():
             self.gguf = open_gguf(path)
             self.plan = plan_gguf(self.gguf, rules)
@@ -274,13 +279,14 @@ class _Source:
             self.array_types = dict(self.gguf.array_types)
             self.architecture = self.gguf.architecture
             return
-        self.ckpt = HFCheckpoint(path)
+        self.ckpt, self.note = open_checkpoint(path)
         self.config = self.ckpt.transformers_config()
-        self.family = family_for_hf(self.ckpt.architecture)
+        self.family = family_for_hf(self.ckpt.source_architecture)
         self.family.export_hparams(self.config)  # refuses a config llama.cpp cannot run before any planning
         model = shape_from_config(self.family, self.config)
-        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config))
+        # Metadata first: a family refuses configs llama.cpp cannot run there, with a clearer reason than a tensor.
         self.metadata = gguf_metadata(self.family, self.config, self.ckpt, rules)
+        self.plan = plan_hf(self.family, self.ckpt, rules, model, self.family.synthesised(self.config), self.config)
         # llama.cpp checks the value types of the tokenizer keys (token ids must be UINT32, ...).
         self.value_types = {k: vt for k, (vt, _) in METADATA_TYPES.items() if k in self.metadata}
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
@@ -337,7 +343,9 @@ def _summary(src: _Source, rules: TypeRules, total_bytes: int) -> dict[str, Any]
         types[t.qtype.name] = types.get(t.qtype.name, 0) + 1
     data = sum(PlannedGGUFTensor(t.name, t.qtype, t.shape).nbytes for t in src.plan)
     params = sum(math.prod(t.shape) for t in src.plan)
+    note = {"note": src.note} if src.note else {}
     return {
+        **note,
         "architecture": src.architecture,
         "file_type": rules.file_type.name.removeprefix("MOSTLY_").removeprefix("ALL_"),
         "types": types,

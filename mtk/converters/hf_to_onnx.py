@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from mtk.converters.family import text_tower
 from mtk.errors import InvalidFileError, UnsupportedError
 from mtk.formats import onnx_passes
 from mtk.formats.atomic import atomic_dir
@@ -75,12 +76,13 @@ class CausalLMWithPast(torch.nn.Module):
     """A causal LM over flat cache tensors: ``(ids, mask, positions, [k0, v0, k1, ...]) -> (logits, k0', v0', ...)``.
 
     Every layer gets a plain full-length ``DynamicLayer``: sliding-window layers (Gemma) keep the whole past
-    too, and their window is applied by the attention mask, which transformers builds from positions.
+    too, and their window is applied by the attention mask, which transformers builds from positions. Only the
+    first ``layers`` layers keep a cache: the others (Gemma 4's KV-sharing layers) reuse earlier layers' K/V.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: int):
+    def __init__(self, model: torch.nn.Module, layers: int, total: int):
         super().__init__()
-        self.model, self.layers = model, layers
+        self.model, self.layers, self.total = model, layers, total
 
     def forward(
         self,
@@ -91,11 +93,12 @@ class CausalLMWithPast(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
+        kv = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)] + [(None, None)] * (self.total - self.layers)
+        cache = DynamicCache(kv)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
         )
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in out.cache.layers[: self.layers] for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 
@@ -131,6 +134,8 @@ def resolve_task(config: Any, task: Task) -> Task:
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and getattr(config, "is_decoder", True)
+    # A multimodal model whose text tower mtk exports (Mistral3ForConditionalGeneration) is one too.
+    causal = causal or text_tower((getattr(config, "architectures", None) or [""])[0]) is not None
     if task == "auto":
         if causal:
             return "text-generation-with-past"
@@ -143,13 +148,43 @@ def resolve_task(config: Any, task: Task) -> Task:
 
 
 def _load(model_dir: Path, task: Task) -> Any:
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    from mtk.runtime import auto_model_class
+
     hf_logging.disable_progress_bar()
-    auto = AutoModel if task == "feature-extraction" else AutoModelForCausalLM
+    model_type = str(json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type"))
+    auto = AutoModel if task == "feature-extraction" else auto_model_class(model_type)
     # Eager attention: it lowers to plain MatMul/Softmax, and Gemma 2 softcaps attention scores only there.
-    return auto.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
+    model = auto.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
+    found = text_tower(type(model).__name__)
+    return model if found is None else _text_model(model, found[0].hf_architecture)
+
+
+def _text_model(model: Any, architecture: str) -> Any:
+    """A multimodal model's text tower as its own causal LM (Gemma3ForConditionalGeneration -> Gemma3ForCausalLM),
+    made of the same modules: the graph takes token ids, as the decoder LMs' graphs do."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config.get_text_config()
+    config.architectures = [architecture]
+    with torch.device("meta"):  # an empty shell: its decoder and head are the multimodal model's own
+        text = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    setattr(text, text.base_model_prefix, model.get_decoder())  # e.g. Gemma3ForCausalLM.model
+    text.set_output_embeddings(model.get_output_embeddings())
+    if any(t.is_meta for t in (*text.parameters(), *text.buffers())):
+        raise UnsupportedError(f"{type(model).__name__}: its text tower is not a decoder and a head")
+    return text.eval()
+
+
+def cached_layers(cache: Any) -> int:
+    """How many layers keep a KV cache: all, or the first ones (Gemma 4's last layers reuse earlier K/V)."""
+    held = [layer.keys is not None for layer in cache.layers]
+    n = held.index(False) if False in held else len(held)
+    if any(held[n:]):
+        raise UnsupportedError("layers without a KV cache of their own before layers with one are not supported")
+    return n
 
 
 def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[str, Any], list[str], list[str]]:
@@ -174,7 +209,8 @@ def _sample(model: Any, task: Task, layers: int) -> tuple[tuple[Any, ...], dict[
         return (ids, mask, pos), shapes, names, ["logits"]
     with torch.no_grad():
         cache = model(input_ids=torch.randint(0, model.config.vocab_size, (2, 4)), use_cache=True).cache
-    flat = [t.clone() for layer in cache.layers for t in (layer.keys, layer.values)]
+    layers = cached_layers(cache)
+    flat = [t.clone() for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
     pos = torch.arange(4, 7).expand(2, 3)
     shapes = {
         "input_ids": {0: batch, 1: seq},
@@ -237,7 +273,7 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     elif task == "text-generation":
         module = CausalLM(model)
     else:
-        module = CausalLMWithPast(model, layers)
+        module = CausalLMWithPast(model, len(args[3]) // 2, layers)
     with warnings.catch_warnings(), torch.no_grad(), _traceable_experts(model), _family_tracing(model):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -256,8 +292,14 @@ def _export_graph(model: Any, task: Task, opset: int, dst: Path) -> dict[str, An
     program.save(str(dst), external_data=onnx_passes.needs_external_data(weight_bytes))
     graph: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
     if task == "text-generation-with-past":
-        key = args[3][0]
-        graph["cache"] = {"layers": layers, "kv_heads": key.shape[1], "head_dim": key.shape[3], "dtype": "float32"}
+        keys, values = args[3][::2], args[3][1::2]
+        graph["cache"] = {"layers": len(keys), "kv_heads": keys[0].shape[1], "head_dim": keys[0].shape[3]}
+        if len({tuple(k.shape) for k in keys}) > 1:  # Gemma 4: wider heads on the global layers
+            graph["cache"]["shapes"] = [[k.shape[1], k.shape[3]] for k in keys]
+        if values[0].shape[3] != keys[0].shape[3]:
+            # DeepSeek caches its latent as keys (kv_lora_rank wide) and the shared RoPE key as values.
+            graph["cache"]["value_head_dim"] = values[0].shape[3]
+        graph["cache"]["dtype"] = "float32"
     return graph
 
 
@@ -346,6 +388,8 @@ def export_onnx(
         for name in SIDE_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
+        if text_tower(AutoConfig.from_pretrained(str(model_dir)).architectures[0]) is not None:
+            model.config.to_json_file(tmp / "config.json")  # a multimodal source's text tower: its own config
         validated = check is not None
         _write_manifest(tmp, _manifest(model, task, config, graph, [], external, validated))
         kind = kind_of(config)

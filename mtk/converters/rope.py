@@ -20,9 +20,12 @@ for a forward pass whose positions reach past ``original_max_position_embeddings
 factor: ``sqrt(1 + ln(F) / ln(O))`` with ``F = max_position_embeddings / O`` (1 when F <= 1) unless the config
 gives ``attention_factor``; the GGUF keeps it in ``rope.scaling.attn_factor``.
 
-llama.cpp has one RoPE per model. Families whose transformers config gives each layer type its own
-parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) keep the full-attention ones
-in the GGUF; the other layer types are fixed by llama.cpp, and :class:`RopeLayout` says what they are.
+llama.cpp has one RoPE per model, and a base for sliding-window layers. Families whose transformers config
+gives each layer type its own parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``)
+keep the full-attention ones in the GGUF's RoPE keys; llama.cpp runs the other layer types unscaled, and
+:class:`RopeLayout` says with which parameters. Gemma 3's sliding layers take their base from
+``{arch}.rope.freq_base_swa`` (10000 when absent) and never the scaling: the 4B-27B configs scale their global
+layers linearly by 8 and leave the sliding ones at base 10000, which is what llama.cpp does.
 """
 
 from __future__ import annotations
@@ -85,10 +88,26 @@ def _linear_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, A
     return {"factor": float(need(meta, f"{arch}.rope.scaling.factor"))}
 
 
+# transformers' YaRN betas and their GGUF keys (llama.cpp's converter writes them when the config has them;
+# only some of its loaders read them, the others use the same defaults, 32 and 1).
+YARN_BETAS = {"beta_fast": "rope.scaling.yarn_beta_fast", "beta_slow": "rope.scaling.yarn_beta_slow"}
+
+
 def _yarn_write(p: Params) -> dict[str, Any]:
+    """The scaling keys; ``mscale_all_dim`` as llama.cpp's yarn_log_multiplier, which it pairs with an mscale of 1
+    (transformers' attention factor is then ``mscale(factor, 1) / mscale(factor, mscale_all_dim)``, as llama.cpp's)."""
     out: dict[str, Any] = {"rope.scaling.type": "yarn", "rope.scaling.factor": float(p["factor"])}
     if p.get("original_max_position_embeddings"):
         out["rope.scaling.original_context_length"] = int(p["original_max_position_embeddings"])
+    for field_name, key in YARN_BETAS.items():
+        if p.get(field_name) is not None:
+            out[key] = float(p[field_name])
+    if p.get("attention_factor") is not None:
+        raise UnsupportedError("yarn RoPE with an explicit attention_factor is not supported by gguf-export yet")
+    if p.get("mscale") and p.get("mscale_all_dim"):
+        if float(p["mscale"]) != 1.0:
+            raise UnsupportedError(f"yarn RoPE with mscale {p['mscale']} (llama.cpp assumes 1) is not supported")
+        out["rope.scaling.yarn_log_multiplier"] = float(p["mscale_all_dim"])
     return out
 
 
@@ -96,7 +115,14 @@ def _yarn_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any
     key = f"{arch}.rope.scaling.original_context_length"
     if key not in meta:
         raise InvalidFileError(f"yarn RoPE scaling without {key}")
-    return {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    out = {"factor": float(need(meta, f"{arch}.rope.scaling.factor")), "original_max_position_embeddings": meta[key]}
+    for field_name, gguf_key in YARN_BETAS.items():
+        if f"{arch}.{gguf_key}" in meta:
+            out[field_name] = float(meta[f"{arch}.{gguf_key}"])
+    if f"{arch}.rope.scaling.yarn_log_multiplier" in meta:
+        out["mscale"] = 1.0
+        out["mscale_all_dim"] = float(meta[f"{arch}.rope.scaling.yarn_log_multiplier"])
+    return out
 
 
 # Meta's Llama 3.x values, and llama.cpp's converter's defaults.
@@ -224,6 +250,29 @@ def _longrope_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str,
     return out
 
 
+# The factor llama.cpp's converter gives a frequency pair that does not turn (proportional RoPE).
+NO_TURN = 1e30
+
+
+def _proportional_tensors(p: Params, dim: int) -> dict[str, Synthesised]:
+    turning = int(float(p.get("partial_rotary_factor", 1.0)) * dim // 2)  # as transformers counts them
+
+    def make() -> torch.Tensor:
+        import torch
+
+        return torch.tensor([1.0] * turning + [NO_TURN] * (dim // 2 - turning), dtype=torch.float32)
+
+    return {"rope_freqs.weight": Synthesised((dim // 2,), make)}
+
+
+def _proportional_read(meta: Metadata, arch: str, tensor: TensorReader) -> dict[str, Any]:
+    got = tensor("rope_freqs.weight").float()
+    turning = int((got == 1.0).sum())
+    if not (bool((got[:turning] == 1.0).all()) and bool((got[turning:] >= NO_TURN / 2).all())):
+        raise UnsupportedError("rope_freqs.weight is not proportional RoPE (factors 1, then 1e30)")
+    return {"partial_rotary_factor": turning / got.numel()}
+
+
 ROPE_TYPES: dict[str, RopeType] = {
     r.name: r
     for r in (
@@ -234,6 +283,17 @@ ROPE_TYPES: dict[str, RopeType] = {
         # No keys: the per-frequency factors are a tensor (module notes).
         RopeType(
             "llama3", None, lambda p: {}, _llama3_read, tensors=("rope_freqs.weight",), make_tensors=_llama3_tensors
+        ),
+        # Gemma 4's global layers: the first partial_rotary_factor of each head's frequency pairs turn (with
+        # theta ** (-2i / head_dim)), the rest not. llama.cpp's converter writes rope_freqs.weight with factor 1
+        # for the turning pairs and 1e30 (no turn) for the others, and rotates the whole head.
+        RopeType(
+            "proportional",
+            None,
+            lambda p: {},
+            _proportional_read,
+            tensors=("rope_freqs.weight",),
+            make_tensors=_proportional_tensors,
         ),
         # No scaling type either (llama.cpp's converter writes none): the two factor tensors mark it.
         RopeType(
@@ -261,12 +321,17 @@ class RopeLayout:
     long_short_factors: bool = False
     # Layer types llama.cpp runs with RoPE it fixes itself, and their parameters (Gemma 3's sliding layers).
     fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The fixed layer type whose base llama.cpp reads from rope.freq_base_swa (its scaling stays fixed).
+    swa_base: str | None = None
 
     @property
     def reads(self) -> frozenset[str]:
         """The RoPE tensors llama.cpp's loader for this architecture reads."""
         out = {"rope_freqs.weight"} if self.freq_factors else set()
         return frozenset(out | (set(LONGROPE_TENSORS.values()) if self.long_short_factors else set()))
+
+    # The RoPE type a rope_freqs.weight tensor marks in this family's GGUFs (import).
+    tensor_type: str = "llama3"
 
 
 def config_parameters(config: Any) -> dict[str, Any]:
@@ -282,18 +347,28 @@ def config_parameters(config: Any) -> dict[str, Any]:
     return rope
 
 
+def rotary_fraction(config: Any) -> float:
+    """The share of each head that RoPE turns: transformers 5 keeps it in rope_parameters, older configs beside."""
+    return float(
+        getattr(config, "partial_rotary_factor", None) or config_parameters(config).get("partial_rotary_factor") or 1.0
+    )
+
+
 def gguf_metadata(layout: RopeLayout, config: Any, arch: str) -> dict[str, Any]:
     """``{arch}.rope.freq_base`` and the scaling keys for a transformers config (export)."""
     rope = config_parameters(config)
     per_type = getattr(config, "rope_parameters", None) or {}
     for layer_type, fixed in layout.fixed.items():
         given = per_type.get(layer_type)
-        if given is not None and _differs(given, fixed):
+        if given is not None and _differs(given, fixed, theta=layer_type != layout.swa_base):
             raise UnsupportedError(
                 f"RoPE of {layer_type} layers {dict(given)} differs from what llama.cpp uses for them ({dict(fixed)})"
             )
     row = _export_row(layout, rope, arch)
     keys = {"rope.freq_base": float(rope["rope_theta"]), **row.write(rope)}  # type: ignore[misc]
+    if layout.swa_base is not None:
+        given = per_type.get(layout.swa_base) or {}
+        keys["rope.freq_base_swa"] = float(given.get("rope_theta", layout.fixed[layout.swa_base]["rope_theta"]))
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
@@ -303,8 +378,21 @@ def gguf_tensors(layout: RopeLayout, config: Any, arch: str) -> dict[str, Synthe
     row = _export_row(layout, rope, arch)
     if row.make_tensors is None:
         return {}
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return row.make_tensors(rope, head_dim)
+    return row.make_tensors(rope, _gguf_head_dim(config))
+
+
+def _gguf_head_dim(config: Any) -> int:
+    """The head size of the layers the GGUF's RoPE describes: the full-attention layers' where layers differ
+    (Gemma 4's global layers have wider heads than its sliding ones)."""
+    own = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    types = list(getattr(config, "layer_types", None) or [])
+    if GGUF_LAYER_TYPE not in types:
+        return own
+    try:  # transformers' per-layer view of a heterogeneous config; other configs raise
+        layer = config.per_layer_config[types.index(GGUF_LAYER_TYPE)]
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return own
+    return getattr(layer, "head_dim", None) or own
 
 
 def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
@@ -321,20 +409,24 @@ def _export_row(layout: RopeLayout, rope: Params, arch: str) -> RopeType:
     return row
 
 
-def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any]) -> bool:
-    kind = given.get("rope_type", "default")
-    return kind != fixed["rope_type"] or float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
+def _differs(given: Mapping[str, Any], fixed: Mapping[str, Any], *, theta: bool) -> bool:
+    """Whether a layer type's parameters are not the ones llama.cpp fixes (its base too, unless a key holds it)."""
+    if given.get("rope_type", "default") != fixed["rope_type"]:
+        return True
+    return theta and float(given.get("rope_theta", fixed["rope_theta"])) != fixed["rope_theta"]
 
 
-def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str]) -> RopeType:
-    """The row a GGUF's metadata (scaling type) or tensors mark."""
+def gguf_type(meta: Metadata, arch: str, tensor_names: Collection[str], tensor_type: str = "llama3") -> RopeType:
+    """The row a GGUF's metadata (scaling type) or tensors mark (``tensor_type``: the row that a tensor several
+    rows share marks, for this family)."""
     scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         for row in ROPE_TYPES.values():
             if row.gguf_scaling == scaling:
                 return row
         raise UnsupportedError(f"RoPE scaling {quoted(scaling)} is not supported by gguf-import")
-    for row in ROPE_TYPES.values():
+    preferred = ROPE_TYPES[tensor_type]
+    for row in (preferred, *ROPE_TYPES.values()):
         if any(t in tensor_names for t in row.tensors):
             return row
     return ROPE_TYPES["default"]
@@ -352,7 +444,7 @@ def hf_parameters(
 
     A ``rope.dimension_count`` below ``head_dim`` is partial rotary (Phi-4-mini's 0.75): ``partial_rotary_factor``.
     """
-    row = gguf_type(meta, arch, tensor_names)
+    row = gguf_type(meta, arch, tensor_names, layout.tensor_type)
     if row.read is None:
         raise UnsupportedError(f"RoPE scaling {row.name!r} is not supported by gguf-import ({row.missing})")
     rope = {
@@ -367,4 +459,7 @@ def hf_parameters(
         rope["partial_rotary_factor"] = rotary / head_dim
     if not layout.fixed:
         return rope
-    return {GGUF_LAYER_TYPE: rope, **{k: dict(v) for k, v in layout.fixed.items()}}
+    fixed = {k: dict(v) for k, v in layout.fixed.items()}
+    if layout.swa_base is not None and f"{arch}.rope.freq_base_swa" in meta:
+        fixed[layout.swa_base]["rope_theta"] = float(meta[f"{arch}.rope.freq_base_swa"])
+    return {GGUF_LAYER_TYPE: rope, **fixed}

@@ -13,6 +13,8 @@ GGUF value type of each key, which llama.cpp checks).
 |                      | spaces, <0xNN> byte pieces                        |               |
 | "gemma4"             | BPE with merges on raw UTF-8, ▁ for spaces,       | tokenizer_bpe |
 |                      | <0xNN> byte pieces (pre-tokenizer "gemma4")       |               |
+| "whitespace"         | as "gemma4" without ▁, cut at whitespace, maybe   | tokenizer_bpe |
+|                      | lower-cased (pre-tokenizer "whitespace")          |               |
 | "bert"               | WordPiece, word starts marked with ▁; BERT's      | tokenizer_wpm |
 |                      | normalizer and punctuation split                  |               |
 
@@ -177,7 +179,9 @@ def _build_tokenizer(
     model = metadata.get(K.MODEL)
     pre = _bpe_pre(metadata)
     if pre is not None:
-        tokenizer = tokenizer_bpe.build_tokenizer(tokens, _required(metadata, K.MERGES), pre)
+        # llama.cpp's "whitespace" model lower-cases unless told not to; its "whitespace" type tells it not to.
+        lowercase = model == "whitespace" and bool(metadata.get(NORMALIZER_LOWERCASE, False))
+        tokenizer = tokenizer_bpe.build_tokenizer(tokens, _required(metadata, K.MERGES), pre, lowercase)
         return tokenizer, {}, pre.add_bos, pre.clean_spaces
     if model == "llama":
         unk = _special_id(metadata, K.UNK_ID, _SPM_DEFAULT_IDS["unk_token"], len(tokens))
@@ -190,7 +194,7 @@ def _build_tokenizer(
         )
         return tokenizer, _SPM_DEFAULT_IDS, True, False
     raise UnsupportedError(
-        f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, gemma4, llama, bert"
+        f"GGUF tokenizer model {quoted(model)} is not supported; supported: gpt2, gemma4, whitespace, llama, bert"
     )
 
 
@@ -202,8 +206,13 @@ def _bpe_pre(metadata: Mapping[str, Any]) -> tokenizer_bpe.PreTokenizerType | No
     model = metadata.get(K.MODEL)
     if model == "gemma4":
         return tokenizer_bpe.pre_tokenizer_type("gemma4")
-    if model == "gpt2":
-        return tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+    if model in ("gpt2", "whitespace"):
+        pre = tokenizer_bpe.pre_tokenizer_type(metadata.get(K.PRE) or "default")
+        if pre.drops_whitespace != (model == "whitespace"):
+            # gpt2 + "whitespace" aborts llama.cpp at two spaces; "whitespace" + another type runs byte-level
+            # regexes on text it has already cut at whitespace, which no tokenizer ships.
+            raise UnsupportedError(f"GGUF tokenizer model {quoted(model)} with pre-tokenizer {quoted(pre.name)}")
+        return pre
     return None
 
 
@@ -241,10 +250,12 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
     if model.get("type") != "BPE":
         raise UnsupportedError(
             f"a {model.get('type')} tokenizer has no GGUF form in mtk; supported: byte-level BPE, "
-            "SentencePiece-style BPE"
+            "SentencePiece-style BPE, raw-text BPE (Gemma 4), WordPiece"
         )
     model_config = _read_json(hf_dir / "config.json") or {}
-    tokens, added, gaps = _id_to_token(tokenizer_json, int(model_config.get("vocab_size") or 0))
+    # A multimodal config keeps the text tower's vocab_size in text_config.
+    vocab_size = model_config.get("vocab_size") or (model_config.get("text_config") or {}).get("vocab_size")
+    tokens, added, gaps = _id_to_token(tokenizer_json, int(vocab_size or 0))
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
 
     if tokenizer_bpe.is_byte_level(tokenizer_json):
@@ -252,6 +263,11 @@ def _gguf_tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         clean_spaces = config.get("clean_up_tokenization_spaces")
         pre = tokenizer_bpe.identify_pre_tokenizer(tokenizer_json, clean_spaces)
         metadata: dict[str, Any] = {K.MODEL: "gpt2", K.PRE: pre.name, K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
+    elif (lowercase := tokenizer_bpe.whitespace_lowercase(tokenizer_json)) is not None:
+        types = [_token_type(i, tokens[i], added, gaps, None, True) for i in range(len(tokens))]
+        metadata = {K.MODEL: "whitespace", K.PRE: "whitespace", K.LIST: tokens, K.TOKEN_TYPE: types}
+        metadata[NORMALIZER_LOWERCASE] = lowercase
         metadata[K.MERGES] = [f"{left} {right}" for left, right in merges]
     elif tokenizer_bpe.is_raw_bpe(tokenizer_json):
         types = [_token_type(i, tokens[i], added, gaps, None, True) for i in range(len(tokens))]

@@ -1,15 +1,18 @@
-"""Byte-level BPE ("gpt2" in GGUF): llama.cpp's pre-tokenizer types as `tokenizers` pipelines, both ways.
+"""BPE ("gpt2" and "gemma4" in GGUF): llama.cpp's pre-tokenizer types as `tokenizers` pipelines, both ways.
 
 llama.cpp does not store a BPE tokenizer's pre-tokenizer in the GGUF; it stores a name, `tokenizer.ggml.pre`,
 and `llama-vocab.cpp` maps the name to a list of regexes that split the text one after the other (pieces a
 regex does not match are kept as pieces too), then maps every byte to a printable character (GPT-2's byte
 encoding) and applies the ranked merges inside each piece. In `tokenizers` the same pipeline is
-`Sequence([Split(regex_1, "isolated"), ..., ByteLevel(use_regex=False)])` with a BPE model.
+`Sequence([Split(regex_1, "isolated"), ..., ByteLevel(use_regex=False)])` with a BPE model. A few types
+(Gemma 4's) skip the byte encoding: spaces become ▁, merges run on raw UTF-8 and missing characters become
+<0xNN> byte pieces, a BPE with byte fallback in `tokenizers`.
 
 The regexes below are copied verbatim from llama.cpp's `llama-vocab.cpp` (the version vendored by
-llama-cpp-python 0.3.36), so the Hugging Face side splits exactly where llama.cpp does; Oniguruma (the
-`tokenizers` regex engine) reads them with the same meaning. Going from Hugging Face to GGUF, a tokenizer's
-own regexes are rewritten to llama.cpp's spelling (`_HF_SPELLINGS`) and looked up in the table.
+llama-cpp-python 0.3.36). Oniguruma (the `tokenizers` regex engine) reads most of them with llama.cpp's meaning;
+where llama.cpp runs something else (code in `unicode.cpp` named by a pseudo-regex, letter classes collapsed),
+`_as_run` gives the regex that splits as llama.cpp does. Going from Hugging Face to GGUF, a tokenizer's own
+regexes are rewritten to llama.cpp's spelling (`_HF_SPELLINGS`) and looked up in the table by what they run.
 """
 
 from __future__ import annotations
@@ -170,6 +173,8 @@ class PreTokenizerType:
     escape_spaces: bool = False
     # Gemma 4: a piece of newlines only that is a vocabulary entry is taken whole, and bos is always added.
     gemma4: bool = False
+    # Only for tokenizer.ggml.model "whitespace", which drops whitespace (and may lower-case) before splitting.
+    drops_whitespace: bool = False
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -177,8 +182,8 @@ class PreTokenizerType:
         return tuple(_as_run(regex) for regex in self.regexes)
 
 
-# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name,
-# but "whitespace": it belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
+# Every tokenizer.ggml.pre value llama.cpp 0.3.36 knows for BPE (`llama_vocab::impl::load`), one row per name.
+# "whitespace" belongs to the "whitespace" tokenizer model (which drops whitespace first); on a "gpt2"
 # vocabulary llama.cpp aborts at the first run of two spaces. Names sharing regexes are listed most common
 # first: Hugging Face -> GGUF picks the first row whose ignore_merges and clean_spaces agree with the tokenizer's.
 _Row = PreTokenizerType
@@ -287,6 +292,7 @@ PRE_TOKENIZER_TYPES: tuple[PreTokenizerType, ...] = (
         add_bos=True,
     ),
     _Row("sarvam-moe", (NEWLINES,), "Sarvam MoE", clean_spaces=False, byte_encode=False, escape_spaces=True),
+    _Row("whitespace", (r"\S+",), "Jina embeddings v2 zh", byte_encode=False, drops_whitespace=True),
     _Row("tekken", (TEKKEN,), "Mistral Tekken", ignore_merges=True, clean_spaces=False, add_bos=True),
 )
 
@@ -303,7 +309,7 @@ def _index(rows: Sequence[PreTokenizerType]) -> dict[str, PreTokenizerType]:
 PRE_TOKENIZERS_BY_NAME: dict[str, PreTokenizerType] = _index(PRE_TOKENIZER_TYPES)
 
 # How Hugging Face tokenizer.json files spell llama.cpp's regexes: llama.cpp rewrote the case-insensitive
-# contractions (everywhere, see _canonical) and the \p{Lu}-style classes, which its own regex engine lacks.
+# contractions (everywhere, see _runs) and the \p{Lu}-style classes, which its own regex engine lacks.
 _HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 _HF_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 _HF_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
@@ -329,9 +335,11 @@ def pre_tokenizer_type(name: str) -> PreTokenizerType:
         raise UnsupportedError(f"GGUF pre-tokenizer {quoted(name)} is not supported; supported: {known}") from None
 
 
-def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType) -> Tokenizer:
+def build_tokenizer(
+    tokens: Sequence[str], merges: Sequence[str], pre: PreTokenizerType, lowercase: bool = False
+) -> Tokenizer:
     """A `tokenizers` BPE with the vocabulary (ids = positions) and ranked merges ("a b"): byte-level, or on raw
-    UTF-8 with byte fallback for the types that ask for it."""
+    UTF-8 with byte fallback for the types that ask for it (lower-cased first if `lowercase`, for "whitespace")."""
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise InvalidFileError("tokenizer.ggml.tokens holds the same token twice")
@@ -364,7 +372,13 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
         )
         tokenizer.decoder = decoders.ByteLevel()
         return tokenizer
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    # The whitespace model's \S+ split is a no-op once whitespace is gone.
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.WhitespaceSplit() if pre.drops_whitespace else pre_tokenizers.Sequence(splits)
+    )
+    if lowercase:
+        # llama.cpp lower-cases code point by code point: İ becomes i, where Unicode's (and Lowercase's) i̇.
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("\u0130", "i"), normalizers.Lowercase()])
     steps = [decoders.ByteFallback(), decoders.Fuse()]
     if pre.escape_spaces:
         tokenizer.normalizer = normalizers.Replace(" ", SPACE)
@@ -376,6 +390,29 @@ def build_tokenizer(tokens: Sequence[str], merges: Sequence[str], pre: PreTokeni
 def is_byte_level(tokenizer_json: Mapping[str, Any]) -> bool:
     """Whether a tokenizer.json maps bytes to GPT-2's printable characters before its model."""
     return any(step.get("type") == "ByteLevel" for step in _steps(tokenizer_json.get("pre_tokenizer")))
+
+
+_LLAMA_CPP_LOWERCASE = {
+    "type": "Sequence",
+    "normalizers": [{"type": "Replace", "pattern": {"String": "\u0130"}, "content": "i"}, {"type": "Lowercase"}],
+}
+
+
+def whitespace_lowercase(tokenizer_json: Mapping[str, Any]) -> bool | None:
+    """For a BPE tokenizer.json that splits at whitespace only (llama.cpp's "whitespace" model): whether it
+    lower-cases; None for any other tokenizer.json."""
+    if tokenizer_json.get("pre_tokenizer") != {"type": "WhitespaceSplit"}:
+        return None
+    if not tokenizer_json["model"].get("byte_fallback"):
+        raise UnsupportedError("a whitespace-split BPE tokenizer without byte fallback has no GGUF form")
+    norm = tokenizer_json.get("normalizer")
+    if norm == _LLAMA_CPP_LOWERCASE:
+        norm = {"type": "Lowercase"}  # the form build_tokenizer writes
+    if norm not in (None, {"type": "Lowercase"}):
+        raise UnsupportedError(
+            f"a whitespace-split BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form"
+        )
+    return norm is not None
 
 
 def is_raw_bpe(tokenizer_json: Mapping[str, Any]) -> bool:
@@ -392,14 +429,15 @@ def identify_raw_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: 
         raise UnsupportedError(f"a raw-text BPE tokenizer with a {norm.get('type')} normalizer has no GGUF form")
     if not tokenizer_json["model"].get("byte_fallback"):
         raise UnsupportedError("a raw-text BPE tokenizer without byte fallback has no GGUF form")
-    regexes = tuple(_as_run(_canonical(step["pattern"]["Regex"])) for step in _steps(tokenizer_json["pre_tokenizer"]))
+    regexes = [step["pattern"]["Regex"] for step in _steps(tokenizer_json["pre_tokenizer"])]
+    runs = _runs(regexes)
     rows = [
         row
         for row in PRE_TOKENIZER_TYPES
-        if not row.byte_encode and row.escape_spaces == escape and row.splits == regexes
+        if not row.byte_encode and not row.drops_whitespace and row.escape_spaces == escape and _matches(row, runs)
     ]
     if not rows:
-        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {list(regexes)}")
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits raw text with the regexes {regexes}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
 
     def fit(row: PreTokenizerType) -> tuple[bool, bool]:
@@ -429,10 +467,11 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
         # Qwen's NFC is accepted (llama.cpp skips it; it changes only text that is not NFC already).
         kind = tokenizer_json["normalizer"].get("type")
         raise UnsupportedError(f"a byte-level BPE tokenizer with a {kind} normalizer has no GGUF form")
-    regexes = tuple(_as_run(_canonical(r)) for r in _split_regexes(tokenizer_json.get("pre_tokenizer")))
-    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and row.splits == regexes]
+    regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
+    runs = _runs(regexes)
+    rows = [row for row in PRE_TOKENIZER_TYPES if row.byte_encode and _matches(row, runs)]
     if not rows:
-        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {list(regexes)}")
+        raise UnsupportedError(f"no llama.cpp pre-tokenizer type splits with the regexes {regexes}")
     ignore_merges = bool(tokenizer_json["model"].get("ignore_merges", False))
 
     def fit(row: PreTokenizerType) -> tuple[bool, bool]:
@@ -441,10 +480,19 @@ def identify_pre_tokenizer(tokenizer_json: Mapping[str, Any], clean_spaces: bool
     return min(rows, key=fit)  # min keeps the first of equally good rows
 
 
-def _canonical(regex: str) -> str:
-    # Some tokenizer.json files hold CR and LF themselves where others write \r and \n.
-    regex = regex.replace("\r", r"\r").replace("\n", r"\n").replace(_HF_CONTRACTIONS, _CONTRACTIONS)
-    return _HF_SPELLINGS.get(regex, regex)
+def _runs(regexes: Sequence[str]) -> tuple[frozenset[str], ...]:
+    """For each tokenizer.json regex, what llama.cpp may run for it: the regex itself, or llama.cpp's rewrite
+    of it (GPT-4o's case classes are rewritten for gpt-4o but run collapsed for tiny_aya)."""
+    runs = []
+    for regex in regexes:
+        # Some tokenizer.json files hold CR and LF themselves where others write \r and \n.
+        regex = regex.replace("\r", r"\r").replace("\n", r"\n").replace(_HF_CONTRACTIONS, _CONTRACTIONS)
+        runs.append(frozenset({_as_run(regex), _as_run(_HF_SPELLINGS.get(regex, regex))}))
+    return tuple(runs)
+
+
+def _matches(row: PreTokenizerType, runs: tuple[frozenset[str], ...]) -> bool:
+    return len(row.splits) == len(runs) and all(split in run for split, run in zip(row.splits, runs, strict=True))
 
 
 def _steps(pre_tokenizer: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:

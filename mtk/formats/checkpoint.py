@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class HFCheckpoint:
         self._files: dict[Path, SafetensorsFile] = {}
         self._where: dict[str, Path] = {}
         self._pickled: dict[str, torch.Tensor] = {}
+        self._stored: dict[str, str] = {}  # a text tower view's tensor name -> the name in the files
+        self._tower_of: str | None = None  # the multimodal architecture a text tower view was taken from
         shard_paths = self._shard_paths()
         if shard_paths:
             for p in shard_paths:
@@ -102,6 +104,36 @@ class HFCheckpoint:
             raise InvalidFileError(f"{self.path / 'config.json'}: architectures is not a list of names")
         return archs[0] if archs else str(self.config.get("model_type", "unknown"))
 
+    @property
+    def source_architecture(self) -> str:
+        """The folder's own architecture (a text tower view's multimodal one)."""
+        return self._tower_of or self.architecture
+
+    def text_tower(self, rename: Callable[[str], str | None], architecture: str) -> list[str]:
+        """Make this checkpoint a view of a multimodal checkpoint's text tower, an ``architecture`` causal LM.
+
+        ``rename`` gives a tensor's name in the causal LM, or None for the other towers' tensors (vision),
+        which the view leaves out; they are returned. The config becomes config.json's ``text_config``.
+        """
+        text = self.config.get("text_config")
+        if not isinstance(text, dict):
+            raise InvalidFileError(f"{self.path / 'config.json'}: {self.architecture} without a text_config object")
+        left: list[str] = []
+        kept: dict[str, Path] = {}
+        pickled: dict[str, torch.Tensor] = {}
+        for name in self.names():
+            new = rename(name)
+            if new is None:
+                left.append(name)
+            elif name in self._pickled:
+                pickled[new] = self._pickled[name]
+            else:
+                kept[new], self._stored[new] = self._where[name], name
+        self._where, self._pickled = kept, pickled
+        self._tower_of = self.architecture
+        self.config = {**text, "architectures": [architecture]}
+        return left
+
     def transformers_config(self) -> Any:
         """The folder's transformers config, checked against the tensors it describes.
 
@@ -119,6 +151,13 @@ class HFCheckpoint:
         except Exception as exc:  # transformers raises ValueError, TypeError and its own validation errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidFileError(f"{where}: transformers cannot load it ({quoted(first, 120)})") from None
+        if self._tower_of is not None:
+            config = config.get_text_config()
+            config.architectures = list(self.config["architectures"])
+        # A heterogeneous config (Gemma 4: head sizes per layer type) refuses to give the global value of a
+        # per-layer field unless asked; mtk reads the global value knowingly, the others from per_layer_config.
+        if isinstance(getattr(type(config), "allow_global_per_layer_attribute_access", None), property):
+            config.allow_global_per_layer_attribute_access = True
         layers, vocab, width = (getattr(config, k, None) for k in ("num_hidden_layers", "vocab_size", "hidden_size"))
         embed = next((n for n in self.names() if n.endswith("embed_tokens.weight")), None)
         if embed is not None and None not in (vocab, width) and self.shape(embed) != (vocab, width):
@@ -138,12 +177,15 @@ class HFCheckpoint:
         heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
         if heads is None or width is None:
             return
-        head_dim = getattr(config, "head_dim", None) or width // heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
         for name in self.names():
             proj = name.rsplit(".", 2)[-2] if name.endswith(".weight") and ".self_attn." in name else None
-            if proj in rows and tuple(self.shape(name)) != (rows[proj], width):
+            if proj not in ("q_proj", "k_proj", "v_proj"):
+                continue
+            layer = _layer_config(config, name)
+            head_dim = getattr(layer, "head_dim", None) or width // heads
+            kv = getattr(layer, "num_key_value_heads", None) or heads
+            rows = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+            if tuple(self.shape(name)) != (rows[proj], width):
                 raise InvalidFileError(
                     f"{where}: {heads} heads ({kv} KV) of {head_dim} and hidden_size {width} do not fit "
                     f"{quoted(name)} {tuple(self.shape(name))}"
@@ -172,19 +214,19 @@ class HFCheckpoint:
         if name in self._pickled:
             return self._pickled[name]
         try:
-            return self._files[self._where[name]].get(name)
+            return self._files[self._where[name]].get(self._stored.get(name, name))
         except KeyError:
             raise InvalidFileError(f"{self.path}: checkpoint has no tensor {quoted(name)}") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self._pickled:
             return tuple(self._pickled[name].shape)
-        return self._files[self._where[name]].tensors[name].shape
+        return self._files[self._where[name]].tensors[self._stored.get(name, name)].shape
 
     def dtype(self, name: str) -> torch.dtype:
         if name in self._pickled:
             return self._pickled[name].dtype
-        return self._files[self._where[name]].tensors[name].dtype
+        return self._files[self._where[name]].tensors[self._stored.get(name, name)].dtype
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Each tensor in turn, as a read-only view; its pages are released once the consumer moves on,
@@ -195,7 +237,7 @@ class HFCheckpoint:
 
     def release(self, name: str) -> None:
         if name in self._where:
-            self._files[self._where[name]].release(name)
+            self._files[self._where[name]].release(self._stored.get(name, name))
 
 
 # Config fields the converters read, and what each must be when set: transformers checks few of them (a string
@@ -216,6 +258,14 @@ NUMBERS = (
 ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor")
 _UINT32_MAX = (1 << 32) - 1
 _FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _layer_config(config: Any, name: str) -> Any:
+    """The config of the layer a tensor belongs to: transformers' per-layer view where layers differ (Gemma 4),
+    else the config itself."""
+    m = _LAYER.search(name)
+    views = getattr(config, "per_layer_config", None) if getattr(config, "is_heterogeneous", False) else None
+    return views[int(m[1])] if m and views is not None else config
 
 
 def _check_config_values(where: Path, config: Any) -> None:

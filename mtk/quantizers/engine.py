@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mtk.converters.family import LayerPlan, layer_plan
+from mtk.converters.family import LayerPlan, layer_plan, open_checkpoint
 from mtk.errors import UnsupportedError, UsageError
 from mtk.formats.atomic import atomic_dir
 from mtk.formats.checkpoint import TOKENIZER_FILES, HFCheckpoint
@@ -59,8 +59,9 @@ def output_plan(
 ) -> tuple[list[tuple[str, torch.dtype, tuple[int, ...]]], list[str]]:
     """The output tensors in write order (everything else, then layer by layer) and the non-layer names."""
     names = linear_names(plan, n_experts)
-    quantized = {f"{lw_prefix}layers.{i}.{n}.weight" for i in range(n_layers) for n in names}
-    missing = sorted(q for q in quantized if q not in ckpt)
+    planned = {(f"{lw_prefix}layers.{i}.{n}.weight", n) for i in range(n_layers) for n in names}
+    missing = sorted(q for q, n in planned if q not in ckpt and n not in plan.optional)
+    quantized = {q for q, _ in planned if q in ckpt}
     if missing:
         raise UnsupportedError(f"{ckpt.path}: expected Linear weights not found (e.g. {missing[0]})")
     fmt = cfg.format_row
@@ -127,12 +128,17 @@ def fit_format(cfg: QuantizeConfig, model_dir: Path | str, *, explicit: bool) ->
     return cfg
 
 
-def _copy_config(src: Path, dst: Path, cfg: QuantizeConfig, plan: LayerPlan) -> None:
-    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig, plan: LayerPlan, float_linears: list[str]) -> None:
+    """config.json (a text tower's own config for a multimodal source) with the format's quantization_config;
+    ``float_linears``: the model's Linears outside the decoder layers, which stay float."""
+    src = ckpt.path
+    config = dict(ckpt.config)
     qc = quantization_config(cfg)
     moe = cfg.format_row.moe
     if plan.experts is not None and moe is not None:
         qc = moe.config(qc, plan.experts.keep_float)
+    if "ignore" in qc:  # a format whose runtime quantizes every Linear it is not told to leave (compressed-tensors)
+        qc["ignore"] = sorted({*qc["ignore"], *float_linears})
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")
@@ -163,12 +169,17 @@ def quantize(
     start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
-    ckpt = HFCheckpoint(model_dir)
+    ckpt, note = open_checkpoint(model_dir)
     model_type = str(ckpt.config.get("model_type"))
     plan = layer_plan(model_type)
     why = moe_refusal(model_type, cfg) if plan.experts is not None else None
     if why:
         raise UnsupportedError(why)
+    if cfg.needs_calibration and not plan.layerwise_forward:
+        raise UnsupportedError(
+            f"--method {cfg.method} does not support {model_type!r} yet: its layers take per-layer "
+            "inputs and K/V of earlier layers, which the layer-by-layer calibration does not carry; --method rtn works"
+        )
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
     lw = LayerwiseModel(model_dir, dev, ckpt, plan.experts)
@@ -194,9 +205,11 @@ def quantize(
                 done.append((layer.routed, {name: q.fallback for name, q in layer.linears.items() if q.fallback}))
                 if progress:
                     progress(i + 1, n_layers, f"layer {i}")
-        _copy_config(model_dir, tmp, cfg, plan)
+        outside = [n for n, m in lw.model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." not in n]
+        _copy_config(ckpt, tmp, cfg, plan, outside)
         verification = check(tmp) if check else None
     result = {
+        **({"note": note} if note else {}),
         "input": str(model_dir),
         "output": str(out_dir),
         "method": cfg.method,
@@ -208,6 +221,10 @@ def quantize(
         "seq_len": 0 if ids is None else int(ids.shape[1]),
         "layers": n_layers,
         **({"experts": experts_report(done, n_experts, cfg)} if n_experts else {}),
+        # Linears that did not get the method's own result (a MoE expert no token reached ...), and why.
+        "fallbacks": [
+            {"layer": i, "linear": n, "fallback": why} for i, (_, notes) in enumerate(done) for n, why in notes.items()
+        ],
         "device": str(dev),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -246,15 +263,10 @@ def _quantize_layer(
 def experts_report(
     done: list[tuple[list[int] | None, dict[str, str]]], n_experts: int, cfg: QuantizeConfig
 ) -> dict[str, Any]:
-    """The ``experts`` entry of a MoE result: per layer, the calibration tokens routed to each expert (an empty
-    list without calibration), and every Linear that did not get the method's own result, and why."""
+    """The ``experts`` entry of a MoE result: the expert count, the calibration mode and, per layer, the calibration
+    tokens routed to each expert (an empty list without calibration)."""
     return {
         "count": n_experts,
         "calibration": cfg.moe_calibration if cfg.needs_calibration else None,
         "routed_tokens": [routed or [] for routed, _ in done],
-        "fallbacks": [
-            {"layer": i, "linear": name, "fallback": why}
-            for i, (_, notes) in enumerate(done)
-            for name, why in notes.items()
-        ],
     }

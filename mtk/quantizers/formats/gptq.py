@@ -23,9 +23,10 @@ def refuse(cfg: QuantizeConfig) -> str | None:
 
 
 def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
-    # qweight packs 32 codes of each column, qzeros 32 zero points of each group (along the output).
+    # pack_bits packs 32 values at a time along each packed dimension: the input width (qweight) and the
+    # outputs (qzeros). A 16-row k_proj (one KV head of 16) passed out*bits and then failed inside the packer.
     if cols % 32 or out % 32:
-        raise UsageError(f"{name}: GPTQ packing needs input and output widths divisible by 32, got ({out}, {cols})")
+        raise UsageError(f"{name}: GPTQ packing needs an input width and an output count divisible by 32")
     _gptqmodel.check_width(name, cols, cfg)
 
 

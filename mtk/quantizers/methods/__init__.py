@@ -70,4 +70,5 @@ QUANTIZERS: Registry[QuantMethod] = Registry("quantization method", entry_point_
 # The built-in methods register themselves on import (after QUANTIZERS exists).
 from mtk.quantizers.methods import awq as _awq  # noqa: E402, F401
 from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
+from mtk.quantizers.methods import hqq as _hqq  # noqa: E402, F401
 from mtk.quantizers.methods import rtn as _rtn  # noqa: E402, F401

@@ -30,6 +30,8 @@ def quantize_layer(
 
     result = {}
     for name in linear_names(plan, expert_count(plan, lw.config)):
+        if name in plan.optional and f"{lw.layer_prefix(i)}{name}.weight" not in lw.ckpt:
+            continue  # a layer without it (Gemma 4's KV-sharing layers)
         w = lw.ckpt.get(f"{lw.layer_prefix(i)}{name}.weight").to(lw.device)
         result[name] = round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym))
     return LayerResult(result)
