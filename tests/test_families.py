@@ -513,18 +513,40 @@ def test_llama4_maverick_dense_layers_and_live_quirks_agree_with_llama_cpp(
     assert (theirs - hf_logits(model, ids)).abs().max() > 0.05
 
 
-def test_llama4_multimodal_checkpoint_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """The Hub's Llama 4 checkpoints are Llama4ForConditionalGeneration (text under ``language_model.``, beside a
-    vision tower): gguf-export reads only the text-only Llama4ForCausalLM, and says so with exit 3."""
-    import json
-    import shutil
+def test_llama4_multimodal_checkpoint_exports_its_text_tower(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The Hub's Llama 4 checkpoints are Llama4ForConditionalGeneration (``language_model.model.*``,
+    ``language_model.lm_head``, beside a vision tower): gguf-export writes the text tower's tensors, byte for byte
+    those of the text-only checkpoint's export, and llama.cpp agrees with transformers on the source."""
+    from safetensors import safe_open
+    from transformers import Llama4ForConditionalGeneration
 
+    text_src = tiny_models["llama4"]
+    vision = {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+        "projector_output_dim": 32,
+    }  # fmt: skip
+    text = AutoConfig.from_pretrained(text_src)
+    mm = Llama4ForConditionalGeneration(
+        AutoConfig.for_model("llama4", vision_config=vision, text_config=text.to_dict())
+    )
+    mm.language_model.load_state_dict(AutoModelForCausalLM.from_pretrained(text_src, dtype=torch.float32).state_dict())
     src = tmp_path / "mm"
-    shutil.copytree(tiny_models["llama4"], src)
-    text = json.loads((src / "config.json").read_text())
-    config = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text}
-    (src / "config.json").write_text(json.dumps(config))
-    r = run_mtk("gguf-export", str(src), "-o", str(tmp_path / "m.gguf"), "--no-verify")
-    assert r.returncode == UnsupportedError.exit_code, r.stderr
-    assert "'Llama4ForConditionalGeneration'" in r.stderr and "Llama4ForCausalLM" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.gguf").exists()
+    mm.save_pretrained(src)
+    for f in text_src.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            (src / f.name).write_bytes(f.read_bytes())
+    with safe_open(src / "model.safetensors", "pt") as f:
+        stored = list(f.keys())
+    assert any(n.startswith("vision_model.") for n in stored) and "language_model.lm_head.weight" in stored
+    ours, ref = tmp_path / "mm.gguf", tmp_path / "text.gguf"
+    result = hf_to_gguf.gguf_export(src, ours, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
+    m = result["verification"]["logits"]
+    assert m["max_abs"] < 1e-4 and m["top1"] == 1.0, m
+    hf_to_gguf.gguf_export(text_src, ref, rules=TypeRules(GGMLQuantizationType.F32))
+    a, b = open_gguf(ours), open_gguf(ref)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    assert all(
+        bytes(a.tensor_bytes(t).numpy()) == bytes(b.tensor_bytes(u).numpy())
+        for t, u in zip(a.tensors, b.tensors, strict=True)
+    )
