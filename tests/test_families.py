@@ -579,3 +579,42 @@ def test_qwen35_transforms_tile_the_value_heads_and_invert() -> None:
     assert torch.equal(t.to_hf(t.to_gguf(a16, many), many).bfloat16().float(), a16)
     with pytest.raises(InvalidFileError, match="ssm_a"):
         t.to_hf(-stored, many)
+
+
+def test_llama4_multimodal_checkpoint_exports_its_text_tower(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The Hub's Llama 4 checkpoints are Llama4ForConditionalGeneration (``language_model.model.*``,
+    ``language_model.lm_head``, beside a vision tower): gguf-export writes the text tower's tensors, byte for byte
+    those of the text-only checkpoint's export, and llama.cpp agrees with transformers on the source."""
+    from safetensors import safe_open
+    from transformers import Llama4ForConditionalGeneration
+
+    text_src = tiny_models["llama4"]
+    vision = {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+        "projector_output_dim": 32,
+    }  # fmt: skip
+    text = AutoConfig.from_pretrained(text_src)
+    mm = Llama4ForConditionalGeneration(
+        AutoConfig.for_model("llama4", vision_config=vision, text_config=text.to_dict())
+    )
+    mm.language_model.load_state_dict(AutoModelForCausalLM.from_pretrained(text_src, dtype=torch.float32).state_dict())
+    src = tmp_path / "mm"
+    mm.save_pretrained(src)
+    for f in text_src.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            (src / f.name).write_bytes(f.read_bytes())
+    with safe_open(src / "model.safetensors", "pt") as f:
+        stored = list(f.keys())
+    assert any(n.startswith("vision_model.") for n in stored) and "language_model.lm_head.weight" in stored
+    ours, ref = tmp_path / "mm.gguf", tmp_path / "text.gguf"
+    result = hf_to_gguf.gguf_export(src, ours, rules=TypeRules(GGMLQuantizationType.F32), check=export_check(src, True))
+    m = result["verification"]["logits"]
+    assert m["max_abs"] < 1e-4 and m["top1"] == 1.0, m
+    hf_to_gguf.gguf_export(text_src, ref, rules=TypeRules(GGMLQuantizationType.F32))
+    a, b = open_gguf(ours), open_gguf(ref)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    assert all(
+        bytes(a.tensor_bytes(t).numpy()) == bytes(b.tensor_bytes(u).numpy())
+        for t, u in zip(a.tensors, b.tensors, strict=True)
+    )

@@ -214,3 +214,12 @@ def test_experts_are_accounted_per_expert_and_used(
         src, tmp_path / "m.gguf", rules=TypeRules(FILE_TYPE_NAMES["iq4_nl"]), imatrix=im, check=export_check(src, True)
     )
     assert "blk.0.ffn_down_exps.weight" not in result["imatrix"]["missing"] and result["imatrix"]["tensors_used"] > 6
+
+
+def test_llama4_is_refused_with_exit_3(tiny_models: dict[str, Path], calibration: Path, tmp_path: Path) -> None:
+    """Llama 4's experts take router-scaled copies of every token, which mtk imatrix does not account yet: exit 3
+    with one line, nothing written."""
+    out = tmp_path / "m.imatrix.gguf"
+    r = run_mtk("imatrix", str(tiny_models["llama4"]), "--calibration", str(calibration), "-o", str(out))
+    assert r.returncode == 3 and "router-scaled" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -23,6 +23,7 @@ File format (llama.cpp's GGUF imatrix, tools/imatrix/imatrix.cpp ``save_imatrix`
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,6 +245,11 @@ def collect_imatrix(
         hooks.append(modules[mod_name].register_forward_pre_hook(accs[gguf_name]))
     for mod_name, module in modules.items():
         if _is_fused_experts(module):
+            if len(inspect.signature(module.forward).parameters) < 2:
+                # Llama 4's experts are called with router-scaled copies of every token, not with the routing.
+                raise UnsupportedError(
+                    f"{family.gguf_arch}: mtk imatrix does not account experts fed router-scaled inputs yet"
+                )
             e, two_f, h = module.gate_up_proj.shape
             if _is_gpt_oss_experts(module):
                 e, h, two_f = module.gate_up_proj.shape

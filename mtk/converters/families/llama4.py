@@ -27,7 +27,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from mtk.converters.family import COMMON_HPARAMS, LLAMA_TENSORS, Derived, Family, Metadata, TinyModel, register
+from mtk.converters.family import (
+    COMMON_HPARAMS,
+    LLAMA_TENSORS,
+    Derived,
+    Family,
+    Metadata,
+    TinyModel,
+    Tower,
+    register,
+)
 from mtk.converters.rope import RopeLayout
 from mtk.errors import UnsupportedError
 
@@ -184,6 +193,8 @@ LLAMA4 = register(
         extra_config=_config,
         export_config=_export,
         onnx_tracing=onnx_tracing,
+        # The Hub's checkpoints: text under language_model., beside a vision tower that is left out.
+        towers=(Tower("Llama4ForConditionalGeneration", "llama4"),),
         rope=RopeLayout(default_theta=500000.0, freq_factors=True),  # the llama4 loader reads rope_freqs.weight
         # Maverick's shape (MAVERICK below) is tested on its own (tests/test_families.py), not in the grids.
         tiny=(
