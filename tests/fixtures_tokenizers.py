@@ -10,6 +10,7 @@ Three kinds, each modelled on a family that ships GGUFs:
 | "bert"  | bert-base-uncased    | WordPiece, lower case, accents off     | [PAD] [UNK] [CLS] [SEP] [MASK]     |
 | "bert-cased" | bert-base-cased | WordPiece, case and accents kept       | as "bert"                          |
 | "o200k" | gpt-oss (o200k)      | byte-level BPE, GPT-4o's split regex   | <|startoftext|> <|return|>, harmony |
+| "gemma4"| Gemma 4              | as "gemma", no piece across a newline  | as "gemma"                         |
 | "qwen35"| Qwen3.5              | as "bpe", letters with their marks     | as "bpe"                           |
 
 The SentencePiece-style kinds are built the way a SentencePiece BPE model is converted to `tokenizer.json`:
@@ -28,7 +29,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mtk.compare import PROBE_TEXT  # one probe for the tests and for mtk's own --verify
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "qwen35", "bert", "bert-cased"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "gemma4", "o200k", "qwen35", "bert", "bert-cased"]
 KINDS: tuple[TokenizerKind, ...] = ("bpe", "spm", "gemma", "o200k", "qwen35")
 WORDPIECE_KINDS: tuple[TokenizerKind, ...] = ("bert", "bert-cased")
 
@@ -160,6 +161,9 @@ def build_tokenizer(kind: TokenizerKind, out_dir: Path) -> None:
         "bpe": _build_bytelevel_bpe,
         "spm": _build_llama_spm,
         "gemma": _build_gemma_spm,
+        # Gemma 4: Gemma 3's kind of tokenizer.json, but no piece joins a newline to other text (llama.cpp's
+        # "gemma4" model never merges across one).
+        "gemma4": lambda out: _build_gemma_spm(out, newline_pieces=False),
         "o200k": _build_o200k,
         "bert": lambda out: _build_wordpiece(out, lowercase=True),
         "bert-cased": lambda out: _build_wordpiece(out, lowercase=False),
@@ -239,12 +243,17 @@ def _build_o200k(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
-def _train_spm_pieces(specials: list[str], alphabet_limit: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train a BPE on ▁-escaped words; returns its vocabulary (specials first) and merges in rank order."""
+def _train_spm_pieces(
+    specials: list[str], alphabet_limit: int, newline_pieces: bool = True
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a BPE on ▁-escaped words; returns its vocabulary (specials first) and merges in rank order.
+    ``newline_pieces`` False: no piece holds a newline beside other characters (Gemma 4's vocabulary)."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Replace(" ", "▁")
     # SentencePiece splits on whitespace and keeps ▁ at the start of a word.
-    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    words = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    newlines = pre_tokenizers.Split("\n", behavior="isolated")
+    tok.pre_tokenizer = words if newline_pieces else pre_tokenizers.Sequence([newlines, words])
     # The most frequent characters, ties by code point: the trainer's own cut is not deterministic. The rest
     # (rarer CJK, Hangul, emoji) are left to byte fallback.
     counts = Counter("".join(_training_lines()).replace(" ", "▁"))
@@ -279,9 +288,11 @@ def _sentencepiece_merges(
     return [(left, right) for left, right, _ in found]
 
 
-def _spm_tokenizer(specials: list[str], controls: set[str], unk: str, add_prefix: bool) -> Tokenizer:
+def _spm_tokenizer(
+    specials: list[str], controls: set[str], unk: str, add_prefix: bool, newline_pieces: bool = True
+) -> Tokenizer:
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    vocab, trained_merges = _train_spm_pieces(specials + byte_tokens, alphabet_limit=150)
+    vocab, trained_merges = _train_spm_pieces(specials + byte_tokens, alphabet_limit=150, newline_pieces=newline_pieces)
     # Scores like a SentencePiece BPE model: a piece's score is minus the rank of the merge that made it;
     # single characters score below every merge; control, unknown and byte pieces score 0.
     scores: dict[str, float] = {}
@@ -324,10 +335,10 @@ def _build_llama_spm(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
-def _build_gemma_spm(out_dir: Path) -> None:
+def _build_gemma_spm(out_dir: Path, newline_pieces: bool = True) -> None:
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
     controls = {"<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"}
-    tok = _spm_tokenizer(specials, controls=controls, unk="<unk>", add_prefix=False)
+    tok = _spm_tokenizer(specials, controls=controls, unk="<unk>", add_prefix=False, newline_pieces=newline_pieces)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

@@ -169,7 +169,7 @@ LLAMA_PLAN = LayerPlan(
     ),
 )
 
-TokenizerKind = Literal["bpe", "spm", "gemma", "o200k", "qwen35"]
+TokenizerKind = Literal["bpe", "spm", "gemma", "gemma4", "o200k", "qwen35"]
 # The shape every tiny test checkpoint shares unless its row overrides it.
 TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,

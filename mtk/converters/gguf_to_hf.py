@@ -111,7 +111,9 @@ def hf_config(family: Family, model: GGUFModel) -> dict[str, Any]:
             cfg[field] = meta[f"tokenizer.ggml.{key}"]
     if family.extra_config:
         extra = family.extra_config(meta, arch)
-        if "rope_parameters" in extra:  # fields the family adds to the RoPE table's
+        if "rope_parameters" in extra and "rope_type" not in extra["rope_parameters"]:
+            # fields the family adds to the RoPE table's (Qwen3.5's mrope); with a rope_type, its own whole set
+            # (DeepSeek's, whose rotary width is qk_rope_head_dim, not a part of head_dim)
             extra["rope_parameters"] = {**cfg["rope_parameters"], **extra["rope_parameters"]}
         cfg.update(extra)
     cfg.update({flag: tensor in model.by_name for flag, tensor in family.flags.items()})

@@ -87,7 +87,8 @@ def gguf_metadata(family: Family, config: Any, ckpt: HFCheckpoint, rules: TypeRu
     meta.setdefault(f"{arch}.attention.key_length", head_dim)
     meta.setdefault(f"{arch}.attention.value_length", head_dim)
     meta.setdefault(f"{arch}.rope.dimension_count", rotary)
-    meta.update(rope.gguf_metadata(family.rope, config, arch))
+    for key, value in rope.gguf_metadata(family.rope, config, arch).items():
+        meta.setdefault(key, value)  # DeepSeek's yarn_log_multiplier is 0.1 x the table's (llama.cpp divides by 0.1)
     meta[f"{arch}.vocab_size"] = config.vocab_size
     meta.update(gguf_tokenizer_metadata(ckpt.path))
     return meta

@@ -98,7 +98,7 @@ class LayerwiseModel:
 
         self.ckpt = ckpt or HFCheckpoint(model_dir)
         self.device = device
-        self.config = self.ckpt.transformers_config(_gated_q(self.ckpt))
+        self.config = self.ckpt.transformers_config(gated_q=_gated_q(self.ckpt))
         try:
             with torch.device("meta"):
                 self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)

@@ -223,7 +223,7 @@ GEMMA4 = register(
                 "gemma4",
                 "google/gemma-4-E2B",
                 "gemma4_text",
-                "gemma",
+                "gemma4",
                 {
                     "num_hidden_layers": 4,
                     "num_key_value_heads": 1,
