@@ -143,6 +143,9 @@ class GatedDeltaNetTwin(torch.nn.Module):
 def traceable(model: Any, types: list[str]) -> Iterator[_States]:
     """Each linear-attention layer's module replaced by its twin while tracing, then the model's own again."""
     states = _States()
+    if LINEAR not in types:  # not a hybrid model (an encoder has no .model.layers at all)
+        yield states
+        return
     layers = model.model.layers
     originals = {i: layers[i].linear_attn for i, t in enumerate(types) if t == LINEAR}
     try:
