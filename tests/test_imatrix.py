@@ -174,12 +174,15 @@ def test_every_moe_family_collects_its_router_and_each_expert(
     """transformers 5 runs every MoE family with fused experts (Mixtral's router renamed too): the imatrix still
     names llama.cpp's router and expert tensors, one row and one count per expert, top-k counts per token."""
     config = {**TINY[family].config}
-    experts = config.get("num_experts") or config["num_local_experts"]
+    experts = next(config[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if k in config)
     out = tmp_path / "moe.imatrix.gguf"
     args = ["--calibration", str(calibration), "-o", str(out), "--samples", "2", "--seq-len", "48"]
     assert run_mtk("imatrix", str(tiny_models[family]), *args).returncode == 0
     im = read_imatrix(out)
-    for layer in range(2):
+    # The MoE layers (DeepSeek's and GLM-4.5's first ones are dense).
+    moe_layers = sorted({int(name.split(".")[1]) for name in im.sums if "_exps." in name})
+    assert moe_layers and moe_layers[-1] == config.get("num_hidden_layers", 2) - 1
+    for layer in moe_layers:
         assert im.sums[f"blk.{layer}.ffn_gate_inp.weight"].shape == (1, 64)
         assert im.sums[f"blk.{layer}.ffn_up_exps.weight"].shape == (experts, 64)
         counts = im.counts[f"blk.{layer}.ffn_down_exps.weight"]
