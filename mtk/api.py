@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from mtk.errors import UsageError, VerificationError
+from mtk.errors import UsageError, VerificationError, error_for
 from mtk.results import (
     BenchResult,
     ExportResult,
@@ -344,7 +344,7 @@ def run(
         )  # fmt: skip
     )
     if check and not dry_run and out["exit_code"]:
-        raise _error_for(out["exit_code"])(out["error"])
+        raise error_for(out["exit_code"])(out["error"])
     return out
 
 
@@ -358,11 +358,3 @@ def api_options() -> dict[str, frozenset[str]]:
         name: frozenset(p for p, v in _inspect.signature(f).parameters.items() if v.kind is v.KEYWORD_ONLY)
         for name, f in funcs.items()
     }
-
-
-def _error_for(code: int) -> type[Exception]:
-    from mtk import errors
-
-    classes = [errors.UsageError, errors.UnsupportedError, errors.InvalidFileError, errors.VerificationError]
-    classes += [errors.EnvironmentProblem, errors.OutputError]
-    return next((c for c in classes if c.exit_code == code), errors.MtkError)

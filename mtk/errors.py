@@ -53,3 +53,9 @@ def quoted(text: object, limit: int = 60) -> str:
     control characters, newlines and undecodable bytes, and a long one is cut to ``limit`` characters."""
     shown = repr(text if isinstance(text, str) else str(text))
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def error_for(exit_code: int) -> type[MtkError]:
+    """The error class of an exit code (a child ``mtk`` command's, re-raised by ``mtk run``); MtkError if none."""
+    classes = (UsageError, UnsupportedError, InvalidFileError, VerificationError, EnvironmentProblem, OutputError)
+    return next((c for c in classes if c.exit_code == exit_code), MtkError)

@@ -8,20 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from mtk.cli.common import render
-from mtk.errors import (
-    EnvironmentProblem,
-    InvalidFileError,
-    MtkError,
-    OutputError,
-    UnsupportedError,
-    UsageError,
-    VerificationError,
-)
-
-ERRORS: dict[int, type[MtkError]] = {
-    e.exit_code: e
-    for e in (UsageError, UnsupportedError, InvalidFileError, VerificationError, EnvironmentProblem, OutputError)
-}
+from mtk.errors import error_for
 
 
 def run_command(
@@ -53,7 +40,7 @@ def run_command(
     ).to_dict()  # fmt: skip
     render(result, _human(result))
     if result.get("exit_code"):
-        raise ERRORS.get(result["exit_code"], MtkError)(result["error"])
+        raise error_for(result["exit_code"])(result["error"])
 
 
 def _human(result: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtk.bench.gates import MissingMetric, parse_gate
-from mtk.pipeline.store import write_json
 
 if TYPE_CHECKING:
     from mtk.pipeline.run import Runner
@@ -40,8 +39,7 @@ def versions() -> dict[str, str | None]:
 
 def build(runner: Runner, exposed: Mapping[str, Path]) -> dict[str, Any]:
     recipe = runner.recipe
-    bench = runner.records.get("bench", {}).get("result") if runner.status.get("bench") == "done" else None
-    rows = _bench_rows(runner, bench)
+    rows = _bench_rows(runner, _bench_result(runner))
     global_gates = tuple(recipe.bench.get("fail_if", ()))
     artifacts = []
     for step in runner.steps:
@@ -221,4 +219,4 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-__all__ = ["build", "card", "versions", "write_cards", "write_json"]
+__all__ = ["build", "card", "versions", "write_cards"]
