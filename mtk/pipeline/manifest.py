@@ -91,7 +91,7 @@ def _bench_rows(runner: Runner, bench: Mapping[str, Any] | None) -> dict[str, di
     by_path = {str(Path(r["path"]).resolve()): r for r in bench["artifacts"]}
     out = {}
     for name in [*runner.by_name["bench"].artifacts, runner.by_name["bench"].inputs["reference"]]:
-        found = runner._input(name)
+        found = runner.input_of(name)
         if found is not None and str(found[0].resolve()) in by_path:
             out[name] = by_path[str(found[0].resolve())]
     return out

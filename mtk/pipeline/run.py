@@ -46,7 +46,7 @@ class Runner:
         self.fixed_hash = {k: content_sha256(p, store.hashes) for k, p in self.fixed.items() if p is not None}
 
     # --- keys and paths ----------------------------------------------------------------------------------------
-    def _input(self, ref: str) -> tuple[Path, str] | None:
+    def input_of(self, ref: str) -> tuple[Path, str] | None:
         """The path and content hash of an input: the source, a text, or a finished step's output."""
         if ref.startswith("@"):
             path = self.fixed[ref]
@@ -60,15 +60,15 @@ class Runner:
         """The step's key, once every input is known."""
         hashes = {}
         for role, ref in [*step.inputs.items(), *((f"artifact:{n}", n) for n in step.artifacts)]:
-            found = self._input(ref)
+            found = self.input_of(ref)
             if found is None:
                 return None
             hashes[role] = found[1]
         return step_key(step.command, {"options": step.options, "payload": step.payload}, hashes, self.version)
 
     def paths(self, step: Step) -> dict[str, Path]:
-        out = {role: self._input(ref)[0] for role, ref in step.inputs.items()}  # type: ignore[index]
-        return out | {n: self._input(n)[0] for n in step.artifacts}  # type: ignore[index]
+        out = {role: self.input_of(ref)[0] for role, ref in step.inputs.items()}  # type: ignore[index]
+        return out | {n: self.input_of(n)[0] for n in step.artifacts}  # type: ignore[index]
 
     # --- scheduling --------------------------------------------------------------------------------------------
     def ready(self) -> list[str]:
