@@ -306,9 +306,6 @@ class Family:
     # A context manager that makes the family's transformers model traceable by torch.onnx while export-onnx
     # traces it, restoring the model after (Llama 4's complex-valued RoPE as real arithmetic).
     onnx_tracing: Callable[[Any], AbstractContextManager[None]] | None = None
-    # The GGUF key (without "{arch}.") counting the leading dense layers before the MoE ones (GLM-4.5's
-    # leading_dense_block_count): gguf-import expects those to share one set of tensors and the rest another.
-    dense_lead: str = ""
     # Config fields gguf-import sets true when the GGUF holds a tensor (GLM-4.5's use_qk_norm: attn_q_norm).
     flags: Mapping[str, str] = field(default_factory=dict)
     # The config field counting extra layers a checkpoint holds past num_hidden_layers (GLM-4.5's multi-token

@@ -79,7 +79,6 @@ GLM4MOE = register(
         fused_tensors=FUSED_EXPERTS,
         extra_config=_glm4moe_config,
         export_config=_glm4moe_gguf,
-        dense_lead="leading_dense_block_count",
         flags={"use_qk_norm": "blk.0.attn_q_norm.weight"},
         extra_layers="num_nextn_predict_layers",
         extra_layers_gguf="nextn_predict_layers",
