@@ -25,7 +25,8 @@ def _bits_help() -> str:
     parts = [f"{', '.join(map(str, bits))} ({', '.join(names)})" for bits, names in by_bits.items()]
     formats = [FORMATS.get(n) for n in FORMATS.names()]
     held = [f"{allowed(f.bits)} ({f.name})" for f in formats]
-    return f"Weight bits: {'; '.join(parts)}. The formats hold {'; '.join(held)}."
+    defaults = ", ".join(f"{m.name} {m.default_bits}" for m in methods)
+    return f"Weight bits: {'; '.join(parts)}. The formats hold {'; '.join(held)}. Default: {defaults}."
 
 
 def _group_help() -> str:
@@ -34,9 +35,10 @@ def _group_help() -> str:
         fmt = FORMATS.get(name)
         limits = [f"{allowed(sizes)} at {bits} bits" for bits, sizes in fmt.group_sizes.items()]
         parts.append(f"{name}: {'; '.join(limits) if limits else 'any'}")
+    defaults = ", ".join(f"{m} {QUANTIZERS.get(m).default_group_size}" for m in QUANTIZERS.names())
     return (
         "Input columns per scale, a multiple of 16; -1: one scale per output channel. What each format's runtime "
-        f"loads: {'; '.join(parts)}."
+        f"loads: {'; '.join(parts)}. Default: {defaults}."
     )
 
 
@@ -54,8 +56,8 @@ def quantize_command(
     model: Annotated[Path, typer.Argument(help="The HF checkpoint folder (safetensors).")],
     output: OutputDir,
     method: Annotated[str, typer.Option(help=_method_help(), metavar=f"<{'|'.join(QUANTIZERS.names())}>")] = "gptq",
-    bits: Annotated[int, typer.Option(help=_bits_help())] = 4,
-    group_size: Annotated[int, typer.Option(help=_group_help())] = 128,
+    bits: Annotated[int | None, typer.Option(help=_bits_help(), show_default=False)] = None,
+    group_size: Annotated[int | None, typer.Option(help=_group_help(), show_default=False)] = None,
     sym: Annotated[bool | None, typer.Option("--sym/--no-sym", help="Symmetric grid (default: the method's).")] = None,
     desc_act: Annotated[
         bool, typer.Option("--desc-act", help="GPTQ act-order: columns by decreasing Hessian.")

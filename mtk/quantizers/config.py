@@ -29,17 +29,18 @@ def allowed(values: tuple[int, ...]) -> str:
 class QuantizeConfig:
     """How to quantize the Linear layers of the decoder blocks (embeddings, norms and the head stay as they are).
 
-    ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format`` and ``sym`` default
-    to the method's. ``group_size`` -1 means one scale per output channel over the whole input. ``sym`` stores the
-    zero point at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
+    ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format``, ``sym``, ``bits`` and
+    ``group_size`` default to the method's (4 bits, groups of 128 for the integer methods). ``group_size`` -1 means
+    one scale per output channel over the whole input. ``sym`` stores the zero point at the middle of the range
+    (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
     ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
     ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
     is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
     """
 
     method: str = "gptq"
-    bits: int = 4
-    group_size: int = 128
+    bits: int | None = None
+    group_size: int | None = None
     sym: bool | None = None
     desc_act: bool = False
     static_groups: bool = False
@@ -58,6 +59,10 @@ class QuantizeConfig:
         object.__setattr__(self, "format", fmt.name)
         if self.sym is None:
             object.__setattr__(self, "sym", method.default_sym)
+        if self.bits is None:
+            object.__setattr__(self, "bits", method.default_bits)
+        if self.group_size is None:
+            object.__setattr__(self, "group_size", method.default_group_size)
         if self.bits not in method.bits:
             raise ValueError(f"{method.name} supports bits {', '.join(map(str, method.bits))}, not {self.bits}")
         if self.group_size != -1 and (self.group_size < 16 or self.group_size % 16):

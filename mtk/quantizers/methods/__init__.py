@@ -63,12 +63,15 @@ class QuantMethod:
     options: type[MethodConfig]
     quantize_layer: LayerQuantizer
     formats: tuple[str, ...] | None = None
+    default_bits: int = 4
+    default_group_size: int = 128
 
 
 QUANTIZERS: Registry[QuantMethod] = Registry("quantization method", entry_point_group="mtk.quantizers")
 
 # The built-in methods register themselves on import (after QUANTIZERS exists).
 from mtk.quantizers.methods import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.methods import fp8 as _fp8  # noqa: E402, F401
 from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
 from mtk.quantizers.methods import hqq as _hqq  # noqa: E402, F401
 from mtk.quantizers.methods import rtn as _rtn  # noqa: E402, F401
