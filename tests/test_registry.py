@@ -84,7 +84,7 @@ def test_entry_point_plugins_are_picked_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     assert lines[0] == "ToyForCausalLM toyarch"
-    assert sorted(ast.literal_eval(lines[1])) == ["awq", "gptq", "hqq", "rtn", "toyq"]  # the built-ins and the plug-in
+    assert sorted(ast.literal_eval(lines[1])) == ["awq", "fp8", "gptq", "hqq", "rtn", "toyq"]  # the built-ins and the plug-in
     # The plug-in method is a usable --method, with its own bits and default format (itself a plug-in).
     assert proc.returncode == 0 and lines[2] == "toyq toyfmt 8 toyfmt", proc.stderr
 
@@ -121,12 +121,14 @@ def test_gptq_config_validates_and_resolves_its_defaults() -> None:
 def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     row = FORMATS.get(fmt)
     bits = 4 if 4 in row.bits else row.bits[0]
-    method = "awq" if fmt == "awq" else "rtn"
+    # A method that writes it: its own (awq, fp8's formats), else RTN.
+    method = next((m for m in QUANTIZERS.names() if fmt in (QUANTIZERS.get(m).formats or ())), "rtn")
     cfg = QuantizeConfig(method=method, bits=bits, group_size=64, format=fmt)
     qc = row.quantization_config(cfg)
     assert format_of(qc) is row and format_of(json.loads(json.dumps(qc))) is row
     assert [f for f in FORMATS.names() if FORMATS.get(f).detect(qc)] == [fmt]  # no other format claims it
-    assert row.label(qc) == f"{qc['quant_method']} {bits}-bit g64"
+    grid = "e4m3 block64" if method == "fp8" else f"{bits}-bit g64"
+    assert row.label(qc) == f"{qc['quant_method']} {grid}"
     assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
     with pytest.raises(UnsupportedError, match="no checkpoint format"):
         format_of({"quant_method": "bitsandbytes"})

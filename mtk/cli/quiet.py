@@ -22,6 +22,7 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bars
+    "TQDM_DISABLE": "1",  # compressed-tensors' "Compressing model" bars (tqdm reads TQDM_* as its defaults)
 }
 LIBRARIES = (
     "torchao",

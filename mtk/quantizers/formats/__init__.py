@@ -1,4 +1,5 @@
-"""Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``.
+"""Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``,
+``compressed-tensors-fp8``, ``fp8``.
 
 One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
 loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
@@ -113,4 +114,6 @@ def group_label(quant_method: str, bits: Any, group: Any) -> str:
 # The built-in formats register themselves on import (after FORMATS exists).
 from mtk.quantizers.formats import awq as _awq  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors as _compressed_tensors  # noqa: E402, F401
+from mtk.quantizers.formats import compressed_tensors_fp8 as _compressed_tensors_fp8  # noqa: E402, F401
+from mtk.quantizers.formats import finegrained_fp8 as _finegrained_fp8  # noqa: E402, F401
 from mtk.quantizers.formats import gptq as _gptq  # noqa: E402, F401

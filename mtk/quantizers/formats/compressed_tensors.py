@@ -8,7 +8,10 @@ the format (CompressedTensorsWNA16) take 4 and 8 bits only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -74,7 +77,7 @@ def pack(q: QuantizedLinear, cfg: QuantizeConfig) -> dict[str, torch.Tensor]:
 def unpack(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> torch.Tensor:
     from mtk.quantizers import compressed
 
-    return compressed.unpack_compressed(tensors, _weights(qc)["num_bits"])
+    return compressed.unpack_compressed(tensors, scheme_weights(qc)["num_bits"])
 
 
 def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -95,18 +98,24 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     }
     if cfg.desc_act:  # only with static groups (refuse): compressed-tensors' calibration-only "weight" order
         weights["actorder"] = "weight"
+    return scheme_config("pack-quantized", weights, None)
+
+
+def scheme_config(fmt: str, weights: dict[str, Any], inputs: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``quantization_config`` of one scheme (weight and input activation arguments) on every Linear, stored in
+    compressed-tensors format ``fmt`` (``pack-quantized``, ``float-quantized`` ...)."""
     return {
         "version": FORMAT_VERSION,
         "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
+        "format": fmt,
         "quantization_status": "compressed",
         "config_groups": {
             "group_0": {
                 "targets": ["Linear"],
                 "weights": weights,
-                "input_activations": None,
+                "input_activations": inputs,
                 "output_activations": None,
-                "format": "pack-quantized",
+                "format": fmt,
             }
         },
         "ignore": ["lm_head"],
@@ -140,7 +149,12 @@ def moe_refuse(cfg: QuantizeConfig) -> str | None:
     return None
 
 
-def _weights(qc: dict[str, Any]) -> dict[str, Any]:
+def is_format(qc: dict[str, Any], fmt: str) -> bool:
+    """Whether ``qc`` is a compressed-tensors config stored in compressed-tensors format ``fmt``."""
+    return qc.get("quant_method") == "compressed-tensors" and qc.get("format") == fmt
+
+
+def scheme_weights(qc: dict[str, Any]) -> dict[str, Any]:
     """The weight arguments of the first config group (mtk writes one)."""
     return next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
 
@@ -164,16 +178,24 @@ def load(path: Path) -> Any:
     qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {}
-    if not _weights(qc)["symmetric"]:
+    if not scheme_weights(qc)["symmetric"]:
         # transformers 5.24 + compressed-tensors 0.20 cannot keep packed zero points compressed: compressing the
         # empty model leaves them unpacked (out, n) int8, so the packed (out * bits / 32, n) int32 tensors that
         # llm-compressor and vLLM use fail with a size mismatch. Dequantizing at load time reads them right.
         from transformers.utils.quantization_config import CompressedTensorsConfig
 
         kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-    with warnings.catch_warnings():
+    # compressed-tensors 0.20 draws two tqdm bars ("Applying quantization config", "Dispatching model") with an
+    # explicit disable=False, which overrides tqdm's own TQDM_DISABLE switch: where that switch is on (mtk's quiet
+    # mode sets it), their stderr is dropped for the load. The second comes from the weights' decompression, which
+    # a forward pre-hook runs on the first call: one token is run here, so the load is complete when this returns.
+    hush = contextlib.redirect_stderr(io.StringIO()) if os.environ.get("TQDM_DISABLE") else contextlib.nullcontext()
+    with warnings.catch_warnings(), hush:
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-        return AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32, **kwargs)
+        with torch.no_grad():
+            model(torch.zeros((1, 1), dtype=torch.long))
+    return model
 
 
 def tolerance() -> Tolerance:
@@ -187,7 +209,7 @@ def tolerance() -> Tolerance:
 
 def label(qc: dict[str, Any]) -> str:
     """``compressed-tensors 4-bit g128``: bits and group size from the config group's weight arguments."""
-    weights = _weights(qc)
+    weights = scheme_weights(qc)
     return group_label(qc.get("quant_method", "quantized"), weights.get("num_bits"), weights.get("group_size"))
 
 
@@ -207,7 +229,7 @@ COMPRESSED_TENSORS = FORMATS.add(
         pack=pack,
         unpack=unpack,
         quantization_config=quantization_config,
-        detect=lambda qc: qc.get("quant_method") == "compressed-tensors",
+        detect=lambda qc: is_format(qc, "pack-quantized"),
         runtime_available=available,
         runtime_module="compressed_tensors",
         load=load,

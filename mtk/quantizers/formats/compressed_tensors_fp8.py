@@ -1,0 +1,128 @@
+"""The compressed-tensors ``float-quantized`` format with FP8 weights and dynamic FP8 activations: what
+llm-compressor's ``FP8_DYNAMIC`` (per-channel weight scales, per-token activations) and ``FP8_BLOCK`` (``b x b``
+weight blocks, activations per group of ``b``) presets write, vLLM's FP8 W8A8 path. Grid in mtk.quantizers.fp8.
+
+Per Linear: ``weight`` ``float8_e4m3fn`` ``(out, in)``; ``weight_scale`` float32 ``(out, 1)`` (channel) or
+``(out / b, in / b)`` (block). No zero point (symmetric), no ``weight_shape``.
+
+Its runtime here is transformers with compressed-tensors (0.20), which keeps the FP8 weights and dequantizes them in
+each forward (``x_q.to(scale.dtype) * scale``), and quantizes the Linear inputs to FP8 on the fly as the scheme's
+dynamic input activations say: the logits differ from a float model of the files' weights by that activation error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes
+from mtk.quantizers.formats import compressed_tensors as ct
+
+if TYPE_CHECKING:
+    import torch
+
+    from mtk.compare import Tolerance
+    from mtk.quantizers.config import QuantizeConfig
+    from mtk.quantizers.gptq import QuantizedLinear
+
+FORMAT = "float-quantized"
+
+
+def refuse(cfg: QuantizeConfig) -> str | None:
+    if cfg.method != "fp8":
+        return f"the {cfg.format} format holds FP8 weights: use --method fp8, not {cfg.method}"
+    return None if cfg.sym else "FP8 weights are symmetric (no zero point): drop --no-sym"
+
+
+def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
+    from mtk.quantizers.fp8 import check_blocks
+
+    check_blocks(name, out, cols, cfg.group_size)
+
+
+def packed_shapes(out: int, cols: int, cfg: QuantizeConfig) -> PackedShapes:
+    import torch
+
+    from mtk.quantizers.fp8 import FP8_DTYPE, scale_shape
+
+    # weight_scale first: it marks a quantized Linear (every float Linear has a "weight" too).
+    return {
+        "weight_scale": (torch.float32, scale_shape(out, cols, cfg.group_size)),
+        "weight": (FP8_DTYPE, (out, cols)),
+    }
+
+
+def pack(q: QuantizedLinear, cfg: QuantizeConfig) -> dict[str, torch.Tensor]:
+    from mtk.quantizers.fp8 import FP8_DTYPE, stored_scale
+
+    return {"weight_scale": stored_scale(q, cfg.group_size), "weight": q.codes.to(FP8_DTYPE)}
+
+
+def unpack(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> torch.Tensor:
+    from mtk.quantizers.fp8 import dequantize
+
+    return dequantize(tensors["weight"], tensors["weight_scale"])
+
+
+def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
+    """``FP8_DYNAMIC`` (group size -1) or ``FP8_BLOCK`` with ``b x b`` blocks, as compressed-tensors 0.20
+    serialises those presets' ``QuantizationArgs``."""
+    block = cfg.group_size
+    weights: dict[str, Any] = {
+        "num_bits": 8,
+        "type": "float",
+        "symmetric": True,
+        "group_size": None,
+        "strategy": "channel" if block == -1 else "block",
+        "dynamic": False,
+    }
+    inputs: dict[str, Any] = {
+        "num_bits": 8,
+        "type": "float",
+        "symmetric": True,
+        "group_size": None if block == -1 else block,
+        "strategy": "token" if block == -1 else "group",
+        "dynamic": True,
+    }
+    if block != -1:
+        weights["block_structure"] = [block, block]
+    return ct.scheme_config(FORMAT, weights, inputs)
+
+
+def label(qc: dict[str, Any]) -> str:
+    """``compressed-tensors e4m3 channel`` or ``compressed-tensors e4m3 block128``."""
+    block = ct.scheme_weights(qc).get("block_structure")
+    return "compressed-tensors e4m3 " + (f"block{block[0]}" if block else "channel")
+
+
+def tolerance() -> Tolerance:
+    from mtk.compare import Tolerance
+
+    # The runtime quantizes every Linear input to FP8 (dynamic per token or group); the float model of the files'
+    # weights does not. Measured on the tiny llama: see tests/test_quantize_fp8.py.
+    return Tolerance(kl_mean=1e-2, top1=0.85)
+
+
+COMPRESSED_TENSORS_FP8 = FORMATS.add(
+    "compressed-tensors-fp8",
+    CheckpointFormat(
+        name="compressed-tensors-fp8",
+        summary="compressed-tensors float-quantized FP8 W8A8",
+        bits=(8,),
+        runtime="transformers with compressed-tensors (vLLM's FP8 W8A8)",
+        group_sizes={},  # -1 per channel, b: b x b blocks
+        packed_keys=("weight_scale", "weight"),
+        writes_quantize_config=False,
+        refuse=refuse,
+        check_shape=check_shape,
+        packed_shapes=packed_shapes,
+        pack=pack,
+        unpack=unpack,
+        quantization_config=quantization_config,
+        detect=lambda qc: ct.is_format(qc, FORMAT),
+        runtime_available=ct.available,
+        runtime_module="compressed_tensors",
+        load=ct.load,
+        tolerance=tolerance,
+        label=label,
+    ),
+)
