@@ -143,24 +143,30 @@ def test_checkpoints_load_in_transformers(fmt: str, group: str, tiny_models: dic
     assert tuple(ckpt.shape(scale)) == ((64, 1) if g == -1 else (64 // g, 128 // g))
     assert ckpt.dtype("model.layers.1.input_layernorm.weight") == torch.float16
     v = result["verification"]
-    if fmt == "fp8":  # dequantized at load time: exactly the files' weights
-        assert v["logits"]["max_abs"] == 0.0, v
-    else:  # the runtime also quantizes each Linear's input to FP8 (per token or per group): KL above 0
-        assert 0 < v["logits"]["kl_mean"] < CT_FP8.tolerance().kl_mean, v
+    # fine-grained FP8 is dequantized at load time; compressed-tensors also rounds each Linear's input to FP8 (per
+    # token, or per group of the block size), which the verifier's float model does too: exact either way.
+    assert v["logits"]["max_abs"] == 0.0, v
     # 8-bit float weights barely move a tiny model's logits.
     assert v["quality"]["kl_mean"] < 0.01 and v["quality"]["top1"] >= 0.8, v["quality"]
 
 
-def test_compressed_tensors_checkpoint_is_exact_without_activation_quantization(
-    tiny_models: dict, tmp_path: Path
+def test_verification_rounds_activations_as_the_runtime(
+    tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The KL of the W8A8 checkpoint above is activation quantization: with the scheme's input activations removed,
-    compressed-tensors' forward gives exactly the files' weights' logits."""
+    """Without the activation rounding (a verifier that forgot W8A8) the runtime's logits are measurably off, so the
+    exact agreement above is the rounding being the same, not the check being blind; a config without input
+    activations (FP8 weights only) is verified without it."""
+    import mtk.quantizers.activations as act
     from mtk.artifacts import quantized
+    from mtk.errors import VerificationError
 
     src, out = tiny_models["llama"], tmp_path / "fp8"
     r = run_mtk("quantize", str(src), "-o", str(out), "--method", "fp8", "--group-size", "32")
     assert r.returncode == 0, r.stderr
+    with monkeypatch.context() as m:
+        m.setattr(act, "fp8_dynamic", lambda group=None: act.unchanged)
+        with pytest.raises(VerificationError, match="disagrees with its own weights"):
+            quantized.verify(out, src)
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"]["config_groups"]["group_0"]["input_activations"] = None
     (out / "config.json").write_text(json.dumps(config))

@@ -84,7 +84,14 @@ def test_entry_point_plugins_are_picked_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     assert lines[0] == "ToyForCausalLM toyarch"
-    assert sorted(ast.literal_eval(lines[1])) == ["awq", "fp8", "gptq", "hqq", "rtn", "toyq"]  # the built-ins and the plug-in
+    assert sorted(ast.literal_eval(lines[1])) == [
+        "awq",
+        "fp8",
+        "gptq",
+        "hqq",
+        "rtn",
+        "toyq",
+    ]  # the built-ins and the plug-in
     # The plug-in method is a usable --method, with its own bits and default format (itself a plug-in).
     assert proc.returncode == 0 and lines[2] == "toyq toyfmt 8 toyfmt", proc.stderr
 
@@ -117,18 +124,27 @@ def test_gptq_config_validates_and_resolves_its_defaults() -> None:
     assert GPTQConfig.from_dict(GPTQConfig(desc_act=True).to_dict()) == GPTQConfig(desc_act=True)
 
 
+# The formats whose grid is not "bits and group size" label what they are.
+LABELS = {
+    "compressed-tensors-fp8": "compressed-tensors e4m3 block64",
+    "compressed-tensors-int8": "compressed-tensors int8 w8a8",
+    "fp8": "fp8 e4m3 block64",
+}
+
+
 @pytest.mark.parametrize("fmt", FORMATS.names())
 def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     row = FORMATS.get(fmt)
     bits = 4 if 4 in row.bits else row.bits[0]
     # A method that writes it: its own (awq, fp8's formats), else RTN.
     method = next((m for m in QUANTIZERS.names() if fmt in (QUANTIZERS.get(m).formats or ())), "rtn")
-    cfg = QuantizeConfig(method=method, bits=bits, group_size=64, format=fmt)
+    sizes = row.group_sizes.get(bits) or (64,)
+    group = 64 if 64 in sizes else sizes[0]
+    cfg = QuantizeConfig(method=method, bits=bits, group_size=group, format=fmt)
     qc = row.quantization_config(cfg)
     assert format_of(qc) is row and format_of(json.loads(json.dumps(qc))) is row
     assert [f for f in FORMATS.names() if FORMATS.get(f).detect(qc)] == [fmt]  # no other format claims it
-    grid = "e4m3 block64" if method == "fp8" else f"{bits}-bit g64"
-    assert row.label(qc) == f"{qc['quant_method']} {grid}"
+    assert row.label(qc) == LABELS.get(fmt, f"{qc['quant_method']} {bits}-bit g64")
     assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
     with pytest.raises(UnsupportedError, match="no checkpoint format"):
         format_of({"quant_method": "bitsandbytes"})

@@ -78,6 +78,7 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
 
     fused = _fused_experts(model, plan, weight)
     state = model.state_dict()
+    packed = []  # module names of the quantized Linears
     with torch.no_grad():
         for name, tensor in state.items():
             stored = stored_name(plan, name) if plan is not None else name
@@ -85,6 +86,12 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
                 tensor.copy_(fused.pop(name)())
             elif stored in names or f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
                 tensor.copy_(weight(name).to(tensor.dtype))
+                if f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+                    packed.append(name.removesuffix(".weight"))
+    if fmt.activations is not None:  # W8A8: their inputs rounded as the runtime rounds them
+        qdq = fmt.activations(qc)
+        for name in packed:
+            model.get_submodule(name).register_forward_pre_hook(lambda _m, args: (qdq(args[0]), *args[1:]))
     return model
 
 

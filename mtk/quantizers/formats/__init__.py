@@ -1,5 +1,5 @@
 """Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``,
-``compressed-tensors-fp8``, ``fp8``.
+``compressed-tensors-fp8``, ``compressed-tensors-int8``, ``fp8``.
 
 One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
 loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
@@ -66,6 +66,9 @@ class CheckpointFormat:
     label: Callable[[dict[str, Any]], str]
     # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
     moe: MoeSupport | None = None
+    # W8A8 formats: the runtime's quantize-dequantize of each quantized Linear's input, given the checkpoint's
+    # quantization_config (the verifier applies it to its float model of the files' weights); None: weight-only.
+    activations: Callable[[dict[str, Any]], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,5 +118,6 @@ def group_label(quant_method: str, bits: Any, group: Any) -> str:
 from mtk.quantizers.formats import awq as _awq  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors as _compressed_tensors  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors_fp8 as _compressed_tensors_fp8  # noqa: E402, F401
+from mtk.quantizers.formats import compressed_tensors_int8 as _compressed_tensors_int8  # noqa: E402, F401
 from mtk.quantizers.formats import finegrained_fp8 as _finegrained_fp8  # noqa: E402, F401
 from mtk.quantizers.formats import gptq as _gptq  # noqa: E402, F401

@@ -159,6 +159,11 @@ def scheme_weights(qc: dict[str, Any]) -> dict[str, Any]:
     return next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
 
 
+def scheme_inputs(qc: dict[str, Any]) -> dict[str, Any]:
+    """The input activation arguments of the first config group ({} for weight-only schemes)."""
+    return next(iter(qc.get("config_groups", {}).values()), {}).get("input_activations") or {}
+
+
 def available() -> bool:
     return importlib.util.find_spec("compressed_tensors") is not None
 
