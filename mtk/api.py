@@ -159,6 +159,7 @@ def quantize(
     samples: int = 128,
     seq_len: int = 512,
     moe_calibration: str = "routed",
+    smoothing_strength: float = 0.5,
     device: DeviceName = "auto",
     verify: bool | None = None,
     overwrite: bool = False,
@@ -178,7 +179,7 @@ def quantize(
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
-            seq_len=seq_len, moe_calibration=moe_calibration,
+            seq_len=seq_len, moe_calibration=moe_calibration, smoothing_strength=smoothing_strength,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -88,6 +88,9 @@ def quantize_command(
             metavar=f"<{'|'.join(MOE_CALIBRATIONS)}>",
         ),
     ] = "routed",
+    smoothing_strength: Annotated[
+        float, typer.Option(help="SmoothQuant's migration strength a in s = max|X|^a / max|W|^(1-a).")
+    ] = 0.5,
     format_: Annotated[
         str | None,
         typer.Option("--format", help=_format_help(), metavar=f"<{'|'.join(FORMATS.names())}>"),
@@ -107,17 +110,19 @@ def quantize_command(
     Examples: [b]mtk quantize smollm2-hf -o smollm2-gptq --method gptq --group-size 64 --calibration wiki.txt[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-awq --method awq --group-size 64 --calibration data.jsonl --samples 64[/b] ·
     [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b] ·
-    [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b]
+    [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b] ·
+    [b]mtk quantize llama-hf -o llama-fp8 --method fp8[/b] (FP8 W8A8, per channel) ·
+    [b]mtk quantize llama-hf -o llama-w8a8 --method smoothquant --calibration wiki.txt[/b] (INT8 W8A8)
     """
     from mtk.api import quantize
 
-    with progress_bar(f"{method} {bits}-bit") as bar:
+    with progress_bar(f"{method} {bits}-bit" if bits else method) as bar:
         result = quantize(
             model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
             format=format_, calibration=calibration, samples=samples, seq_len=seq_len,
-            moe_calibration=moe_calibration, device=device.value, verify=verify, overwrite=overwrite,
-            progress=bar.update,
+            moe_calibration=moe_calibration, smoothing_strength=smoothing_strength, device=device.value,
+            verify=verify, overwrite=overwrite, progress=bar.update,
         ).to_dict()  # fmt: skip
     if result.get("note"):
         info(f"note: {result['note']}")

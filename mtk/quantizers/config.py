@@ -36,6 +36,7 @@ class QuantizeConfig:
     ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
     ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
     is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
+    ``smoothing_strength`` is SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``).
     """
 
     method: str = "gptq"
@@ -51,6 +52,7 @@ class QuantizeConfig:
     samples: int = 128
     seq_len: int = 512
     moe_calibration: str = "routed"
+    smoothing_strength: float = 0.5
 
     def __post_init__(self) -> None:
         method = _lookup(QUANTIZERS, self.method)
