@@ -165,11 +165,13 @@ def quantize(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """GPTQ, AWQ or RTN on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
-    compressed-tensors); ``verify`` (default: when the format's loader is installed) loads it in transformers
-    before it is published. Impossible combinations raise UsageError before any work. Mixture-of-experts models
-    are written as compressed-tensors unless ``format`` says otherwise (gptq and awq are refused for them:
-    UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert is calibrated on."""
+    """A registered method (GPTQ, AWQ, RTN, HQQ, FP8, SmoothQuant ...) on an HF checkpoint, layer by layer, written
+    as ``format`` (gptq, awq, compressed-tensors, compressed-tensors-fp8, compressed-tensors-int8, fp8); ``bits``,
+    ``group_size``, ``sym`` and ``format`` default to the method's; ``verify`` (default: when the format's loader is
+    installed) loads it in transformers before it is published. Impossible combinations raise UsageError before any
+    work. Mixture-of-experts models are written as compressed-tensors unless ``format`` says otherwise (gptq and awq
+    are refused for them: UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert
+    is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.engine import fit_format
