@@ -28,6 +28,10 @@ LIBRARIES = (
     "torchao",
     "transformers",
     "gptqmodel",
+    # bitsandbytes' CPU backend, on CPUs with AVX512-BF16, tries to fetch a kernel from the Hub through `kernels` at
+    # import and logs the failure
+    "bitsandbytes",
+    "kernels",
     "optimum",
     "compressed_tensors",
     "accelerate",
