@@ -137,6 +137,7 @@ CASES = [
     ("rtn", "gemma3", 2, 64, False),
     ("hqq", "llama", 3, 32, False),
     ("gptq", "llama", 4, 64, True),
+    ("awq", "llama", 4, 32, False),
 ]
 
 
@@ -169,7 +170,7 @@ def test_checkpoints_load_in_transformers(
     out = tmp_path / "torchao"
     args = ["--json", "quantize", str(tiny_models[family]), "-o", str(out), "--method", method, "--format", "torchao"]
     args += ["--bits", str(bits), "--group-size", str(group), "--sym" if sym else "--no-sym"]
-    if method == "gptq":
+    if method in ("gptq", "awq"):
         args += ["--calibration", str(calibration), "--samples", "8", "--seq-len", "64"]
     r = run_mtk(*args)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -17,7 +17,12 @@ shards' metadata and checks every listed name, so each shard carries the whole t
 The subclass dequantizes to its recorded ``dtype``, not to the dtype the model is loaded in (measured, transformers
 5.25: a float16 ``dtype`` in a model loaded as float32 fails in the first Linear, "expected m1 and m2 to have the same
 dtype"), so it is the float dtype mtk writes in config.json (``engine.STORED_FLOAT``): ``from_pretrained`` with no
-``dtype`` (or ``dtype=torch.float16``) loads it.
+``dtype`` (or ``dtype=torch.float16``) loads it; for float32, ``.to(torch.float32)`` the loaded model (torchao's own
+checkpoints are tied to their save dtype the same way).
+
+One int8 per value: a 4-bit checkpoint is larger than a packed one (SmolLM2-135M RTN 4-bit g64: 167 MB against
+112 MB for compressed-tensors). torchao's packed layouts (``Int4WeightOnlyConfig``'s ``Int4Tensor``, the ``OPAQUE_*``
+Intx packing formats) belong to its CUDA or C++ kernels: not written here.
 """
 
 from __future__ import annotations
