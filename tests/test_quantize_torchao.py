@@ -14,7 +14,9 @@ import torch
 from conftest import run_mtk
 
 from mtk.quantizers.config import QuantizeConfig
+from mtk.quantizers.engine import STORED_FLOAT
 from mtk.quantizers.formats import FORMATS, format_of
+from mtk.quantizers.formats.torchao import DEQUANT_DTYPE
 from mtk.quantizers.gptq import round_to_nearest
 
 pytest.importorskip("torchao")
@@ -185,8 +187,9 @@ def test_checkpoints_load_in_transformers(
         loaded = model.get_submodule(base).weight
         assert isinstance(loaded, IntxUnpackedToInt8Tensor) and loaded.dtype == torch.float16
         assert torch.equal(loaded.dequantize(), w.half()), base
-    qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc == TORCHAO.quantization_config(_cfg(bits, group, sym, method))
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"] == TORCHAO.quantization_config(_cfg(bits, group, sym, method))
+    assert config["dtype"] == DEQUANT_DTYPE == str(STORED_FLOAT).removeprefix("torch.")  # the subclass's dtype
 
 
 def test_every_shard_carries_the_whole_table(
