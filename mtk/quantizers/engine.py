@@ -199,7 +199,9 @@ def quantize(
 
         ids = load_calibration(calibration, AutoTokenizer.from_pretrained(str(model_dir)), cfg.samples, cfg.seq_len)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        with SafetensorsWriter(tmp, entries) as writer:
+        hook = cfg.format_row.safetensors_metadata
+        metadata = hook(entries, cfg) if hook else None
+        with SafetensorsWriter(tmp, entries, metadata=metadata) as writer:
             for name in others:
                 writer.write(name, ckpt.get(name).to(_stored(ckpt.dtype(name))))
                 ckpt.release(name)

@@ -1,5 +1,5 @@
 """Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``,
-``compressed-tensors-fp8``, ``compressed-tensors-int8``, ``fp8``.
+``compressed-tensors-fp8``, ``compressed-tensors-int8``, ``fp8``, ``torchao``.
 
 One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
 loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 # name -> (dtype, shape) of each tensor stored for one Linear, in write order
 PackedShapes = dict[str, tuple["torch.dtype", tuple[int, ...]]]
+# (name, dtype, shape) of one tensor in a checkpoint's write plan
+StoredTensor = tuple[str, "torch.dtype", tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class CheckpointFormat:
     # W8A8 formats: the runtime's quantize-dequantize of each quantized Linear's input, given the checkpoint's
     # quantization_config (the verifier applies it to its float model of the files' weights); None: weight-only.
     activations: Callable[[dict[str, Any]], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # The ``__metadata__`` of every safetensors shard beside ``format: pt``, given all the tensors the checkpoint
+    # stores in write order (every shard gets all of it); None: none (torchao's loader needs its subclass table).
+    safetensors_metadata: Callable[[list[StoredTensor], QuantizeConfig], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,3 +126,4 @@ from mtk.quantizers.formats import compressed_tensors_fp8 as _compressed_tensors
 from mtk.quantizers.formats import compressed_tensors_int8 as _compressed_tensors_int8  # noqa: E402, F401
 from mtk.quantizers.formats import finegrained_fp8 as _finegrained_fp8  # noqa: E402, F401
 from mtk.quantizers.formats import gptq as _gptq  # noqa: E402, F401
+from mtk.quantizers.formats import torchao as _torchao  # noqa: E402, F401
