@@ -13,6 +13,7 @@ from test_memory import child_peak_mib
 
 from mtk.converters.calibration import tokenize_windows
 from mtk.converters.family import family_for_model_type
+from mtk.quantizers import FORMATS, QUANTIZERS
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import quantize
 from mtk.quantizers.gptq import column_order, gptq_quantize
@@ -167,8 +168,8 @@ REFUSED = [
     (("--method", "gptq", "--format", "awq", "--group-size", "512"), "loads group sizes 32, 64, 128, 256 or -1"),
     (("--method", "rtn", "--bits", "3", "--format", "awq"), "holds 4 bits, not 3"),
     (("--method", "rtn", "--desc-act"), "--desc-act is an option of gptq, not rtn"),
-    (("--method", "squeezeq"), "supported: awq, gptq, hqq, rtn"),
-    (("--format", "exl2"), "supported: awq, compressed-tensors, gptq"),
+    (("--method", "squeezeq"), f"supported: {', '.join(QUANTIZERS.names())}"),
+    (("--format", "exl2"), f"supported: {', '.join(FORMATS.names())}"),
 ]
 
 

@@ -87,14 +87,14 @@ def available() -> bool:
 
 def load(path: Path) -> Any:
     """The checkpoint through ``AutoModelForCausalLM.from_pretrained`` on the CPU (dequantized at load time)."""
+    import json
+
     import torch
     from transformers import AutoModelForCausalLM, FineGrainedFP8Config
     from transformers.utils import logging as hf_logging
 
-    from mtk.artifacts import hf
-
     hf_logging.disable_progress_bar()
-    qc = hf.read_config(Path(path))["quantization_config"]
+    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     config = FineGrainedFP8Config(weight_block_size=tuple(qc["weight_block_size"]), dequantize=True)
     return AutoModelForCausalLM.from_pretrained(
         str(path), device_map="cpu", dtype=torch.float32, quantization_config=config
