@@ -148,12 +148,14 @@ def quantize(
     *,
     method: str = "gptq",
     bits: int = 4,
-    group_size: int = 128,
+    group_size: int | None = None,
     sym: bool | None = None,
     desc_act: bool = False,
     static_groups: bool = False,
     act_group_aware: bool | None = None,
     damp_percent: float = 0.01,
+    bnb_quant_type: str = "nf4",
+    bnb_double_quant: bool = False,
     format: str | None = None,  # noqa: A002 - the CLI's --format
     calibration: PathLike | None = None,
     samples: int = 128,
@@ -164,8 +166,9 @@ def quantize(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """GPTQ, AWQ or RTN on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
-    compressed-tensors); ``verify`` (default: when the format's loader is installed) loads it in transformers
+    """GPTQ, AWQ, RTN, HQQ or bnb on an HF checkpoint, layer by layer, written as ``format`` (gptq, awq,
+    compressed-tensors, bitsandbytes); ``group_size`` None is the method's default (128; bnb: 64 at 4 bits, -1 at
+    8); ``verify`` (default: when the format's loader is installed) loads it in transformers
     before it is published. Impossible combinations raise UsageError before any work. Mixture-of-experts models
     are written as compressed-tensors unless ``format`` says otherwise (gptq and awq are refused for them:
     UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert is calibrated on."""
@@ -178,7 +181,8 @@ def quantize(
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
-            seq_len=seq_len, moe_calibration=moe_calibration,
+            seq_len=seq_len, moe_calibration=moe_calibration, bnb_quant_type=bnb_quant_type,
+            bnb_double_quant=bnb_double_quant,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -72,7 +72,7 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
         """The files' weight of a module-tree name (MoE blocks may be stored under another name)."""
         name = stored_name(plan, name) if plan is not None else name
         base = name.removesuffix(".weight")
-        if f"{base}.{fmt.packed_keys[0]}" in names:
+        if fmt.is_packed(base, names):
             return fmt.unpack({k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}, qc)
         return ckpt.get(name)
 
@@ -83,7 +83,7 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
             stored = stored_name(plan, name) if plan is not None else name
             if name in fused:
                 tensor.copy_(fused.pop(name)())
-            elif stored in names or f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+            elif stored in names or fmt.is_packed(stored.removesuffix(".weight"), names):
                 tensor.copy_(weight(name).to(tensor.dtype))
     return model
 

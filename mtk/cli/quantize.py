@@ -1,4 +1,5 @@
-"""``mtk quantize``: GPTQ, AWQ or RTN on an HF checkpoint, written for transformers/GPTQModel/vLLM loaders."""
+"""``mtk quantize``: GPTQ, AWQ, RTN, HQQ or bnb on an HF checkpoint, written for transformers/GPTQModel/vLLM and
+bitsandbytes loaders."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import typer
 from mtk.cli.common import Device, DeviceOpt, OutputDir, Overwrite, info, progress_bar, render
 from mtk.quantizers import FORMATS, QUANTIZERS
 from mtk.quantizers.config import MOE_CALIBRATIONS, allowed
+from mtk.quantizers.methods import DEFAULT_GROUP_SIZE
+from mtk.quantizers.methods.bnb import QUANT_TYPES
 
 
 def _method_help() -> str:
@@ -34,8 +37,14 @@ def _group_help() -> str:
         fmt = FORMATS.get(name)
         limits = [f"{allowed(sizes)} at {bits} bits" for bits, sizes in fmt.group_sizes.items()]
         parts.append(f"{name}: {'; '.join(limits) if limits else 'any'}")
+    defaults = []
+    for name in QUANTIZERS.names():
+        own = QUANTIZERS.get(name).default_group_sizes
+        if own:
+            defaults.append(f"{name}: " + ", ".join(f"{g} at {b} bits" for b, g in own.items()))
     return (
-        "Input columns per scale, a multiple of 16; -1: one scale per output channel. What each format's runtime "
+        "Input columns per scale, a multiple of 16; -1: one scale per output channel. Default: "
+        f"{DEFAULT_GROUP_SIZE}{'; ' if defaults else ''}{'; '.join(defaults)}. What each format's runtime "
         f"loads: {'; '.join(parts)}."
     )
 
@@ -55,7 +64,7 @@ def quantize_command(
     output: OutputDir,
     method: Annotated[str, typer.Option(help=_method_help(), metavar=f"<{'|'.join(QUANTIZERS.names())}>")] = "gptq",
     bits: Annotated[int, typer.Option(help=_bits_help())] = 4,
-    group_size: Annotated[int, typer.Option(help=_group_help())] = 128,
+    group_size: Annotated[int | None, typer.Option(help=_group_help(), show_default=False)] = None,
     sym: Annotated[bool | None, typer.Option("--sym/--no-sym", help="Symmetric grid (default: the method's).")] = None,
     desc_act: Annotated[
         bool, typer.Option("--desc-act", help="GPTQ act-order: columns by decreasing Hessian.")
@@ -73,6 +82,16 @@ def quantize_command(
     damp_percent: Annotated[
         float, typer.Option(help="GPTQ Hessian dampening, a fraction of its mean diagonal.")
     ] = 0.01,
+    bnb_quant_type: Annotated[
+        str,
+        typer.Option(
+            help="bnb at 4 bits: the codebook, NF4 (QLoRA's normal quantiles) or FP4.",
+            metavar=f"<{'|'.join(QUANT_TYPES)}>",
+        ),
+    ] = "nf4",
+    bnb_double_quant: Annotated[
+        bool, typer.Option("--bnb-double-quant", help="bnb at 4 bits: also quantize the block absmax in 8 bits.")
+    ] = False,
     calibration: Annotated[
         Path | None, typer.Option(help='Calibration text: .txt, .jsonl (a "text" field) or .parquet.')
     ] = None,
@@ -105,6 +124,7 @@ def quantize_command(
     Examples: [b]mtk quantize smollm2-hf -o smollm2-gptq --method gptq --group-size 64 --calibration wiki.txt[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-awq --method awq --group-size 64 --calibration data.jsonl --samples 64[/b] ·
     [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b] ·
+    [b]mtk quantize smollm2-hf -o smollm2-nf4 --method bnb --bnb-double-quant[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b]
     """
     from mtk.api import quantize
@@ -113,7 +133,8 @@ def quantize_command(
         result = quantize(
             model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
-            format=format_, calibration=calibration, samples=samples, seq_len=seq_len,
+            bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant, format=format_,
+            calibration=calibration, samples=samples, seq_len=seq_len,
             moe_calibration=moe_calibration, device=device.value, verify=verify, overwrite=overwrite,
             progress=bar.update,
         ).to_dict()  # fmt: skip

@@ -30,16 +30,18 @@ class QuantizeConfig:
     """How to quantize the Linear layers of the decoder blocks (embeddings, norms and the head stay as they are).
 
     ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format`` and ``sym`` default
-    to the method's. ``group_size`` -1 means one scale per output channel over the whole input. ``sym`` stores the
+    to the method's. ``group_size`` -1 means one scale per output channel over the whole input; None: the method's
+    default at that width (128; bnb: its 4-bit block of 64, and one absmax per row at 8 bits). ``sym`` stores the
     zero point at the middle of the range (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
     ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
     ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
     is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
+    ``bnb_quant_type`` and ``bnb_double_quant`` are the bnb method's (see ``methods.bnb.BnBConfig``).
     """
 
     method: str = "gptq"
     bits: int = 4
-    group_size: int = 128
+    group_size: int | None = None
     sym: bool | None = None
     desc_act: bool = False
     static_groups: bool = False
@@ -50,6 +52,8 @@ class QuantizeConfig:
     samples: int = 128
     seq_len: int = 512
     moe_calibration: str = "routed"
+    bnb_quant_type: str = "nf4"
+    bnb_double_quant: bool = False
 
     def __post_init__(self) -> None:
         method = _lookup(QUANTIZERS, self.method)
@@ -60,6 +64,8 @@ class QuantizeConfig:
             object.__setattr__(self, "sym", method.default_sym)
         if self.bits not in method.bits:
             raise ValueError(f"{method.name} supports bits {', '.join(map(str, method.bits))}, not {self.bits}")
+        if self.group_size is None:
+            object.__setattr__(self, "group_size", method.default_group_size(self.bits))
         if self.group_size != -1 and (self.group_size < 16 or self.group_size % 16):
             raise ValueError(f"group size must be -1 or a positive multiple of 16, got {self.group_size}")
         self._check_format(method, fmt)

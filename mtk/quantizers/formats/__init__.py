@@ -1,4 +1,5 @@
-"""Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``.
+"""Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``,
+``bitsandbytes``.
 
 One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
 loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
@@ -38,7 +39,8 @@ class CheckpointFormat:
 
     ``group_sizes`` maps a bit width to the group sizes its runtime loads at that width (-1: one scale per output
     channel); a width not listed takes any group size mtk writes (-1 or a multiple of 16). ``packed_keys`` the tensor
-    suffixes a quantized Linear ``base`` stores, the first one always present (it identifies a packed Linear).
+    suffixes a quantized Linear ``base`` may store; ``markers`` those of which one is always present and identifies a
+    packed Linear (default: the first packed key; bitsandbytes keeps ``weight`` as a key, so it names others).
     ``refuse`` returns why a config cannot be written in this format (beyond bits and group size), or None.
     ``check_shape`` raises ``UsageError`` for a Linear ``(out, in)`` the layout cannot hold.
     """
@@ -65,6 +67,11 @@ class CheckpointFormat:
     label: Callable[[dict[str, Any]], str]
     # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
     moe: MoeSupport | None = None
+    markers: tuple[str, ...] = ()
+
+    def is_packed(self, base: str, names: set[str] | dict[str, Any]) -> bool:
+        """Whether the stored tensor ``names`` hold Linear ``base`` packed in this format."""
+        return any(f"{base}.{k}" in names for k in self.markers or self.packed_keys[:1])
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ def format_of(qc: dict[str, Any]) -> CheckpointFormat:
 
 def label_of(qc: dict[str, Any]) -> str:
     """A human label for any ``quantization_config``: its format's, or (a format mtk does not write, e.g.
-    bitsandbytes) the method with whatever bits and group size keys it has."""
+    HQQ's or torchao's) the method with whatever bits and group size keys it has."""
     for name in FORMATS.names():
         fmt = FORMATS.get(name)
         if fmt.detect(qc):
@@ -112,5 +119,6 @@ def group_label(quant_method: str, bits: Any, group: Any) -> str:
 
 # The built-in formats register themselves on import (after FORMATS exists).
 from mtk.quantizers.formats import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.formats import bitsandbytes as _bitsandbytes  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors as _compressed_tensors  # noqa: E402, F401
 from mtk.quantizers.formats import gptq as _gptq  # noqa: E402, F401
