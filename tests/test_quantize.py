@@ -167,8 +167,13 @@ REFUSED = [
     (("--method", "gptq", "--format", "awq", "--group-size", "512"), "loads group sizes 32, 64, 128, 256 or -1"),
     (("--method", "rtn", "--bits", "3", "--format", "awq"), "holds 4 bits, not 3"),
     (("--method", "rtn", "--desc-act"), "--desc-act is an option of gptq, not rtn"),
-    (("--method", "squeezeq"), "supported: awq, gptq, hqq, rtn"),
-    (("--format", "exl2"), "supported: awq, compressed-tensors, gptq"),
+    (("--method", "squeezeq"), "supported: awq, bnb, gptq, hqq, rtn"),
+    (("--format", "exl2"), "supported: awq, bitsandbytes, compressed-tensors, gptq"),
+    (("--method", "rtn", "--format", "bitsandbytes"), "use --method bnb"),
+    (("--method", "bnb", "--format", "gptq"), "bnb writes the formats bitsandbytes, not gptq"),
+    (("--method", "bnb", "--bits", "8", "--group-size", "64"), "loads group sizes -1 at 8 bits"),
+    (("--method", "bnb", "--bits", "8", "--bnb-double-quant"), "LLM.int8() (--bits 8) has neither"),
+    (("--method", "gptq", "--bnb-quant-type", "fp4"), "--bnb-quant-type is an option of bnb, not gptq"),
 ]
 
 

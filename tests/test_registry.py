@@ -84,7 +84,8 @@ def test_entry_point_plugins_are_picked_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     assert lines[0] == "ToyForCausalLM toyarch"
-    assert sorted(ast.literal_eval(lines[1])) == ["awq", "gptq", "hqq", "rtn", "toyq"]  # the built-ins and the plug-in
+    # the built-ins and the plug-in
+    assert sorted(ast.literal_eval(lines[1])) == ["awq", "bnb", "gptq", "hqq", "rtn", "toyq"]
     # The plug-in method is a usable --method, with its own bits and default format (itself a plug-in).
     assert proc.returncode == 0 and lines[2] == "toyq toyfmt 8 toyfmt", proc.stderr
 
@@ -121,15 +122,17 @@ def test_gptq_config_validates_and_resolves_its_defaults() -> None:
 def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     row = FORMATS.get(fmt)
     bits = 4 if 4 in row.bits else row.bits[0]
-    method = "awq" if fmt == "awq" else "rtn"
+    method = {"awq": "awq", "bitsandbytes": "bnb"}.get(fmt, "rtn")
     cfg = QuantizeConfig(method=method, bits=bits, group_size=64, format=fmt)
     qc = row.quantization_config(cfg)
     assert format_of(qc) is row and format_of(json.loads(json.dumps(qc))) is row
     assert [f for f in FORMATS.names() if FORMATS.get(f).detect(qc)] == [fmt]  # no other format claims it
-    assert row.label(qc) == f"{qc['quant_method']} {bits}-bit g64"
+    # bitsandbytes' config holds no group size (the block size is in each Linear's quant_state), but its codebook
+    expected = "bitsandbytes 4-bit nf4" if fmt == "bitsandbytes" else f"{qc['quant_method']} {bits}-bit g64"
+    assert row.label(qc) == expected
     assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
     with pytest.raises(UnsupportedError, match="no checkpoint format"):
-        format_of({"quant_method": "bitsandbytes"})
+        format_of({"quant_method": "hqq"})
 
 
 def test_quantizer_registries_import_no_torch() -> None:
@@ -142,7 +145,7 @@ def test_quantizer_registries_import_no_torch() -> None:
 def test_labels_of_configs_mtk_does_not_write() -> None:
     from mtk.quantizers.formats import label_of
 
-    assert label_of({"quant_method": "bitsandbytes", "bits": 4}) == "bitsandbytes 4-bit"
+    assert label_of({"quant_method": "hqq", "bits": 4}) == "hqq 4-bit"
     assert label_of({"quant_method": "awq", "w_bit": 4, "q_group_size": 128}) == "awq 4-bit g128"  # AutoAWQ's keys
     assert label_of({}) == "quantized"
     ct = FORMATS.get("compressed-tensors")
