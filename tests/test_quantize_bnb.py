@@ -228,11 +228,13 @@ def test_checkpoints_load_in_transformers(options: tuple[str, ...], tiny_models:
     group = -1 if "8" in options else 32 if "32" in options else 64
     assert result["format"] == "bitsandbytes" and result["group_size"] == group
     v = result["verification"]
-    # bitsandbytes on the CPU against the files' weights: the float tensors are loaded in their stored float16
-    # (transformers 5.25 keeps them so for a pre-quantized bitsandbytes folder), the 4-bit matmuls run on its
-    # dequantized float16 weights and LLM.int8() quantizes the activations too. Measured KL 3e-5 (4-bit) and
-    # 2e-4 (int8) on this model.
-    assert v["logits"]["kl_mean"] < (5e-4 if "8" in options else 1e-4) and v["logits"]["top1"] >= 0.9, v
+    # bitsandbytes on the CPU against the files' weights (the format's load computes in float32, see its notes):
+    # 4-bit weights are dequantized in float16 in both (measured KL 1.5e-7); LLM.int8() also quantizes the
+    # activations (measured KL 1.8e-4).
+    if "8" in options:
+        assert v["logits"]["kl_mean"] < 1e-3 and v["logits"]["top1"] >= 0.9, v
+    else:
+        assert v["logits"]["kl_mean"] < 1e-5 and v["logits"]["top1"] >= 0.99, v
     quality = v["quality"]
     if "8" in options:
         assert quality["kl_mean"] < 1e-3 and quality["top1"] >= 0.9, quality

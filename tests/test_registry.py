@@ -130,7 +130,7 @@ def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     # bitsandbytes' config holds no group size (the block size is in each Linear's quant_state), but its codebook
     expected = "bitsandbytes 4-bit nf4" if fmt == "bitsandbytes" else f"{qc['quant_method']} {bits}-bit g64"
     assert row.label(qc) == expected
-    assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
+    assert row.tolerance(qc).kl_mean > 0 and isinstance(row.runtime_available(), bool)
     with pytest.raises(UnsupportedError, match="no checkpoint format"):
         format_of({"quant_method": "hqq"})
 

@@ -143,7 +143,8 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
     src = _logits(model, prompts)
     held = _logits(hold_file_weights(_file_model(model, path), path), prompts)  # now with the files' weights
     metrics = logit_metrics(held, runtime)
-    tolerance = _format(path)[1].tolerance()
+    qc, fmt = _format(path)
+    tolerance = fmt.tolerance(qc)
     failures = tolerance.failures(metrics)
     if failures:
         raise VerificationError(

@@ -62,8 +62,9 @@ class CheckpointFormat:
     runtime_available: Callable[[], bool]
     runtime_module: str  # the package transformers imports to load it (bench imports it before timing the load)
     load: Callable[[Path], Any]
-    # A function, not a value: Tolerance lives with torch-importing verification code.
-    tolerance: Callable[[], Tolerance]
+    # A function (of the checkpoint's quantization_config), not a value: Tolerance lives with torch-importing
+    # verification code.
+    tolerance: Callable[[dict[str, Any]], Tolerance]
     label: Callable[[dict[str, Any]], str]
     # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
     moe: MoeSupport | None = None

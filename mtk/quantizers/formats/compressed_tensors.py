@@ -176,7 +176,7 @@ def load(path: Path) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32, **kwargs)
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # compressed-tensors unpacks to float Linears: symmetric checkpoints (kept packed until the first forward, then
