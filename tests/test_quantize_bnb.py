@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_mtk
+from fixtures_models import MOE, QUANTIZABLE
 from safetensors import safe_open
 
 from mtk.quantizers import bnb
@@ -240,6 +241,32 @@ def test_checkpoints_load_in_transformers(options: tuple[str, ...], tiny_models:
         assert quality["kl_mean"] < 1e-3 and quality["top1"] >= 0.9, quality
     else:
         assert quality["kl_mean"] < 0.15 and quality["top1"] >= 0.4, quality
+
+
+# Gemma 4's tiny model has a 32-wide per-layer input projection, outside the decoder layers (float, and named in
+# llm_int8_skip_modules since transformers would convert it) and inside them (blocks of 32).
+DENSE = [f for f in QUANTIZABLE if f not in MOE]
+
+
+@pytest.mark.parametrize("family", DENSE)
+def test_every_dense_family_loads_back(family: str, tiny_models: dict, tmp_path: Path) -> None:
+    from mtk.artifacts import quantized as check
+    from mtk.quantizers.engine import quantize
+
+    src = tiny_models[family]
+    cfg = _cfg(double_quant=True, group=32 if family == "gemma4" else None)
+    result = quantize(src, tmp_path / "bnb", cfg, device="cpu", check=lambda tmp: check.verify(tmp, src))
+    assert result["verification"]["logits"]["kl_mean"] < 1e-5, result["verification"]
+    skipped = json.loads((tmp_path / "bnb" / "config.json").read_text())["quantization_config"]["llm_int8_skip_modules"]
+    assert skipped == (["lm_head", "model.per_layer_model_projection"] if family == "gemma4" else None)
+
+
+def test_mixture_of_experts_models_are_refused(tiny_models: dict, tmp_path: Path) -> None:
+    r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "o"), "--method", "bnb")
+    assert r.returncode == 2 and "bnb writes the formats bitsandbytes" in r.stderr, r.stderr
+    r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "o"), "--format", "bitsandbytes")
+    assert r.returncode == 2 and "use --method bnb" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_verification_catches_a_codebook_mtk_and_the_runtime_disagree_on(

@@ -69,6 +69,9 @@ class CheckpointFormat:
     # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
     moe: MoeSupport | None = None
     markers: tuple[str, ...] = ()
+    # The quantization_config given the model's Linears outside the decoder layers (full module names, the head
+    # among them), which mtk leaves float; None: the runtime quantizes only what the files hold packed.
+    keep_float: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
 
     def is_packed(self, base: str, names: set[str] | dict[str, Any]) -> bool:
         """Whether the stored tensor ``names`` hold Linear ``base`` packed in this format."""

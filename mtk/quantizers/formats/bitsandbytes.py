@@ -178,6 +178,15 @@ def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
     }
 
 
+def keep_float(qc: dict[str, Any], linears: list[str]) -> dict[str, Any]:
+    """transformers' bitsandbytes integration converts every Linear but ``llm_int8_skip_modules`` (default: the
+    output embedding, i.e. the head). Null as transformers writes it when the head is the only float Linear;
+    otherwise all of them (Gemma 4's per-layer input projection stays float beside the head)."""
+    if set(linears) <= {"lm_head"}:
+        return qc
+    return {**qc, "llm_int8_skip_modules": sorted(linears)}
+
+
 def available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
@@ -270,5 +279,6 @@ BITSANDBYTES = FORMATS.add(
         load=load,
         tolerance=tolerance,
         label=label,
+        keep_float=keep_float,
     ),
 )

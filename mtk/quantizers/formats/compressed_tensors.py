@@ -140,6 +140,11 @@ def moe_refuse(cfg: QuantizeConfig) -> str | None:
     return None
 
 
+def keep_float(qc: dict[str, Any], linears: list[str]) -> dict[str, Any]:
+    """compressed-tensors quantizes every module its ``Linear`` target matches: the float ones join ``ignore``."""
+    return {**qc, "ignore": sorted({*qc["ignore"], *linears})}
+
+
 def _weights(qc: dict[str, Any]) -> dict[str, Any]:
     """The weight arguments of the first config group (mtk writes one)."""
     return next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
@@ -214,5 +219,6 @@ COMPRESSED_TENSORS = FORMATS.add(
         tolerance=tolerance,
         label=label,
         moe=MoeSupport(config=moe_config, refuse=moe_refuse),
+        keep_float=keep_float,
     ),
 )
