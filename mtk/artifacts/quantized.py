@@ -1,9 +1,9 @@
-"""Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors: ``quantization_config`` in config.json), run in
-transformers through their checkpoint format's integration.
+"""Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors, bitsandbytes: ``quantization_config`` in
+config.json), run in transformers through their checkpoint format's integration.
 
 Loading is the checkpoint format's (``CheckpointFormat.load``: transformers with GPTQModel's kernels for GPTQ and
-AWQ, with compressed-tensors for compressed-tensors); this module recognises and labels the folders and verifies
-them. Packed weights hold several parameters per stored element, so no parameter count.
+AWQ, with compressed-tensors or bitsandbytes for theirs); this module recognises and labels the folders and
+verifies them. Packed weights hold several parameters per stored element, so no parameter count.
 """
 
 from __future__ import annotations
