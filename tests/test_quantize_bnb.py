@@ -286,3 +286,21 @@ def test_verification_catches_a_codebook_mtk_and_the_runtime_disagree_on(
     monkeypatch.setattr(check, "_format", lambda p: ({}, dataclasses.replace(BNB, unpack=swapped)))
     with pytest.raises(VerificationError, match="disagrees with its own weights"):
         check.verify(out, src)
+
+
+@pytest.mark.slow  # each artifact in its own process: ~20 s here
+def test_bench_runs_the_checkpoint_as_a_user_loads_it(tiny_models: dict, bible_text: str, tmp_path: Path) -> None:
+    from mtk.quantizers.engine import quantize
+
+    src, out, text = tiny_models["llama"], tmp_path / "nf4", tmp_path / "text.txt"
+    quantize(src, out, _cfg(), device="cpu")
+    text.write_text(bible_text[200_000:230_000], encoding="utf-8")
+    r = run_mtk(
+        "--json", "bench", str(src), str(out), "--text", str(text), "--ctx", "128", "--windows", "2",
+        "--gen-tokens", "4", "--device", "cpu", env={"MTK_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref, nf4 = json.loads(r.stdout)["artifacts"]
+    assert ref["is_reference"] and nf4["quantization"] == "bitsandbytes 4-bit nf4", nf4
+    # Tiny random models have flat logits: NF4 moves them visibly but not wildly (a broken load gives KL > 1).
+    assert 0 < nf4["kl_mean"] < 0.15 and abs(nf4["ppl"] / ref["ppl"] - 1) < 0.2, nf4
