@@ -16,6 +16,12 @@ The tensor plan is fixed before any weight is quantized, and the double-quantiza
 state's JSON) has no fixed length: with double quantization the JSON is padded with trailing spaces to the
 longest a float can print as (json.loads, which bitsandbytes reads it with, skips them). Without it the bytes are
 transformers'.
+
+Measured on SmolLM2-135M (a float16 copy, so that both quantize the same values): mtk's NF4 and int8 folders hold
+the same 902 and 692 tensors as transformers' ``save_pretrained`` after ``from_pretrained(...,
+BitsAndBytesConfig(...))`` on the CPU, bit for bit, and the same ``quantization_config``. With double quantization
+3,702 of 1,641,600 absmax codes differ by one level: bitsandbytes' CPU build quantizes them with a C kernel whose
+rounding near a midpoint is not its reference kernel's (mtk computes the reference's exact nearest level).
 """
 
 from __future__ import annotations
