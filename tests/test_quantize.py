@@ -173,6 +173,7 @@ REFUSED = [
     (("--method", "bnb", "--format", "gptq"), "bnb writes the formats bitsandbytes, not gptq"),
     (("--method", "bnb", "--bits", "8", "--group-size", "64"), "loads group sizes -1 at 8 bits"),
     (("--method", "bnb", "--bits", "8", "--bnb-double-quant"), "LLM.int8() (--bits 8) has neither"),
+    (("--method", "bnb", "--no-sym"), "have no zero point: drop --no-sym"),
     (("--method", "gptq", "--bnb-quant-type", "fp4"), "--bnb-quant-type is an option of bnb, not gptq"),
 ]
 

@@ -60,6 +60,8 @@ def _state_key(quant_type: str) -> str:
 def refuse(cfg: QuantizeConfig) -> str | None:
     if cfg.method != "bnb":
         return "the bitsandbytes format holds bitsandbytes' own NF4/FP4/int8 codes: use --method bnb"
+    if not cfg.sym:
+        return "bitsandbytes' types scale by the absmax and have no zero point: drop --no-sym"
     if cfg.bits == 8 and (cfg.bnb_quant_type != "nf4" or cfg.bnb_double_quant):
         return "--bnb-quant-type and --bnb-double-quant choose 4-bit types; LLM.int8() (--bits 8) has neither"
     return None
