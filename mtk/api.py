@@ -154,6 +154,8 @@ def quantize(
     static_groups: bool = False,
     act_group_aware: bool | None = None,
     damp_percent: float = 0.01,
+    bnb_quant_type: str = "nf4",
+    bnb_double_quant: bool = False,
     format: str | None = None,  # noqa: A002 - the CLI's --format
     calibration: PathLike | None = None,
     samples: int = 128,
@@ -165,13 +167,14 @@ def quantize(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """A registered method (GPTQ, AWQ, RTN, HQQ, FP8, SmoothQuant ...) on an HF checkpoint, layer by layer, written
-    as ``format`` (gptq, awq, compressed-tensors, compressed-tensors-fp8, compressed-tensors-int8, fp8); ``bits``,
-    ``group_size``, ``sym`` and ``format`` default to the method's; ``verify`` (default: when the format's loader is
-    installed) loads it in transformers before it is published. Impossible combinations raise UsageError before any
-    work. Mixture-of-experts models are written as compressed-tensors unless ``format`` says otherwise (gptq and awq
-    are refused for them: UnsupportedError); ``moe_calibration`` ("routed" or "all") chooses the tokens each expert
-    is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength."""
+    """A registered method (GPTQ, AWQ, RTN, HQQ, FP8, SmoothQuant, bnb ...) on an HF checkpoint, layer by layer,
+    written as ``format`` (gptq, awq, compressed-tensors, compressed-tensors-fp8, compressed-tensors-int8, fp8,
+    torchao, bitsandbytes); ``bits``, ``sym`` and ``format`` default to the method's, ``group_size`` None to the
+    method's at that width (128; bnb: 64 at 4 bits, -1 at 8; fp8 and smoothquant: -1); ``verify`` (default: when the
+    format's loader is installed) loads it in transformers before it is published. Impossible combinations raise
+    UsageError before any work. Mixture-of-experts models are written as compressed-tensors unless ``format`` says
+    otherwise (gptq and awq are refused for them: UnsupportedError); ``moe_calibration`` ("routed" or "all")
+    chooses the tokens each expert is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.engine import fit_format
@@ -182,6 +185,7 @@ def quantize(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
             seq_len=seq_len, moe_calibration=moe_calibration, smoothing_strength=smoothing_strength,
+            bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant,
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -170,6 +170,12 @@ REFUSED = [
     (("--method", "rtn", "--desc-act"), "--desc-act is an option of gptq, not rtn"),
     (("--method", "squeezeq"), f"supported: {', '.join(QUANTIZERS.names())}"),
     (("--format", "exl2"), f"supported: {', '.join(FORMATS.names())}"),
+    (("--method", "rtn", "--format", "bitsandbytes"), "use --method bnb"),
+    (("--method", "bnb", "--format", "gptq"), "bnb writes the formats bitsandbytes, not gptq"),
+    (("--method", "bnb", "--bits", "8", "--group-size", "64"), "loads group sizes -1 at 8 bits"),
+    (("--method", "bnb", "--bits", "8", "--bnb-double-quant"), "LLM.int8() (--bits 8) has neither"),
+    (("--method", "bnb", "--no-sym"), "have no zero point: drop --no-sym"),
+    (("--method", "gptq", "--bnb-quant-type", "fp4"), "--bnb-quant-type is an option of bnb, not gptq"),
 ]
 
 

@@ -119,6 +119,8 @@ def test_gptq_config_validates_and_resolves_its_defaults() -> None:
 
 # The formats whose grid is not "bits and group size" label what they are.
 LABELS = {
+    # bitsandbytes' config holds no group size (the block size is in each Linear's quant_state), but its codebook
+    "bitsandbytes": "bitsandbytes 4-bit nf4",
     "compressed-tensors-fp8": "compressed-tensors e4m3 block64",
     "compressed-tensors-int8": "compressed-tensors int8 w8a8",
     "fp8": "fp8 e4m3 block64",
@@ -129,7 +131,7 @@ LABELS = {
 def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     row = FORMATS.get(fmt)
     bits = 4 if 4 in row.bits else row.bits[0]
-    # A method that writes it: its own (awq, fp8's formats), else RTN.
+    # A method that writes it: its own (awq, bnb, fp8's formats), else RTN.
     method = next((m for m in QUANTIZERS.names() if fmt in (QUANTIZERS.get(m).formats or ())), "rtn")
     sizes = row.group_sizes.get(bits) or (64,)
     group = 64 if 64 in sizes else sizes[0]
@@ -138,9 +140,9 @@ def test_every_format_detects_its_own_config_and_labels_it(fmt: str) -> None:
     assert format_of(qc) is row and format_of(json.loads(json.dumps(qc))) is row
     assert [f for f in FORMATS.names() if FORMATS.get(f).detect(qc)] == [fmt]  # no other format claims it
     assert row.label(qc) == LABELS.get(fmt, f"{qc['quant_method']} {bits}-bit g64")
-    assert row.tolerance().kl_mean > 0 and isinstance(row.runtime_available(), bool)
+    assert row.tolerance(qc).kl_mean > 0 and isinstance(row.runtime_available(), bool)
     with pytest.raises(UnsupportedError, match="no checkpoint format"):
-        format_of({"quant_method": "bitsandbytes"})
+        format_of({"quant_method": "hqq"})
 
 
 def test_quantizer_registries_import_no_torch() -> None:
@@ -153,7 +155,7 @@ def test_quantizer_registries_import_no_torch() -> None:
 def test_labels_of_configs_mtk_does_not_write() -> None:
     from mtk.quantizers.formats import label_of
 
-    assert label_of({"quant_method": "bitsandbytes", "bits": 4}) == "bitsandbytes 4-bit"
+    assert label_of({"quant_method": "hqq", "bits": 4}) == "hqq 4-bit"
     assert label_of({"quant_method": "awq", "w_bit": 4, "q_group_size": 128}) == "awq 4-bit g128"  # AutoAWQ's keys
     assert label_of({}) == "quantized"
     ct = FORMATS.get("compressed-tensors")

@@ -1,9 +1,9 @@
-"""Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors: ``quantization_config`` in config.json), run in
-transformers through their checkpoint format's integration.
+"""Quantized Hugging Face folders (GPTQ, AWQ, compressed-tensors, bitsandbytes: ``quantization_config`` in
+config.json), run in transformers through their checkpoint format's integration.
 
 Loading is the checkpoint format's (``CheckpointFormat.load``: transformers with GPTQModel's kernels for GPTQ and
-AWQ, with compressed-tensors for compressed-tensors); this module recognises and labels the folders and verifies
-them. Packed weights hold several parameters per stored element, so no parameter count.
+AWQ, with compressed-tensors or bitsandbytes for theirs); this module recognises and labels the folders and
+verifies them. Packed weights hold several parameters per stored element, so no parameter count.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
         """The files' weight of a module-tree name (MoE blocks may be stored under another name)."""
         name = stored_name(plan, name) if plan is not None else name
         base = name.removesuffix(".weight")
-        if f"{base}.{fmt.packed_keys[0]}" in names:
+        if fmt.is_packed(base, names):
             return fmt.unpack({k: ckpt.get(f"{base}.{k}") for k in fmt.packed_keys if f"{base}.{k}" in names}, qc)
         return ckpt.get(name)
 
@@ -84,9 +84,9 @@ def hold_file_weights(model: Any, path: Path | str) -> Any:
             stored = stored_name(plan, name) if plan is not None else name
             if name in fused:
                 tensor.copy_(fused.pop(name)())
-            elif stored in names or f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+            elif stored in names or fmt.is_packed(stored.removesuffix(".weight"), names):
                 tensor.copy_(weight(name).to(tensor.dtype))
-                if f"{stored.removesuffix('.weight')}.{fmt.packed_keys[0]}" in names:
+                if fmt.is_packed(stored.removesuffix(".weight"), names):
                     packed.append(name.removesuffix(".weight"))
     if fmt.activations is not None:  # W8A8: their inputs rounded as the runtime rounds them
         qdq = fmt.activations(qc)
@@ -150,7 +150,8 @@ def verify(path: Path | str, source: Path | str) -> dict[str, Any]:
     src = _logits(model, prompts)
     held = _logits(hold_file_weights(_file_model(model, path), path), prompts)  # now with the files' weights
     metrics = logit_metrics(held, runtime)
-    tolerance = _format(path)[1].tolerance()
+    qc, fmt = _format(path)
+    tolerance = fmt.tolerance(qc)
     failures = tolerance.failures(metrics)
     if failures:
         raise VerificationError(

@@ -1,4 +1,5 @@
-"""``mtk quantize``: GPTQ, AWQ or RTN on an HF checkpoint, written for transformers/GPTQModel/vLLM loaders."""
+"""``mtk quantize``: GPTQ, AWQ, RTN, HQQ or bnb on an HF checkpoint, written for transformers/GPTQModel/vLLM and
+bitsandbytes loaders."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import typer
 from mtk.cli.common import Device, DeviceOpt, OutputDir, Overwrite, info, progress_bar, render
 from mtk.quantizers import FORMATS, QUANTIZERS
 from mtk.quantizers.config import MOE_CALIBRATIONS, allowed
+from mtk.quantizers.methods import DEFAULT_GROUP_SIZE
+from mtk.quantizers.methods.bnb import QUANT_TYPES
 
 
 def _method_help() -> str:
@@ -35,10 +38,15 @@ def _group_help() -> str:
         fmt = FORMATS.get(name)
         limits = [f"{allowed(sizes)} at {bits} bits" for bits, sizes in fmt.group_sizes.items()]
         parts.append(f"{name}: {'; '.join(limits) if limits else 'any'}")
-    defaults = ", ".join(f"{m} {QUANTIZERS.get(m).default_group_size}" for m in QUANTIZERS.names())
+    defaults = []
+    for name in QUANTIZERS.names():
+        own = QUANTIZERS.get(name).default_group_sizes
+        if own:
+            defaults.append(f"{name}: " + ", ".join(f"{g} at {b} bits" for b, g in own.items()))
     return (
-        "Input columns per scale, a multiple of 16; -1: one scale per output channel. What each format's runtime "
-        f"loads: {'; '.join(parts)}. Default: {defaults}."
+        "Input columns per scale, a multiple of 16; -1: one scale per output channel. Default: "
+        f"{DEFAULT_GROUP_SIZE}{'; ' if defaults else ''}{'; '.join(defaults)}. What each format's runtime "
+        f"loads: {'; '.join(parts)}."
     )
 
 
@@ -75,6 +83,16 @@ def quantize_command(
     damp_percent: Annotated[
         float, typer.Option(help="GPTQ Hessian dampening, a fraction of its mean diagonal.")
     ] = 0.01,
+    bnb_quant_type: Annotated[
+        str,
+        typer.Option(
+            help="bnb at 4 bits: the codebook, NF4 (QLoRA's normal quantiles) or FP4.",
+            metavar=f"<{'|'.join(QUANT_TYPES)}>",
+        ),
+    ] = "nf4",
+    bnb_double_quant: Annotated[
+        bool, typer.Option("--bnb-double-quant", help="bnb at 4 bits: also quantize the block absmax in 8 bits.")
+    ] = False,
     calibration: Annotated[
         Path | None, typer.Option(help='Calibration text: .txt, .jsonl (a "text" field) or .parquet.')
     ] = None,
@@ -111,6 +129,7 @@ def quantize_command(
     [b]mtk quantize smollm2-hf -o smollm2-awq --method awq --group-size 64 --calibration data.jsonl --samples 64[/b] ·
     [b]mtk quantize llama-hf -o llama-rtn --method rtn --bits 8[/b] ·
     [b]mtk quantize smollm2-hf -o smollm2-w4a16 --group-size 64 --calibration wiki.txt --format compressed-tensors[/b] ·
+    [b]mtk quantize smollm2-hf -o smollm2-nf4 --method bnb --bnb-double-quant[/b] ·
     [b]mtk quantize llama-hf -o llama-fp8 --method fp8[/b] (FP8 W8A8, per channel) ·
     [b]mtk quantize llama-hf -o llama-w8a8 --method smoothquant --calibration wiki.txt[/b] (INT8 W8A8)
     """
@@ -120,9 +139,10 @@ def quantize_command(
         result = quantize(
             model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
-            format=format_, calibration=calibration, samples=samples, seq_len=seq_len,
-            moe_calibration=moe_calibration, smoothing_strength=smoothing_strength, device=device.value,
-            verify=verify, overwrite=overwrite, progress=bar.update,
+            bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant, format=format_,
+            calibration=calibration, samples=samples, seq_len=seq_len, moe_calibration=moe_calibration,
+            smoothing_strength=smoothing_strength, device=device.value, verify=verify, overwrite=overwrite,
+            progress=bar.update,
         ).to_dict()  # fmt: skip
     if result.get("note"):
         info(f"note: {result['note']}")

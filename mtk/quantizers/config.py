@@ -29,14 +29,16 @@ def allowed(values: tuple[int, ...]) -> str:
 class QuantizeConfig:
     """How to quantize the Linear layers of the decoder blocks (embeddings, norms and the head stay as they are).
 
-    ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format``, ``sym``, ``bits`` and
-    ``group_size`` default to the method's (4 bits, groups of 128 for the integer methods). ``group_size`` -1 means
-    one scale per output channel over the whole input. ``sym`` stores the zero point at the middle of the range
-    (GPTQ's default); AWQ's default is asymmetric. ``damp_percent``,
+    ``method`` and ``format`` are registered names (``QUANTIZERS``, ``FORMATS``); ``format``, ``sym`` and ``bits``
+    default to the method's. ``group_size`` -1 means one scale per output channel over the whole input; None: the
+    method's default at that width (128; bnb: its 4-bit block of 64, and one absmax per row at 8 bits; fp8 and
+    smoothquant: per channel). ``sym`` stores the zero point at the middle of the range (GPTQ's default); AWQ's
+    default is asymmetric. ``damp_percent``,
     ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
     ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
     is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
-    ``smoothing_strength`` is SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``).
+    ``bnb_quant_type`` and ``bnb_double_quant`` are the bnb method's (see ``methods.bnb.BnBConfig``),
+    ``smoothing_strength`` SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``).
     """
 
     method: str = "gptq"
@@ -53,6 +55,8 @@ class QuantizeConfig:
     seq_len: int = 512
     moe_calibration: str = "routed"
     smoothing_strength: float = 0.5
+    bnb_quant_type: str = "nf4"
+    bnb_double_quant: bool = False
 
     def __post_init__(self) -> None:
         method = _lookup(QUANTIZERS, self.method)
@@ -63,10 +67,10 @@ class QuantizeConfig:
             object.__setattr__(self, "sym", method.default_sym)
         if self.bits is None:
             object.__setattr__(self, "bits", method.default_bits)
-        if self.group_size is None:
-            object.__setattr__(self, "group_size", method.default_group_size)
         if self.bits not in method.bits:
             raise ValueError(f"{method.name} supports bits {', '.join(map(str, method.bits))}, not {self.bits}")
+        if self.group_size is None:
+            object.__setattr__(self, "group_size", method.default_group_size(self.bits))
         if self.group_size != -1 and (self.group_size < 16 or self.group_size % 16):
             raise ValueError(f"group size must be -1 or a positive multiple of 16, got {self.group_size}")
         self._check_format(method, fmt)

@@ -141,8 +141,8 @@ def _copy_config(ckpt: HFCheckpoint, dst: Path, cfg: QuantizeConfig, plan: Layer
     moe = cfg.format_row.moe
     if plan.experts is not None and moe is not None:
         qc = moe.config(qc, plan.experts.keep_float)
-    if "ignore" in qc:  # a format whose runtime quantizes every Linear it is not told to leave (compressed-tensors)
-        qc["ignore"] = sorted({*qc["ignore"], *float_linears})
+    if cfg.format_row.keep_float is not None:  # a runtime that quantizes every Linear it is not told to leave
+        qc = cfg.format_row.keep_float(qc, float_linears)
     config["quantization_config"] = qc
     config.pop("torch_dtype", None)
     config["dtype"] = str(STORED_FLOAT).removeprefix("torch.")

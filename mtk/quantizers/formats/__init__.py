@@ -1,5 +1,5 @@
 """Checkpoint formats for quantized Linear layers, registered by name: ``gptq``, ``awq``, ``compressed-tensors``,
-``compressed-tensors-fp8``, ``compressed-tensors-int8``, ``fp8``, ``torchao``.
+``bitsandbytes``, ``compressed-tensors-fp8``, ``compressed-tensors-int8``, ``fp8``, ``torchao``.
 
 One module per format holds everything mtk knows about it: what it can hold (bits, group sizes its runtime
 loads, shape constraints), its packed tensors (shapes, pack, unpack), the ``quantization_config`` it writes,
@@ -41,7 +41,8 @@ class CheckpointFormat:
 
     ``group_sizes`` maps a bit width to the group sizes its runtime loads at that width (-1: one scale per output
     channel); a width not listed takes any group size mtk writes (-1 or a multiple of 16). ``packed_keys`` the tensor
-    suffixes a quantized Linear ``base`` stores, the first one always present (it identifies a packed Linear).
+    suffixes a quantized Linear ``base`` may store; ``markers`` those of which one is always present and identifies a
+    packed Linear (default: the first packed key; bitsandbytes keeps ``weight`` as a key, so it names others).
     ``refuse`` returns why a config cannot be written in this format (beyond bits and group size), or None.
     ``check_shape`` raises ``UsageError`` for a Linear ``(out, in)`` the layout cannot hold.
     """
@@ -63,8 +64,9 @@ class CheckpointFormat:
     runtime_available: Callable[[], bool]
     runtime_module: str  # the package transformers imports to load it (bench imports it before timing the load)
     load: Callable[[Path], Any]
-    # A function, not a value: Tolerance lives with torch-importing verification code.
-    tolerance: Callable[[], Tolerance]
+    # A function (of the checkpoint's quantization_config), not a value: Tolerance lives with torch-importing
+    # verification code.
+    tolerance: Callable[[dict[str, Any]], Tolerance]
     label: Callable[[dict[str, Any]], str]
     # How it holds mixture-of-experts checkpoints; None: its runtime does not load per-expert weights back.
     moe: MoeSupport | None = None
@@ -74,6 +76,14 @@ class CheckpointFormat:
     # The ``__metadata__`` of every safetensors shard beside ``format: pt``, given all the tensors the checkpoint
     # stores in write order (every shard gets all of it); None: none (torchao's loader needs its subclass table).
     safetensors_metadata: Callable[[list[StoredTensor], QuantizeConfig], dict[str, str]] | None = None
+    markers: tuple[str, ...] = ()
+    # The quantization_config given the model's Linears outside the decoder layers (full module names, the head
+    # among them), which mtk leaves float; None: the runtime quantizes only what the files hold packed.
+    keep_float: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
+
+    def is_packed(self, base: str, names: set[str] | dict[str, Any]) -> bool:
+        """Whether the stored tensor ``names`` hold Linear ``base`` packed in this format."""
+        return any(f"{base}.{k}" in names for k in self.markers or self.packed_keys[:1])
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ def format_of(qc: dict[str, Any]) -> CheckpointFormat:
 
 def label_of(qc: dict[str, Any]) -> str:
     """A human label for any ``quantization_config``: its format's, or (a format mtk does not write, e.g.
-    bitsandbytes) the method with whatever bits and group size keys it has."""
+    HQQ's or torchao's) the method with whatever bits and group size keys it has."""
     for name in FORMATS.names():
         fmt = FORMATS.get(name)
         if fmt.detect(qc):
@@ -121,6 +131,7 @@ def group_label(quant_method: str, bits: Any, group: Any) -> str:
 
 # The built-in formats register themselves on import (after FORMATS exists).
 from mtk.quantizers.formats import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.formats import bitsandbytes as _bitsandbytes  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors as _compressed_tensors  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors_fp8 as _compressed_tensors_fp8  # noqa: E402, F401
 from mtk.quantizers.formats import compressed_tensors_int8 as _compressed_tensors_int8  # noqa: E402, F401

@@ -82,7 +82,7 @@ def load(path: Path) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # GPTQModel's default int4 CPU kernel (TorchAtenLinear, ATen's int4 matmul) computes in its own reduced

@@ -154,6 +154,11 @@ def is_format(qc: dict[str, Any], fmt: str) -> bool:
     return qc.get("quant_method") == "compressed-tensors" and qc.get("format") == fmt
 
 
+def keep_float(qc: dict[str, Any], linears: list[str]) -> dict[str, Any]:
+    """compressed-tensors quantizes every module its ``Linear`` target matches: the float ones join ``ignore``."""
+    return {**qc, "ignore": sorted({*qc["ignore"], *linears})}
+
+
 def scheme_weights(qc: dict[str, Any]) -> dict[str, Any]:
     """The weight arguments of the first config group (mtk writes one)."""
     return next(iter(qc.get("config_groups", {}).values()), {}).get("weights") or {}
@@ -203,7 +208,7 @@ def load(path: Path) -> Any:
     return model
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # compressed-tensors unpacks to float Linears: symmetric checkpoints (kept packed until the first forward, then
@@ -241,5 +246,6 @@ COMPRESSED_TENSORS = FORMATS.add(
         tolerance=tolerance,
         label=label,
         moe=MoeSupport(config=moe_config, refuse=moe_refuse),
+        keep_float=keep_float,
     ),
 )

@@ -102,7 +102,7 @@ def label(qc: dict[str, Any]) -> str:
     return "compressed-tensors e4m3 " + (f"block{block[0]}" if block else "channel")
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
@@ -133,5 +133,6 @@ COMPRESSED_TENSORS_FP8 = FORMATS.add(
         tolerance=tolerance,
         label=label,
         activations=activations,
+        keep_float=ct.keep_float,
     ),
 )

@@ -85,7 +85,7 @@ def label(qc: dict[str, Any]) -> str:
     return "compressed-tensors int8 w8a8"
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
@@ -116,5 +116,6 @@ COMPRESSED_TENSORS_INT8 = FORMATS.add(
         tolerance=tolerance,
         label=label,
         activations=activations,
+        keep_float=ct.keep_float,
     ),
 )

@@ -101,7 +101,7 @@ def load(path: Path) -> Any:
     )
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # Dequantized at load time to exactly weight * scale in float32: the files' own weights.

@@ -186,7 +186,7 @@ def load(path: Path) -> Any:
     return model.to(torch.float32)
 
 
-def tolerance() -> Tolerance:
+def tolerance(qc: dict[str, Any]) -> Tolerance:
     from mtk.compare import Tolerance
 
     # torchao dequantizes each Linear in torch ((qdata - zero_point) * scale, as mtk's unpack) and runs a float

@@ -8,7 +8,7 @@ its layer quantizer. Like the format rows, these modules import neither torch no
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mtk.registry import Registry
@@ -52,7 +52,9 @@ class MethodConfig:
 @dataclass(frozen=True)
 class QuantMethod:
     """One method. ``options`` is its config class, whose fields are the ``QuantizeConfig`` options it reads;
-    ``formats`` None means every registered format."""
+    ``formats`` None means every registered format; ``default_bits`` the width when none is given, and
+    ``default_group_sizes`` the group size per bit width when none is given (a width not listed:
+    ``DEFAULT_GROUP_SIZE``)."""
 
     name: str
     summary: str
@@ -64,13 +66,19 @@ class QuantMethod:
     quantize_layer: LayerQuantizer
     formats: tuple[str, ...] | None = None
     default_bits: int = 4
-    default_group_size: int = 128
+    default_group_sizes: dict[int, int] = field(default_factory=dict)
 
+    def default_group_size(self, bits: int) -> int:
+        return self.default_group_sizes.get(bits, DEFAULT_GROUP_SIZE)
+
+
+DEFAULT_GROUP_SIZE = 128
 
 QUANTIZERS: Registry[QuantMethod] = Registry("quantization method", entry_point_group="mtk.quantizers")
 
 # The built-in methods register themselves on import (after QUANTIZERS exists).
 from mtk.quantizers.methods import awq as _awq  # noqa: E402, F401
+from mtk.quantizers.methods import bnb as _bnb  # noqa: E402, F401
 from mtk.quantizers.methods import fp8 as _fp8  # noqa: E402, F401
 from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
 from mtk.quantizers.methods import hqq as _hqq  # noqa: E402, F401

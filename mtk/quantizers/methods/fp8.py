@@ -48,6 +48,6 @@ FP8 = QUANTIZERS.add(
         quantize_layer=quantize_layer,
         formats=("compressed-tensors-fp8", "fp8"),
         default_bits=8,
-        default_group_size=-1,
+        default_group_sizes={8: -1},
     ),
 )

@@ -64,6 +64,6 @@ SMOOTHQUANT = QUANTIZERS.add(
         quantize_layer=quantize_layer,
         formats=("compressed-tensors-int8",),
         default_bits=8,
-        default_group_size=-1,
+        default_group_sizes={8: -1},
     ),
 )
