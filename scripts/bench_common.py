@@ -35,3 +35,27 @@ def timed(argv: list[str], log: Path, env: dict[str, str] | None = None) -> dict
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
     }
+
+
+def score(hf: Path, rows: list[dict], work: Path, windows: int) -> None:
+    """Score the float model and every row's ``path`` in one ``mtk bench`` run (``windows`` windows of 512 tokens of
+    ``work``/eval.txt); adds ``ppl``, ``kl``, ``top1`` to the rows and prints the table (rows named by ``name``)."""
+    import json
+
+    bench = work / "bench.json"
+    paths = [str(hf), *[str(r["path"]) for r in rows]]
+    argv = [sys.executable, "-m", "mtk", "bench", *paths, "--text", str(work / "eval.txt"), "--windows",
+            str(windows), "--gen-tokens", "0", "--json", str(bench)]  # fmt: skip
+    timed(argv, work / "bench")
+    scores = {Path(a["path"]).resolve(): a for a in json.loads(bench.read_text())["artifacts"]}
+    ref = scores[hf.resolve()]
+    print(f"float32 perplexity {ref['ppl']:.4f} ({windows} windows of 512 tokens, second half of the KJV)")
+    head = f"{'ppl':>9} {'vs float':>9} {'KL':>9} {'top-1':>6} {'wall s':>7} {'cpu s':>6} {'peak MiB':>8}"
+    print(f"{'name':18} {'tool':15} {head}")
+    for r in rows:
+        s = scores[Path(r["path"]).resolve()]
+        r.update(ppl=s["ppl"], kl=s["kl_mean"], top1=s["top1"])
+        print(
+            f"{r['name']:18} {r['tool']:15} {s['ppl']:9.4f} {s['ppl'] / ref['ppl'] - 1:+9.2%} {s['kl_mean']:9.5f} "
+            f"{s['top1']:6.3f} {r['wall_s']:7.1f} {r['cpu_s']:6.1f} {r['peak_rss_mib']:8d}"
+        )

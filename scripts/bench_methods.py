@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_common import bible_halves, timed
+from bench_common import bible_halves, score, timed
 
 # name -> (mtk quantize options, whether it calibrates)
 RUNS = {
@@ -79,7 +79,7 @@ def main() -> None:
     for name, (options, calibrated) in RUNS.items():
         out = work / f"mtk-{name}"
         argv = [sys.executable, "-m", "mtk", "quantize", str(args.hf), "-o", str(out), "--overwrite", "--no-verify"]
-        rows.append({"run": name, "tool": "mtk", "path": out, **timed(argv + options + (cal if calibrated else []),
+        rows.append({"name": name, "tool": "mtk", "path": out, **timed(argv + options + (cal if calibrated else []),
                                                                        work / f"mtk-{name}")})  # fmt: skip
         print(f"mtk {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
     if args.hqq_path:
@@ -87,24 +87,9 @@ def main() -> None:
             out = work / f"hqq-lib-{bits}bit"
             argv = [sys.executable, __file__, "--hf", str(args.hf), "--child-hqq", str(args.hf), str(out), str(bits)]
             env = {"PYTHONPATH": str(args.hqq_path)}
-            rows.append({"run": f"hqq-{bits}bit", "tool": "hqq 0.2.8", "path": out, **timed(argv, out, env)})
+            rows.append({"name": f"hqq-{bits}bit", "tool": "hqq 0.2.8", "path": out, **timed(argv, out, env)})
             print(f"hqq {bits}-bit: {rows[-1]['wall_s']} s", file=sys.stderr)
-    bench = work / "bench.json"
-    paths = [str(args.hf), *[str(r["path"]) for r in rows]]
-    argv = [sys.executable, "-m", "mtk", "bench", *paths, "--text", str(work / "eval.txt"), "--windows",
-            str(args.windows), "--gen-tokens", "0", "--json", str(bench)]  # fmt: skip
-    timed(argv, work / "bench")
-    scores = {Path(a["path"]).resolve(): a for a in json.loads(bench.read_text())["artifacts"]}
-    ref = scores[args.hf.resolve()]
-    print(f"float32 perplexity {ref['ppl']:.4f} ({args.windows} windows of 512 tokens, second half of the KJV)")
-    print(f"{'run':10} {'tool':10} {'ppl':>9} {'vs float':>9} {'KL':>9} {'top-1':>6} {'wall s':>7} {'peak MiB':>8}")
-    for r in rows:
-        s = scores[r["path"].resolve()]
-        r.update(ppl=s["ppl"], kl=s["kl_mean"], top1=s["top1"])
-        print(
-            f"{r['run']:10} {r['tool']:10} {s['ppl']:9.4f} {s['ppl'] / ref['ppl'] - 1:+9.2%} {s['kl_mean']:9.5f} "
-            f"{s['top1']:6.3f} {r['wall_s']:7.1f} {r['peak_rss_mib']:8d}"
-        )
+    score(args.hf, rows, work, args.windows)
     if args.json:
         args.json.write_text(json.dumps([{**r, "path": str(r["path"])} for r in rows], indent=2))
 

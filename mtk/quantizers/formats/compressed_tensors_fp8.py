@@ -14,53 +14,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes
+from mtk.quantizers.formats import FORMATS, CheckpointFormat
 from mtk.quantizers.formats import compressed_tensors as ct
+from mtk.quantizers.formats._fp8 import Fp8Tensors, refuse
 
 if TYPE_CHECKING:
-    import torch
-
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
 
 FORMAT = "float-quantized"
 
 
-def refuse(cfg: QuantizeConfig) -> str | None:
-    if cfg.method != "fp8":
-        return f"the {cfg.format} format holds FP8 weights: use --method fp8, not {cfg.method}"
-    return None if cfg.sym else "FP8 weights are symmetric (no zero point): drop --no-sym"
-
-
-def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
-    from mtk.quantizers.fp8 import check_blocks
-
-    check_blocks(name, out, cols, cfg.group_size)
-
-
-def packed_shapes(out: int, cols: int, cfg: QuantizeConfig) -> PackedShapes:
-    import torch
-
-    from mtk.quantizers.fp8 import FP8_DTYPE, scale_shape
-
-    # weight_scale first: it marks a quantized Linear (every float Linear has a "weight" too).
-    return {
-        "weight_scale": (torch.float32, scale_shape(out, cols, cfg.group_size)),
-        "weight": (FP8_DTYPE, (out, cols)),
-    }
-
-
-def pack(q: QuantizedLinear, cfg: QuantizeConfig) -> dict[str, torch.Tensor]:
-    from mtk.quantizers.fp8 import FP8_DTYPE, stored_scale
-
-    return {"weight_scale": stored_scale(q, cfg.group_size), "weight": q.codes.to(FP8_DTYPE)}
-
-
-def unpack(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> torch.Tensor:
-    from mtk.quantizers.fp8 import dequantize
-
-    return dequantize(tensors["weight"], tensors["weight_scale"])
+TENSORS = Fp8Tensors("weight_scale")
 
 
 def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -121,10 +86,10 @@ COMPRESSED_TENSORS_FP8 = FORMATS.add(
         packed_keys=("weight_scale", "weight"),
         writes_quantize_config=False,
         refuse=refuse,
-        check_shape=check_shape,
-        packed_shapes=packed_shapes,
-        pack=pack,
-        unpack=unpack,
+        check_shape=TENSORS.check_shape,
+        packed_shapes=TENSORS.packed_shapes,
+        pack=TENSORS.pack,
+        unpack=TENSORS.unpack,
         quantization_config=quantization_config,
         detect=lambda qc: ct.is_format(qc, FORMAT),
         runtime_available=ct.available,

@@ -15,57 +15,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes
+from mtk.quantizers.formats import FORMATS, CheckpointFormat
+from mtk.quantizers.formats._fp8 import Fp8Tensors
+from mtk.quantizers.formats._fp8 import refuse as fp8_refuse
 
 if TYPE_CHECKING:
-    import torch
-
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+
+
+TENSORS = Fp8Tensors("weight_scale_inv")
 
 
 def refuse(cfg: QuantizeConfig) -> str | None:
-    if cfg.method != "fp8":
-        return f"the {cfg.format} format holds FP8 weights: use --method fp8, not {cfg.method}"
-    if not cfg.sym:
-        return "FP8 weights are symmetric (no zero point): drop --no-sym"
-    if cfg.group_size == -1:
+    if cfg.group_size == -1 and cfg.method == "fp8":
         return (
             "the fp8 format (transformers' FineGrainedFP8) has block scales only: give --group-size B for B x B "
             "blocks (128 as DeepSeek-V3), or use --format compressed-tensors-fp8 for per-channel scales"
         )
-    return None
-
-
-def check_shape(name: str, out: int, cols: int, cfg: QuantizeConfig) -> None:
-    from mtk.quantizers.fp8 import check_blocks
-
-    check_blocks(name, out, cols, cfg.group_size)
-
-
-def packed_shapes(out: int, cols: int, cfg: QuantizeConfig) -> PackedShapes:
-    import torch
-
-    from mtk.quantizers.fp8 import FP8_DTYPE, scale_shape
-
-    # weight_scale_inv first: it marks a quantized Linear (every float Linear has a "weight" too).
-    return {
-        "weight_scale_inv": (torch.float32, scale_shape(out, cols, cfg.group_size)),
-        "weight": (FP8_DTYPE, (out, cols)),
-    }
-
-
-def pack(q: QuantizedLinear, cfg: QuantizeConfig) -> dict[str, torch.Tensor]:
-    from mtk.quantizers.fp8 import FP8_DTYPE, stored_scale
-
-    return {"weight_scale_inv": stored_scale(q, cfg.group_size), "weight": q.codes.to(FP8_DTYPE)}
-
-
-def unpack(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> torch.Tensor:
-    from mtk.quantizers.fp8 import dequantize
-
-    return dequantize(tensors["weight"], tensors["weight_scale_inv"])
+    return fp8_refuse(cfg)
 
 
 def quantization_config(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -125,10 +93,10 @@ FINEGRAINED_FP8 = FORMATS.add(
         packed_keys=("weight_scale_inv", "weight"),
         writes_quantize_config=False,
         refuse=refuse,
-        check_shape=check_shape,
-        packed_shapes=packed_shapes,
-        pack=pack,
-        unpack=unpack,
+        check_shape=TENSORS.check_shape,
+        packed_shapes=TENSORS.packed_shapes,
+        pack=TENSORS.pack,
+        unpack=TENSORS.unpack,
         quantization_config=quantization_config,
         detect=lambda qc: qc.get("quant_method") == "fp8",
         runtime_available=available,
