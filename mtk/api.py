@@ -162,6 +162,9 @@ def quantize(
     seq_len: int = 512,
     moe_calibration: str = "routed",
     smoothing_strength: float = 0.5,
+    signround_iters: int = 200,
+    signround_lr: float = 0.0,
+    signround_batch: int = 8,
     device: DeviceName = "auto",
     verify: bool | None = None,
     overwrite: bool = False,
@@ -174,7 +177,8 @@ def quantize(
     format's loader is installed) loads it in transformers before it is published. Impossible combinations raise
     UsageError before any work. Mixture-of-experts models are written as compressed-tensors unless ``format`` says
     otherwise (gptq and awq are refused for them: UnsupportedError); ``moe_calibration`` ("routed" or "all")
-    chooses the tokens each expert is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength."""
+    chooses the tokens each expert is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength,
+    ``signround_*`` SignRound's steps, learning rate (0: 1 / steps) and batch."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.engine import fit_format
@@ -185,6 +189,7 @@ def quantize(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
             act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
             seq_len=seq_len, moe_calibration=moe_calibration, smoothing_strength=smoothing_strength,
+            signround_iters=signround_iters, signround_lr=signround_lr, signround_batch=signround_batch,
             bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant,
         )  # fmt: skip
     except ValueError as exc:

@@ -109,6 +109,9 @@ def quantize_command(
     smoothing_strength: Annotated[
         float, typer.Option(help="SmoothQuant's migration strength a in s = max|X|^a / max|W|^(1-a).")
     ] = 0.5,
+    signround_iters: Annotated[int, typer.Option(help="SignRound's signed-gradient steps per layer.")] = 200,
+    signround_lr: Annotated[float, typer.Option(help="SignRound's learning rate (0: 1 / steps).")] = 0.0,
+    signround_batch: Annotated[int, typer.Option(help="SignRound's calibration samples per step.")] = 8,
     format_: Annotated[
         str | None,
         typer.Option("--format", help=_format_help(), metavar=f"<{'|'.join(FORMATS.names())}>"),
@@ -141,7 +144,8 @@ def quantize_command(
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
             bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant, format=format_,
             calibration=calibration, samples=samples, seq_len=seq_len, moe_calibration=moe_calibration,
-            smoothing_strength=smoothing_strength, device=device.value, verify=verify, overwrite=overwrite,
+            smoothing_strength=smoothing_strength, signround_iters=signround_iters, signround_lr=signround_lr,
+            signround_batch=signround_batch, device=device.value, verify=verify, overwrite=overwrite,
             progress=bar.update,
         ).to_dict()  # fmt: skip
     if result.get("note"):

@@ -38,7 +38,8 @@ class QuantizeConfig:
     ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
     is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
     ``bnb_quant_type`` and ``bnb_double_quant`` are the bnb method's (see ``methods.bnb.BnBConfig``),
-    ``smoothing_strength`` SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``).
+    ``smoothing_strength`` SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``), ``signround_iters``,
+    ``signround_lr`` and ``signround_batch`` SignRound's (``methods.signround.SignRoundConfig``).
     """
 
     method: str = "gptq"
@@ -55,6 +56,9 @@ class QuantizeConfig:
     seq_len: int = 512
     moe_calibration: str = "routed"
     smoothing_strength: float = 0.5
+    signround_iters: int = 200
+    signround_lr: float = 0.0
+    signround_batch: int = 8
     bnb_quant_type: str = "nf4"
     bnb_double_quant: bool = False
 

@@ -83,4 +83,5 @@ from mtk.quantizers.methods import fp8 as _fp8  # noqa: E402, F401
 from mtk.quantizers.methods import gptq as _gptq  # noqa: E402, F401
 from mtk.quantizers.methods import hqq as _hqq  # noqa: E402, F401
 from mtk.quantizers.methods import rtn as _rtn  # noqa: E402, F401
+from mtk.quantizers.methods import signround as _signround  # noqa: E402, F401
 from mtk.quantizers.methods import smoothquant as _smoothquant  # noqa: E402, F401
