@@ -1,17 +1,18 @@
-"""Benchmark ``mtk quantize``'s weight-only methods (RTN, HQQ, GPTQ, AWQ) at 4 and 3 bits on SmolLM2, with the
-``hqq`` library's own HQQ on the same weights beside mtk's.
+"""Benchmark ``mtk quantize``'s weight-only methods (RTN, HQQ, GPTQ, AWQ, SignRound) at 4 and 3 bits on SmolLM2,
+with the ``hqq`` library's own HQQ and ``auto-round``'s SignRound beside mtk's.
 
-Every mtk quantization is its own child process (``--no-verify``; wall time includes interpreter start and imports,
-peak RSS is its own), group size 64, the calibrated methods on the same windows of the first half of the KJV text.
-The peer is ``hqq`` 0.2.8 (``HQQLinear`` with ``BaseQuantizeConfig(nbits, group_size=64)``, its defaults: 20
-half-quadratic steps, zero points rounded): it has no checkpoint format transformers loads on a CPU, so its
-dequantized weights are written into a float copy of the model, which scores the grid it found. mtk's HQQ keeps
-integer zero points too (the GPTQ/AWQ/compressed-tensors formats store them so). All checkpoints are then scored
-by one ``mtk bench`` run on windows of the second half of the KJV text (perplexity; KL and top-1 against the float
-model).
+Every quantization is its own child process (mtk with ``--no-verify``; wall time includes interpreter start and
+imports, peak RSS is its own), group size 64, the calibrated methods on the same windows of the first half of the KJV
+text (auto-round is handed mtk's token ids). Peers: ``hqq`` 0.2.8 (``HQQLinear`` with ``BaseQuantizeConfig(nbits,
+group_size=64)``, its defaults: 20 half-quadratic steps, zero points rounded), which has no checkpoint format
+transformers loads on a CPU, so its dequantized weights are written into a float copy of the model; ``auto-round``
+(symmetric, ``--signround-iters`` steps, batches of 8, written as GPTQ). mtk's HQQ keeps integer zero points too (the
+GPTQ/AWQ/compressed-tensors formats store them so). All checkpoints are then scored by one ``mtk bench`` run on
+windows of the second half of the KJV text (perplexity; KL and top-1 against the float model).
 
     pip install --no-deps --target /tmp/hqqlib hqq==0.2.8.post1 termcolor einops
-    .venv/bin/python scripts/bench_methods.py --hf smollm2-hf --hqq-path /tmp/hqqlib --workdir /tmp/methods
+    .venv/bin/python scripts/bench_methods.py --hf smollm2-hf --hqq-path /tmp/hqqlib \\
+        --autoround-python /tmp/llmc-venv/bin/python --workdir /tmp/methods
 """
 
 from __future__ import annotations
@@ -23,13 +24,27 @@ from pathlib import Path
 
 from bench_common import bible_halves, score, timed
 
-# name -> (mtk quantize options, whether it calibrates)
-RUNS = {
-    f"{method}-{bits}bit": (["--method", method, "--bits", str(bits), "--group-size", "64"], method in ("gptq", "awq"))
-    for bits in (4, 3)
-    for method in ("rtn", "hqq", "gptq", "awq")
-    if not (method == "awq" and bits == 3)  # mtk's AWQ is 4-bit
-}
+METHODS = ("rtn", "hqq", "gptq", "awq", "signround")
+CALIBRATED = ("gptq", "awq", "signround")
+
+# The peer for SignRound: auto-round's AutoRound, written in GPTQ's format (it runs from llm-compressor's
+# environment, which pins auto-round 0.15.1; 0.16 needs transformers it does not support here).
+AUTOROUND_SCRIPT = """
+import json, sys, time
+start = time.perf_counter()
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from auto_round import AutoRound
+
+src, out, ids_file, bits, iters = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ids = json.loads(open(ids_file).read())
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+tok = AutoTokenizer.from_pretrained(src)
+ar = AutoRound(model, tokenizer=tok, bits=bits, group_size=64, sym=True, iters=iters, nsamples=len(ids),
+               seqlen=len(ids[0]), batch_size=8, dataset=[torch.tensor([r]) for r in ids], device_map="cpu")
+ar.quantize_and_save(out, format="auto_gptq")
+print(json.dumps({"tool_s": time.perf_counter() - start}))
+"""
 
 
 def hqq_child(src: Path, out: Path, bits: int) -> None:
@@ -60,6 +75,10 @@ def main() -> None:
     ap.add_argument("--hf", type=Path, required=True, help="the float HF checkpoint (SmolLM2 imported by mtk)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_methods"))
     ap.add_argument("--hqq-path", type=Path, help="a folder holding the hqq package (pip install --target)")
+    ap.add_argument("--autoround-python", type=Path, help="python of an environment with auto-round")
+    ap.add_argument("--signround-iters", type=int, default=200, help="SignRound steps per layer, both tools")
+    ap.add_argument("--methods", default=",".join(METHODS), help="mtk methods to run (comma-separated)")
+    ap.add_argument("--bits", default="4,3", help="widths to run (comma-separated)")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--windows", type=int, default=8)
@@ -75,15 +94,38 @@ def main() -> None:
     (work / "cal.txt").write_text(cal_text, encoding="utf-8")
     (work / "eval.txt").write_text(eval_text, encoding="utf-8")
     cal = ["--calibration", str(work / "cal.txt"), "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+    widths = [int(b) for b in args.bits.split(",")]
     rows = []
-    for name, (options, calibrated) in RUNS.items():
-        out = work / f"mtk-{name}"
-        argv = [sys.executable, "-m", "mtk", "quantize", str(args.hf), "-o", str(out), "--overwrite", "--no-verify"]
-        rows.append({"name": name, "tool": "mtk", "path": out, **timed(argv + options + (cal if calibrated else []),
-                                                                       work / f"mtk-{name}")})  # fmt: skip
-        print(f"mtk {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
+    for bits in widths:
+        for method in args.methods.split(","):
+            if method == "awq" and bits != 4:
+                continue  # mtk's AWQ is 4-bit
+            name, out = f"{method}-{bits}bit", work / f"mtk-{method}-{bits}bit"
+            argv = [sys.executable, "-m", "mtk", "quantize", str(args.hf), "-o", str(out), "--overwrite", "--no-verify",
+                    "--method", method, "--bits", str(bits), "--group-size", "64"]  # fmt: skip
+            argv += cal if method in CALIBRATED else []
+            argv += ["--signround-iters", str(args.signround_iters)] if method == "signround" else []
+            rows.append({"name": name, "tool": "mtk", "path": out, **timed(argv, out)})
+            print(f"mtk {name}: {rows[-1]['wall_s']} s", file=sys.stderr)
+    if args.autoround_python:
+        from transformers import AutoTokenizer
+
+        from mtk.converters.calibration import load_calibration
+
+        ids = load_calibration(
+            work / "cal.txt", AutoTokenizer.from_pretrained(str(args.hf)), args.samples, args.seq_len
+        )
+        (work / "ids.json").write_text(json.dumps(ids.tolist()))
+        (work / "autoround.py").write_text(AUTOROUND_SCRIPT)
+        for bits in widths:
+            out = work / f"autoround-{bits}bit"
+            argv = [str(args.autoround_python), str(work / "autoround.py"), str(args.hf), str(out),
+                    str(work / "ids.json"), str(bits), str(args.signround_iters)]  # fmt: skip
+            rows.append({"name": f"signround-{bits}bit", "tool": "auto-round", **timed(argv, out)})
+            rows[-1]["path"] = next(out.iterdir()) if out.is_dir() and not (out / "config.json").exists() else out
+            print(f"auto-round {bits}-bit: {rows[-1]['wall_s']} s", file=sys.stderr)
     if args.hqq_path:
-        for bits in (4, 3):
+        for bits in widths:
             out = work / f"hqq-lib-{bits}bit"
             argv = [sys.executable, __file__, "--hf", str(args.hf), "--child-hqq", str(args.hf), str(out), str(bits)]
             env = {"PYTHONPATH": str(args.hqq_path)}
