@@ -191,4 +191,7 @@ def test_bad_combinations_are_refused(tiny_models: dict, tmp_path: Path) -> None
     r = run_mtk("quantize", str(tiny_models["llama"]), "-o", str(tmp_path / "x"), "--method", "fp8", "--group-size",
                 "48")  # fmt: skip
     assert r.returncode == 2 and "not a multiple of group size 48" in r.stderr, r.stderr
+    # MoE: no FP8 format's runtime loads per-expert weights back here (README): refused, not a wrong default format
+    r = run_mtk("quantize", str(tiny_models["qwen3moe"]), "-o", str(tmp_path / "y"), "--method", "fp8")
+    assert r.returncode == 3 and "writes no format whose runtime loads per-expert weights" in r.stderr, r.stderr
     assert not any(tmp_path.iterdir())

@@ -101,6 +101,12 @@ def moe_refusal(model_type: str, cfg: QuantizeConfig) -> str | None:
     """Why ``cfg`` cannot write a mixture-of-experts model that loads back, or None."""
     moe = cfg.format_row.moe
     if moe is None:
+        method = cfg.method_row
+        if method.formats is not None and MOE_FORMAT not in method.formats:
+            return (
+                f"{model_type} is a mixture-of-experts model and --method {method.name} writes no format whose "
+                f"runtime loads per-expert weights back ({', '.join(method.formats)}): use --method gptq or rtn"
+            )
         return (
             f"{model_type} is a mixture-of-experts model and the {cfg.format} format cannot hold its experts: "
             f"{cfg.format_row.runtime} does not load per-expert checkpoints back into transformers 5's fused "
@@ -121,7 +127,8 @@ def fit_format(cfg: QuantizeConfig, model_dir: Path | str, *, explicit: bool) ->
         return cfg
     if plan.experts is None:
         return cfg
-    if cfg.format_row.moe is None and not explicit:
+    method_formats = cfg.method_row.formats
+    if cfg.format_row.moe is None and not explicit and (method_formats is None or MOE_FORMAT in method_formats):
         try:
             cfg = dataclasses.replace(cfg, format=MOE_FORMAT)
         except ValueError as exc:
