@@ -1,0 +1,85 @@
+"""GPTQ on GGUF's own block grids, on one layer: the code layouts, lower output error than the importance-weighted
+encoder for every type, the per-tensor choice, deterministic bytes, and bytes that decode to the weights used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+
+from mtk.kernels import codes, types
+from mtk.kernels.dequant import dequantize
+from mtk.kernels.quantize import quantize
+from mtk.quantizers.gguf_gptq import gptq_encode, gptq_or_plain, output_error, plain_encode
+
+QT = GGMLQuantizationType
+TYPES = [types.get(name).qtype for name in codes.CODE_BYTES]
+ROWS, COLS, TOKENS = 48, 512, 2048
+
+
+def layer(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A weight (ROWS, COLS), correlated activations' Hessian X^T X and its diagonal's mean (llama-imatrix's
+    importance: mean squared activations)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(ROWS, COLS, generator=g) * 0.02
+    mix = torch.randn(COLS, COLS, generator=g) / COLS**0.5 + torch.eye(COLS) * 0.5
+    x = torch.randn(TOKENS, 64, generator=g) @ torch.randn(64, COLS, generator=g) * 0.3
+    x = x + torch.randn(TOKENS, COLS, generator=g) @ mix
+    x = x * (torch.rand(COLS, generator=g) * 2 + 0.1)  # columns of different scale, as real activations
+    h = x.T @ x
+    return w, h, torch.diag(h) / TOKENS
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_code_layout_round_trips(qtype: GGMLQuantizationType) -> None:
+    """Reading each value's code back from the levels and writing it again gives the encoder's bytes."""
+    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1)) * 0.02
+    entry = types.get(qtype)
+    blocks = quantize(x, qtype).reshape(-1, entry.type_size)
+    grid = codes.levels(blocks, qtype)
+    decoded = dequantize(blocks, qtype, (blocks.shape[0], entry.block_size))
+    hit = grid == decoded[..., None]
+    assert bool(hit.any(-1).all()), "a decoded value is none of its position's levels"
+    assert torch.equal(codes.with_codes(blocks, hit.int().argmax(-1), qtype), blocks)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_compensation_lowers_output_error(qtype: GGMLQuantizationType) -> None:
+    w, h, imp = layer(2)
+    use = imp if types.get(qtype).uses_importance else None
+    plain = plain_encode(w, qtype, use)
+    ours = gptq_encode(w, h, qtype, use)
+    ratio = output_error(w, ours.weight, h) / output_error(w, plain.weight, h)
+    assert ratio < 0.9, f"{qtype.name}: compensated / plain output error {ratio:.3f}"
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_K, QT.IQ4_XS], ids=lambda t: t.name)
+def test_bytes_decode_to_the_weights_and_repeat(qtype: GGMLQuantizationType) -> None:
+    w, h, imp = layer(3)
+    first = gptq_encode(w, h, qtype, imp)
+    again = gptq_encode(w, h, qtype, imp)
+    assert torch.equal(first.data, again.data)
+    assert torch.equal(dequantize(first.data, qtype, tuple(w.shape)), first.weight)
+    assert first.data.shape == quantize(w, qtype, importance=imp).shape
+
+
+def test_rows_in_chunks_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are independent: the chunking that bounds memory does not change a byte."""
+    from mtk.quantizers import gguf_gptq
+
+    w, h, imp = layer(4)
+    whole = gptq_encode(w, h, QT.Q4_K, imp)
+    monkeypatch.setattr(gguf_gptq, "LEVEL_VALUES", 256 * 16 * 5)  # 5 rows a chunk
+    assert torch.equal(gptq_encode(w, h, QT.Q4_K, imp).data, whole.data)
+
+
+def test_choice_keeps_the_lower_error() -> None:
+    w, h, imp = layer(5)
+    chosen = gptq_or_plain(w, h, QT.Q4_K, imp)
+    assert chosen.method == "gptq"
+    assert chosen.errors["gptq"] < chosen.errors["importance"]
+    # Uncorrelated inputs of one scale: nothing to compensate, so the ordinary encoding is kept.
+    flat = gptq_or_plain(w, torch.eye(COLS), QT.Q4_K, torch.ones(COLS))
+    assert flat.method == "importance"
+    assert flat.errors["gptq"] >= flat.errors["importance"]
+    assert torch.equal(flat.encoded.data, quantize(w, QT.Q4_K, importance=torch.ones(COLS)))
