@@ -3,13 +3,20 @@ encoder for every type, the per-tensor choice, deterministic bytes, and bytes th
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import run_mtk
 from gguf import GGMLQuantizationType
+from transformers import AutoModelForCausalLM
 
+from mtk.formats.gguf_reader import open_gguf
 from mtk.kernels import codes, types
 from mtk.kernels.dequant import dequantize
 from mtk.kernels.quantize import quantize
+from mtk.quantizers.gguf_calibration import Hessians, hessians_from_checkpoint
 from mtk.quantizers.gguf_gptq import gptq_encode, gptq_or_plain, output_error, plain_encode
 
 QT = GGMLQuantizationType
@@ -83,3 +90,52 @@ def test_choice_keeps_the_lower_error() -> None:
     assert flat.method == "importance"
     assert flat.errors["gptq"] >= flat.errors["importance"]
     assert torch.equal(flat.encoded.data, quantize(w, QT.Q4_K, importance=torch.ones(COLS)))
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_models import build_tiny_model
+    from test_kquant_export import WIDE
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("wide") / "hf", num_hidden_layers=2, **WIDE)
+
+
+@pytest.fixture(scope="module")
+def calibration(bible_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    half = len(bible_text) // 2
+    path.write_text(bible_text[half : half + 60_000], encoding="utf-8")
+    return path
+
+
+@pytest.mark.llama
+def test_export_with_calibration_loads_in_llama_cpp(wide: Path, calibration: Path, tmp_path: Path) -> None:
+    """gguf-export --calibration: every block matrix reports its choice, the kept bytes are GPTQ's or the plain
+    importance-weighted encoder's, and llama.cpp loads the file (the export's own check)."""
+    out = tmp_path / "gptq.gguf"
+    args = ["--type", "q4_k_m", "--calibration", str(calibration), "--samples", "4", "--seq-len", "64"]
+    proc = run_mtk("--json", "gguf-export", str(wide), "-o", str(out), "--verify", *args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    report = result["calibration"]
+    assert report["kept"]["gptq"] + report["kept"]["importance"] == 14  # 7 matrices x 2 layers
+    assert report["kept"]["gptq"] > 0
+    assert "verification" in result  # llama.cpp loaded and ran it (a failed check exits non-zero)
+    model = AutoModelForCausalLM.from_pretrained(wide)
+    name, w = "blk.0.ffn_gate.weight", model.model.layers[0].mlp.gate_proj.weight.detach()  # not row-permuted
+    entry = report["tensors"][name]
+    errors = entry["relative_output_error"]
+    assert entry["method"] == min(errors, key=lambda k: (errors[k], k != "importance"))
+    reader = open_gguf(out)
+    ours = reader.tensor_bytes(reader.by_name[name]).reshape(w.shape[0], -1)
+    # The plain candidate: the importance of the same activations, as mtk imatrix would have collected it.
+    hessians = collect_calibration(wide, calibration)
+    imp = hessians.imatrix().importance(name)[0]
+    plain = quantize(w, QT.Q4_K, importance=imp)
+    assert torch.equal(ours, plain) == (entry["method"] == "importance")
+    again = gptq_or_plain(w, hessians.sums[name], QT.Q4_K, imp)
+    assert torch.equal(ours, again.encoded.data)
+
+
+def collect_calibration(model_dir: Path, calibration: Path) -> Hessians:
+    return hessians_from_checkpoint(model_dir, calibration, samples=4, seq_len=64, device="cpu")
