@@ -39,12 +39,17 @@ def layer(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_code_layout_round_trips(qtype: GGMLQuantizationType) -> None:
-    """Reading each value's code back from the levels and writing it again gives the encoder's bytes."""
+    """Reading each value's code back from its sub-block's levels and writing it again gives the encoder's bytes;
+    and every position of a sub-block decodes a code as its first position does."""
     x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1)) * 0.02
-    entry = types.get(qtype)
+    entry, layout = types.get(qtype), codes.code_bytes(qtype)
     blocks = quantize(x, qtype).reshape(-1, entry.type_size)
-    grid = codes.levels(blocks, qtype)
+    grid = codes.levels(blocks, qtype).repeat_interleave(layout.group, dim=1)
     decoded = dequantize(blocks, qtype, (blocks.shape[0], entry.block_size))
+    for k in (0, layout.n_codes // 2 + 1, layout.n_codes - 1):
+        code = torch.full((blocks.shape[0], entry.block_size), k)
+        every = dequantize(codes.with_codes(blocks, code, qtype), qtype, (blocks.shape[0], entry.block_size))
+        assert torch.equal(every, grid[..., k])
     hit = grid == decoded[..., None]
     assert bool(hit.any(-1).all()), "a decoded value is none of its position's levels"
     assert torch.equal(codes.with_codes(blocks, hit.int().argmax(-1), qtype), blocks)
@@ -76,7 +81,7 @@ def test_rows_in_chunks_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> 
 
     w, h, imp = layer(4)
     whole = gptq_encode(w, h, QT.Q4_K, imp)
-    monkeypatch.setattr(gguf_gptq, "LEVEL_VALUES", 256 * 16 * 5)  # 5 rows a chunk
+    monkeypatch.setattr(gguf_gptq, "LEVEL_VALUES", 8 * 16 * 5)  # 5 rows a chunk
     assert torch.equal(gptq_encode(w, h, QT.Q4_K, imp).data, whole.data)
 
 

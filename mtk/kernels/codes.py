@@ -29,9 +29,11 @@ PackFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class CodeBytes:
-    """The code bytes of one block type: ``n_codes`` codes per value, packed into bytes ``start:stop``."""
+    """The code bytes of one block type: ``n_codes`` codes per value, packed into bytes ``start:stop``; each run
+    of ``group`` values (a sub-block: one scale, one min) shares one set of levels."""
 
     n_codes: int
+    group: int
     start: int
     stop: int
     pack: PackFn
@@ -112,18 +114,18 @@ def _iq4_xs(c: torch.Tensor) -> torch.Tensor:
 
 # By ggml type name; every type with an encoder and blocks of more than one value but MXFP4.
 CODE_BYTES: dict[str, CodeBytes] = {
-    "Q8_0": CodeBytes(256, 2, 34, _q8_0),
-    "Q4_0": CodeBytes(16, 2, 18, _halves),
-    "Q4_1": CodeBytes(16, 4, 20, _halves),
-    "Q5_0": CodeBytes(32, 2, 22, _q5_legacy),
-    "Q5_1": CodeBytes(32, 4, 24, _q5_legacy),
-    "Q2_K": CodeBytes(4, 16, 80, _q2_k),
-    "Q3_K": CodeBytes(8, 0, 96, _q3_k),
-    "Q4_K": CodeBytes(16, 16, 144, _q4_k),
-    "Q5_K": CodeBytes(32, 16, 176, _q5_k),
-    "Q6_K": CodeBytes(64, 0, 192, _q6_k),
-    "IQ4_NL": CodeBytes(16, 2, 18, _halves),
-    "IQ4_XS": CodeBytes(16, 8, 136, _iq4_xs),
+    "Q8_0": CodeBytes(256, 32, 2, 34, _q8_0),
+    "Q4_0": CodeBytes(16, 32, 2, 18, _halves),
+    "Q4_1": CodeBytes(16, 32, 4, 20, _halves),
+    "Q5_0": CodeBytes(32, 32, 2, 22, _q5_legacy),
+    "Q5_1": CodeBytes(32, 32, 4, 24, _q5_legacy),
+    "Q2_K": CodeBytes(4, 16, 16, 80, _q2_k),
+    "Q3_K": CodeBytes(8, 16, 0, 96, _q3_k),
+    "Q4_K": CodeBytes(16, 32, 16, 144, _q4_k),
+    "Q5_K": CodeBytes(32, 32, 16, 176, _q5_k),
+    "Q6_K": CodeBytes(64, 16, 0, 192, _q6_k),
+    "IQ4_NL": CodeBytes(16, 32, 2, 18, _halves),
+    "IQ4_XS": CodeBytes(16, 32, 8, 136, _iq4_xs),
 }
 
 
@@ -145,14 +147,15 @@ def with_codes(blocks: torch.Tensor, codes: torch.Tensor, qtype: GGMLQuantizatio
 
 
 def levels(blocks: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    """float32 ``(n, block_size, n_codes)``: what code k decodes to at each position of uint8 ``blocks``
-    ``(n, type_size)``, with their heads (exactly the decoder's value)."""
+    """float32 ``(n, block_size // group, n_codes)``: what code k decodes to in each sub-block of uint8 ``blocks``
+    ``(n, type_size)``, with their heads: exactly the decoder's value (which is ``code * scale (+ offset)`` per
+    sub-block, so one position of each sub-block tells)."""
     layout = code_bytes(qtype)
     entry = types.get(qtype)
     decode = entry.decoder()
     n = blocks.shape[0]
-    out = torch.empty((n, entry.block_size, layout.n_codes), dtype=torch.float32, device=blocks.device)
+    each = []
     for k in range(layout.n_codes):
         code = torch.full((n, entry.block_size), k, dtype=torch.int32, device=blocks.device)
-        out[:, :, k] = decode(with_codes(blocks, code, qtype)).reshape(n, entry.block_size)
-    return out
+        each.append(decode(with_codes(blocks, code, qtype)).reshape(n, entry.block_size)[:, :: layout.group])
+    return torch.stack(each, -1)

@@ -33,8 +33,8 @@ from mtk.kernels.dequant import dequantize
 from mtk.kernels.quantize import quantize
 from mtk.quantizers.gptq import HessianError, inverse_factor
 
-# Level-table values per chunk of rows (rows * block_size * n_codes): 64 MiB of float32.
-LEVEL_VALUES = 1 << 24
+# Level-table values per chunk of rows (rows * sub-blocks * n_codes): 16 MiB of float32.
+LEVEL_VALUES = 1 << 22
 DAMP_PERCENT = 0.01
 
 # float32 (rows, block_size) columns of one block and its first column -> uint8 (rows, type_size) blocks
@@ -82,7 +82,7 @@ def gptq_encode(
     h[dead, dead] = 1
     hinv, damped = inverse_factor(h, damp_percent)
     fit = _fitter(qtype, w, None if importance is None else importance.float().to(w.device))
-    step = max(1, LEVEL_VALUES // (entry.block_size * layout.n_codes))
+    step = max(1, LEVEL_VALUES // (entry.block_size // layout.group * layout.n_codes))
     data = torch.empty((rows, cols // entry.block_size * entry.type_size), dtype=torch.uint8, device=w.device)
     for r in range(0, rows, step):
         part = slice(r, min(r + step, rows))
@@ -116,18 +116,18 @@ def _compensate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ over the rows ``w`` ``(n, in)`` (updated in place): returns their bytes and their decoded weights."""
     entry = types.get(qtype)
-    size, cols = entry.block_size, w.shape[1]
+    size, cols, group = entry.block_size, w.shape[1], codes.code_bytes(qtype).group
     out = torch.empty((w.shape[0], cols // size, entry.type_size), dtype=torch.uint8, device=w.device)
     w_hat = torch.empty_like(w)
     for b, i1 in enumerate(range(0, cols, size)):
         i2 = i1 + size
         head = fit(w[:, i1:i2], i1, part)
-        grid = codes.levels(head, qtype)  # (n, size, n_codes)
+        grid = codes.levels(head, qtype).transpose(0, 1).contiguous()  # (sub-blocks, n, n_codes)
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         err = torch.zeros_like(w1)
         chosen = torch.empty(w1.shape, dtype=torch.int64, device=w.device)
         for i in range(size):
-            x, lv = w1[:, i], grid[:, i]
+            x, lv = w1[:, i], grid[i // group]
             k = (lv - x[:, None]).abs().argmin(1)  # the first of equally near levels: deterministic
             q = lv.gather(1, k[:, None])[:, 0]
             chosen[:, i], w_hat[:, i1 + i] = k, q
