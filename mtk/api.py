@@ -81,6 +81,7 @@ def gguf_export(
     method: CalibrationMethod = "gptq",
     samples: int = 128,
     seq_len: int = 512,
+    first_token_weight: float = 16.0,
 ) -> ExportResult:
     """An HF folder (or a GGUF, re-typed) to a GGUF. ``type`` is llama-quantize's file type name (``q4_k_m``);
     ``tensor_types`` are ``REGEX=TYPE`` overrides; ``split_max_size`` a size like ``"2G"`` or bytes. With
@@ -89,7 +90,8 @@ def gguf_export(
     ``calibration`` (an HF source only): ``samples`` windows of ``seq_len`` tokens of that text give each block
     matrix's Hessian, and ``method`` (GPTQ) compensates rounding errors on the type's own block grids, keeping per
     tensor whichever of that and the plain encoding has the lower output error (the result's ``calibration``).
-    Without ``imatrix`` the same activations give the importance weights."""
+    Without ``imatrix`` the same activations give the importance weights. ``first_token_weight``: how much each
+    window's first token (an attention sink) weighs in the Hessians (mtk.quantizers.gguf_calibration)."""
     from mtk.artifacts.gguf import export_check
     from mtk.converters.hf_to_gguf import gguf_export as _export
     from mtk.converters.hf_to_gguf import parse_size, plan_export
@@ -97,6 +99,8 @@ def gguf_export(
     source = Path(source)
     if method not in ("gptq",):
         raise UsageError(f"unknown calibration method {method!r}; known: gptq")
+    if not first_token_weight > 0:
+        raise UsageError(f"--first-token-weight must be positive, got {first_token_weight}")
     if calibration is not None and source.is_file():
         raise UsageError(f"{source}: --calibration needs an HF checkpoint folder (it runs the model), not a GGUF")
     has_imatrix = imatrix is not None or calibration is not None
@@ -116,7 +120,9 @@ def gguf_export(
         from mtk.quantizers.gguf_calibration import CalibratedEncoder, hessians_from_checkpoint
 
         check_target(Path(output), overwrite=overwrite)  # fail before the (long) collection, not after
-        hessians = hessians_from_checkpoint(source, calibration, samples=samples, seq_len=seq_len, device=device)
+        hessians = hessians_from_checkpoint(
+            source, calibration, samples=samples, seq_len=seq_len, device=device, first_token_weight=first_token_weight
+        )
         matrix = matrix if matrix is not None else hessians.imatrix()
         encoder = CalibratedEncoder(hessians)
     result = _export(

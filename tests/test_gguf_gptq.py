@@ -144,3 +144,19 @@ def test_export_with_calibration_loads_in_llama_cpp(wide: Path, calibration: Pat
 
 def collect_calibration(model_dir: Path, calibration: Path) -> Hessians:
     return hessians_from_checkpoint(model_dir, calibration, samples=4, seq_len=64, device="cpu")
+
+
+def test_first_token_weighs_more_in_the_hessian_only() -> None:
+    from mtk.quantizers.gguf_calibration import _Accumulator
+
+    x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(6))
+    lin = torch.nn.Linear(8, 4)
+    for weight in (1.0, 16.0):
+        acc = _Accumulator(weight)
+        lin.register_forward_pre_hook(acc)
+        lin(x)
+        lin._forward_pre_hooks.clear()
+        flat, head = x.reshape(-1, 8), x[:, 0]
+        assert acc.sum is not None and acc.squares is not None and acc.count == 30
+        torch.testing.assert_close(acc.sum, flat.T @ flat + (weight - 1) * head.T @ head)
+        torch.testing.assert_close(acc.squares.float(), (flat * flat).sum(0))

@@ -58,6 +58,9 @@ def gguf_export_command(
     ] = "gptq",
     samples: Annotated[int, typer.Option(help="Calibration chunks to run (with --calibration).")] = 128,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration chunk.")] = 512,
+    first_token_weight: Annotated[
+        float, typer.Option(help="Weight of each chunk's first token (an attention sink) in the Hessians.")
+    ] = 16.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the per-tensor plan, size and bits per weight; write nothing.")
     ] = False,
@@ -91,7 +94,9 @@ def gguf_export_command(
         return
     if output is None:
         raise UsageError("--output/-o is required (or pass --dry-run)")
-    calibrated = dict(calibration=calibration, method=method, samples=samples, seq_len=seq_len)
+    calibrated = dict(
+        calibration=calibration, method=method, samples=samples, seq_len=seq_len, first_token_weight=first_token_weight
+    )
     with progress_bar("encoding") as bar:
         result = gguf_export(
             source, output, device=device.value, verify=verify, overwrite=overwrite, progress=bar.update,
