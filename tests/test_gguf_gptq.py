@@ -160,3 +160,20 @@ def test_first_token_weighs_more_in_the_hessian_only() -> None:
         assert acc.sum is not None and acc.squares is not None and acc.count == 30
         torch.testing.assert_close(acc.sum, flat.T @ flat + (weight - 1) * head.T @ head)
         torch.testing.assert_close(acc.squares.float(), (flat * flat).sum(0))
+
+
+def test_calibration_usage_errors(wide: Path, calibration: Path, tmp_path: Path) -> None:
+    """A GGUF source (nothing to run), an unknown method and a first-token weight of 0 are usage errors (exit 2)."""
+    f32 = tmp_path / "f32.gguf"
+    f32.write_bytes(b"GGUF")  # refused before it is read
+    out = str(tmp_path / "o.gguf")
+    calib = ["--calibration", str(calibration)]
+    cases = [
+        (str(f32), [*calib], "HF checkpoint folder"),
+        (str(wide), [*calib, "--method", "awq"], "calibration method"),
+        (str(wide), [*calib, "--first-token-weight", "0"], "must be positive"),
+    ]
+    for source, args, message in cases:
+        proc = run_mtk("gguf-export", source, "-o", out, "--type", "q4_k_m", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, proc.stderr
