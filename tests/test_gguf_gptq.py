@@ -37,6 +37,11 @@ def layer(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return w, h, torch.diag(h) / TOKENS
 
 
+def test_every_block_type_but_mxfp4_has_a_code_layout() -> None:
+    blocks = {row.name for row in types.rows(writes=True) if row.block_size > 1}
+    assert set(codes.CODE_BYTES) == blocks - {"MXFP4"}
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_code_layout_round_trips(qtype: GGMLQuantizationType) -> None:
     """Reading each value's code back from its sub-block's levels and writing it again gives the encoder's bytes;
