@@ -29,6 +29,8 @@ PathLike = str | Path
 # (done, total, label): called as the work advances (the CLI draws a progress bar with it).
 Progress = Callable[[int, int, str], None]
 DeviceName = Literal["auto", "cpu", "cuda"]
+# gguf-export --calibration's methods: GPTQ's error feedback on each type's own block grid.
+CalibrationMethod = Literal["gptq"]
 
 
 def inspect(path: PathLike, *, tensors: bool = False) -> InspectResult:
@@ -75,16 +77,34 @@ def gguf_export(
     verify: bool | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    calibration: PathLike | None = None,
+    method: CalibrationMethod = "gptq",
+    samples: int = 128,
+    seq_len: int = 512,
+    first_token_weight: float = 16.0,
 ) -> ExportResult:
     """An HF folder (or a GGUF, re-typed) to a GGUF. ``type`` is llama-quantize's file type name (``q4_k_m``);
     ``tensor_types`` are ``REGEX=TYPE`` overrides; ``split_max_size`` a size like ``"2G"`` or bytes. With
-    ``dry_run`` nothing is written and the result holds the per-tensor plan."""
+    ``dry_run`` nothing is written and the result holds the per-tensor plan.
+
+    ``calibration`` (an HF source only): ``samples`` windows of ``seq_len`` tokens of that text give each block
+    matrix's Hessian, and ``method`` (GPTQ) compensates rounding errors on the type's own block grids, keeping per
+    tensor whichever of that and the plain encoding has the lower output error (the result's ``calibration``).
+    Without ``imatrix`` the same activations give the importance weights. ``first_token_weight``: how much each
+    window's first token (an attention sink) weighs in the Hessians (mtk.quantizers.gguf_calibration)."""
     from mtk.artifacts.gguf import export_check
     from mtk.converters.hf_to_gguf import gguf_export as _export
     from mtk.converters.hf_to_gguf import parse_size, plan_export
 
     source = Path(source)
-    rules = _type_rules(source, type, output_type, embedding_type, tensor_types, pure, imatrix is not None)
+    if method not in ("gptq",):
+        raise UsageError(f"unknown calibration method {method!r}; known: gptq")
+    if not first_token_weight > 0:
+        raise UsageError(f"--first-token-weight must be positive, got {first_token_weight}")
+    if calibration is not None and source.is_file():
+        raise UsageError(f"{source}: --calibration needs an HF checkpoint folder (it runs the model), not a GGUF")
+    has_imatrix = imatrix is not None or calibration is not None
+    rules = _type_rules(source, type, output_type, embedding_type, tensor_types, pure, has_imatrix)
     try:
         max_bytes = parse_size(split_max_size) if isinstance(split_max_size, str) else split_max_size
     except ValueError as exc:
@@ -93,10 +113,24 @@ def gguf_export(
         return ExportResult(plan_export(source, rules=rules, split_max_bytes=max_bytes))
     if output is None:
         raise UsageError("an output path is required (or a dry run)")
+    matrix = _read_imatrix(imatrix)
+    encoder = None
+    if calibration is not None:
+        from mtk.formats.atomic import check_target
+        from mtk.quantizers.gguf_calibration import CalibratedEncoder, hessians_from_checkpoint
+
+        check_target(Path(output), overwrite=overwrite)  # fail before the (long) collection, not after
+        hessians = hessians_from_checkpoint(
+            source, calibration, samples=samples, seq_len=seq_len, device=device, first_token_weight=first_token_weight
+        )
+        matrix = matrix if matrix is not None else hessians.imatrix()
+        encoder = CalibratedEncoder(hessians)
     result = _export(
         source, output, rules=rules, split_max_bytes=max_bytes, device=device, check=export_check(source, verify),
-        overwrite=overwrite, imatrix=_read_imatrix(imatrix), progress=progress,
+        overwrite=overwrite, imatrix=matrix, matrix_encoder=encoder, progress=progress,
     )  # fmt: skip
+    if encoder is not None:
+        result["calibration"] = encoder.summary()
     return ExportResult(result)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from mtk.api import CalibrationMethod
 from mtk.cli.common import SETTINGS, Device, DeviceOpt, Overwrite, info, progress_bar, render, report_verification
 from mtk.errors import UsageError
 from mtk.kernels.types import rows
@@ -19,6 +20,7 @@ FILE_TYPE_HELP = (
     f"({', '.join(f'{row.key} = {row.file_type}' for row in _WRITTEN if row.file_type)})."
 )
 TENSOR_TYPES = ", ".join(row.key for row in _WRITTEN)
+METHODS = get_args(CalibrationMethod)
 
 
 def gguf_export_command(
@@ -43,6 +45,22 @@ def gguf_export_command(
     imatrix: Annotated[
         Path | None, typer.Option("--imatrix", help="Importance matrix (mtk imatrix or llama-imatrix) for K/IQ4 types.")
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Calibration text (.txt, .jsonl, .parquet; HF sources): each block matrix is encoded with GPTQ's "
+            "error compensation on its type's own block grid, or plainly where that has the lower output error.",
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help=f"Calibration method: {', '.join(METHODS)}.", metavar=f"<{'|'.join(METHODS)}>")
+    ] = "gptq",
+    samples: Annotated[int, typer.Option(help="Calibration chunks to run (with --calibration).")] = 128,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration chunk.")] = 512,
+    first_token_weight: Annotated[
+        float, typer.Option(help="Weight of each chunk's first token (an attention sink) in the Hessians.")
+    ] = 16.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the per-tensor plan, size and bits per weight; write nothing.")
     ] = False,
@@ -62,7 +80,8 @@ def gguf_export_command(
 
     Examples: [b]mtk gguf-export smollm2-hf -o smollm2.q4_k_m.gguf --type q4_k_m --imatrix smollm2.imatrix.gguf[/b] ·
     [b]mtk gguf-export smollm2-hf --type q3_k_m --tensor-type attn_v=q6_k --dry-run[/b] ·
-    [b]mtk gguf-export model.f16.gguf -o model.q8_0.gguf --type q8_0 --split-max-size 2G[/b]
+    [b]mtk gguf-export model.f16.gguf -o model.q8_0.gguf --type q8_0 --split-max-size 2G[/b] ·
+    [b]mtk gguf-export smollm2-hf -o smollm2.q4_k_m.gguf --type q4_k_m --calibration calib.txt --samples 32[/b]
     """
     from mtk.api import gguf_export
 
@@ -75,10 +94,13 @@ def gguf_export_command(
         return
     if output is None:
         raise UsageError("--output/-o is required (or pass --dry-run)")
+    calibrated = dict(
+        calibration=calibration, method=method, samples=samples, seq_len=seq_len, first_token_weight=first_token_weight
+    )
     with progress_bar("encoding") as bar:
         result = gguf_export(
             source, output, device=device.value, verify=verify, overwrite=overwrite, progress=bar.update,
-            **options,  # type: ignore[arg-type]
+            **options, **calibrated,  # type: ignore[arg-type]
         ).to_dict()  # fmt: skip
     if result.get("note"):
         info(f"note: {result['note']}")
@@ -88,6 +110,9 @@ def gguf_export_command(
         info(f"warning: the imatrix has no entry for {len(missing)} tensor(s), encoded without it: {missing[0]} ...")
     if result.get("skipped"):
         info(f"note: {result['skipped']}")
+    if result.get("calibration"):
+        kept = result["calibration"]["kept"]
+        info(f"calibration: GPTQ kept for {kept['gptq']} matrices, the plain encoding for {kept['importance']}")
     types = ", ".join(f"{k}: {n}" for k, n in result["types"].items())
     render(
         result,

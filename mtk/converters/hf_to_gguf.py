@@ -46,6 +46,9 @@ Q = GGMLQuantizationType
 # llama-imatrix collects block matrices only (the embedding is a lookup; output.weight needs --process-output).
 NOT_IN_IMATRIX = ("token_embd.weight", "output.weight")
 IMPORTANCE_TYPES = frozenset(row.qtype for row in ROWS if row.writes and row.uses_importance)
+# (GGUF name, float32 GGUF-layout 2-D weight, type, importance (cols,) or None) -> its bytes, or None to leave the
+# tensor to the ordinary encoder: gguf-export --calibration's GPTQ (mtk.quantizers.gguf_calibration).
+MatrixEncoder = Callable[[str, torch.Tensor, GGMLQuantizationType, torch.Tensor | None], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,11 @@ class _Source:
         self.array_types = {k: it for k, (_, it) in METADATA_TYPES.items() if k in self.metadata and it is not None}
         self.architecture = self.family.gguf_arch
 
-    def encoded(self, t: ExportTensor, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-        """The GGUF bytes of ``t`` and whether they were copied unchanged from the source."""
+    def encoded(
+        self, t: ExportTensor, importance: torch.Tensor | None = None, matrix_encoder: MatrixEncoder | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """The GGUF bytes of ``t`` and whether they were copied unchanged from the source; ``matrix_encoder``
+        (HF sources only) may encode a plain 2-D checkpoint matrix instead of :func:`encode`."""
         if self.gguf is not None:
             info = self.gguf.by_name[t.name]
             raw = self.gguf.tensor_bytes(info)
@@ -333,7 +339,10 @@ class _Source:
         else:
             if packed is not None:
                 w = dequantize(w.reshape(-1), packed, t.shape).float()
-            out = encode(w, t.qtype, importance)
+            found = None
+            if matrix_encoder is not None and t.derived is None and t.synthesised is None and w.dim() == 2:
+                found = matrix_encoder(t.name, w, t.qtype, None if importance is None else importance[0])
+            out = encode(w, t.qtype, importance) if found is None else found
         for s in t.sources:
             self.ckpt.release(s)
         return out, False
@@ -433,12 +442,14 @@ def gguf_export(
     check: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
     imatrix: Imatrix | None = None,
+    matrix_encoder: MatrixEncoder | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write ``out_path`` (or its split parts) from an HF folder or a GGUF file; returns the ``--json`` result.
 
     ``imatrix`` gives the K-quant/IQ4 encoders each tensor's importance (and sets ``rules.imatrix``, which
     llama.cpp's mix rules look at); tensors it lacks are encoded without and listed in the result.
+    ``matrix_encoder`` encodes the HF matrices it takes instead of the ordinary encoders (see ``MatrixEncoder``).
     ``check`` (e.g. ``mtk.artifacts.gguf.export_check``) is called with the first complete temporary part before
     anything is published; what it returns is the result's ``verification``, and what it raises publishes nothing.
     """
@@ -460,7 +471,7 @@ def gguf_export(
                 writer = GGUFStreamWriter(fp, meta, part, value_types=src.value_types, array_types=src.array_types)
                 for t in part:
                     planned = by_name[t.name]
-                    data, same = src.encoded(planned, _importance(imatrix, planned, used, missing))
+                    data, same = src.encoded(planned, _importance(imatrix, planned, used, missing), matrix_encoder)
                     writer.write(t.name, data)
                     copied += same
                     done += 1

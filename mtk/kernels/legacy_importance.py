@@ -80,9 +80,15 @@ def row_sigma2(x: torch.Tensor) -> torch.Tensor:
     return ks.div(total, float(x.shape[1]))
 
 
-def encode_rows(x: torch.Tensor, importance: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    """float32 rows (r, cols) and importance (cols,) -> uint8 (r, cols // 32 * type_size)."""
-    sigma2 = row_sigma2(x)
+def encode_rows(
+    x: torch.Tensor, importance: torch.Tensor, qtype: GGMLQuantizationType, sigma2: torch.Tensor | None = None
+) -> torch.Tensor:
+    """float32 rows (r, cols) and importance (cols,) -> uint8 (r, cols // 32 * type_size).
+
+    ``sigma2`` (r,): the rows' ``sum(x*x) / n_per_row`` when ``x`` is only some of the blocks of longer rows
+    (GPTQ on GGUF grids fits one block of columns at a time); by default :func:`row_sigma2` of ``x``."""
+    if sigma2 is None:
+        sigma2 = row_sigma2(x)
     blocks = x.reshape(x.shape[0], -1, QK)
     w = importance.reshape(1, -1, QK) * ks.sqrt(sigma2.reshape(-1, 1, 1) + blocks * blocks)
     nmax = NMAX[qtype]

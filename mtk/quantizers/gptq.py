@@ -60,7 +60,7 @@ class HessianError(MtkError):
     """The Hessian stays not positive definite even with the strongest dampening."""
 
 
-def _inverse_factor(h: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, int]:
+def inverse_factor(h: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, int]:
     """Upper Cholesky factor of ``(H + damp I)^-1``, and how many times dampening had to grow tenfold until H was
     positive definite."""
     damp = damp_percent * torch.mean(torch.diag(h))
@@ -131,7 +131,7 @@ def gptq_quantize(
     perm = column_order(torch.diag(h), gs, desc_act=desc_act, act_group_aware=act_group_aware and not static_groups)
     natural_groups = not desc_act  # groups are contiguous runs of gs natural columns: number them by position
     w, h = w[:, perm], h[perm][:, perm]
-    hinv, damped = _inverse_factor(h, damp_percent)
+    hinv, damped = inverse_factor(h, damp_percent)
     block = max(gs, block_size // gs * gs) if gs < cols else block_size
     codes = torch.zeros_like(w)
     fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
