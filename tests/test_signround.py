@@ -51,10 +51,14 @@ def _layer(tiny_models: dict):  # noqa: ANN202 - (layer, names, inputs, kwargs)
 
 
 def test_tuning_lowers_the_layer_output_error_below_rtn(tiny_models: dict) -> None:
+    from mtk.quantizers.layerwise import next_inputs
+
     layer, names, inputs, kwargs = _layer(tiny_models)
+    targets = next_inputs(layer, inputs, kwargs, torch.device("cpu"))
     result, losses = signround_layer(
-        layer, names, inputs, kwargs, torch.device("cpu"), bits=3, group_size=32, sym=True, iters=40, lr=None, batch=4
-    )
+        layer, names, inputs, targets, kwargs, torch.device("cpu"), bits=3, group_size=32, sym=True, iters=40, lr=None,
+        batch=4,
+    )  # fmt: skip
     # The first step's loss is RTN's (offsets 0, coefficients 1): the kept step is measurably lower.
     assert losses["best_loss"] < 0.8 * losses["first_loss"], losses
     assert set(result) == set(names)

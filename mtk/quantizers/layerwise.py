@@ -120,6 +120,9 @@ class LayerwiseModel:
                 unfuse(layer, experts)
         self.ckpt.check_shapes({self.checkpoint_name(n): tuple(p.shape) for n, p in self.model.named_parameters()})
         self.prefix = self._find_prefix()
+        # What a method carries from one layer to the next besides the inputs (SignRound: the float model's own
+        # hidden states), by the method's name.
+        self.carry: dict[str, Any] = {}
 
     def _find_prefix(self) -> str:
         for name, _ in self.model.named_parameters():

@@ -9,9 +9,9 @@ weights is compared with its float output (mean squared error) on a batch of cal
 over ``iters`` steps; the parameters of the step with the lowest batch loss are kept. AutoRound's defaults: 200
 steps, ``lr = 1 / iters``, batches of 8 samples (drawn in a shuffled order, a new permutation when one is used up).
 
-Inputs and target: each layer trains on the inputs ``mtk quantize`` gives it (the outputs of the already quantized
-layers before it) against the float layer's outputs on those same inputs, as GPTQ calibrates; AutoRound's default
-also targets the float model's own hidden states (two streams), which the layer-by-layer engine does not carry.
+Inputs and target (AutoRound's two streams): each layer trains on the outputs of the already quantized layers
+before it, and its target is the float model's own hidden states at that layer (the float layer's outputs on the
+float inputs), so a layer also makes up for what the earlier layers lost. Each step runs its batch as one forward.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def signround_layer(
     layer: nn.Module,
     names: list[str],
     inputs: list[torch.Tensor],
+    targets: list[torch.Tensor],
     kwargs: dict[str, Any],
     device: torch.device,
     *,
@@ -95,11 +96,11 @@ def signround_layer(
     lr: float | None,
     batch: int,
 ) -> tuple[dict[str, QuantizedLinear], dict[str, float]]:
-    """Tune and round the Linears ``names`` of ``layer`` on ``inputs`` (one ``(1, L, hidden)`` tensor per sample);
-    their weights are left holding the quantized values. Returns the results and the first and best batch losses."""
+    """Tune and round the Linears ``names`` of ``layer`` on ``inputs`` against ``targets`` (one ``(1, L, hidden)``
+    tensor per sample each); their weights are left holding the quantized values. Returns the results and the first
+    and best batch losses."""
     xs = [x.to(device) for x in inputs]
-    with torch.no_grad():
-        targets = [layer_output(layer, x, kwargs) for x in xs]
+    ys = [y.to(device) for y in targets]
     layer.requires_grad_(False)  # gradients for the tuned parameters only
     tuned: dict[str, _TunedWeight] = {}
     for name in names:
@@ -116,9 +117,8 @@ def signround_layer(
             if len(order) < batch:
                 order += torch.randperm(len(xs), generator=gen).tolist()
             picked, order = order[:batch], order[batch:]
-            loss = sum(
-                torch.nn.functional.mse_loss(layer_output(layer, xs[k], kwargs), targets[k]) for k in picked
-            ) / len(picked)
+            x, y = torch.cat([xs[k] for k in picked]), torch.cat([ys[k] for k in picked])
+            loss = torch.nn.functional.mse_loss(layer_output(layer, x, kwargs), y)
             value = float(loss.detach())
             first = value if first is None else first
             if value < best:  # the parameters this loss was measured with (before this step)

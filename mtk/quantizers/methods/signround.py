@@ -46,10 +46,14 @@ def quantize_layer(
         raise UnsupportedError("--method signround does not tune mixture-of-experts layers yet: use gptq or rtn")
     layer = lw.load_layer(i)
     names = [n for n in linear_names(plan) if n not in plan.optional or _has(layer, n)]
+    # The float model's hidden states (the first layer's are its inputs), then this layer's float outputs on them:
+    # the target, and the next layer's float inputs.
+    floats = lw.carry.get("signround", inputs)
+    lw.carry["signround"] = targets = next_inputs(layer, floats, kwargs, lw.device)
     opts = cfg.options
     result, _ = signround_layer(
-        layer, names, inputs, kwargs, lw.device, bits=cfg.bits, group_size=cfg.group_size, sym=bool(cfg.sym),
-        iters=opts.signround_iters, lr=opts.signround_lr or None, batch=opts.signround_batch,
+        layer, names, inputs, targets, kwargs, lw.device, bits=cfg.bits, group_size=cfg.group_size,
+        sym=bool(cfg.sym), iters=opts.signround_iters, lr=opts.signround_lr or None, batch=opts.signround_batch,
     )  # fmt: skip
     inputs[:] = next_inputs(layer, inputs, kwargs, lw.device)
     return LayerResult(result)
