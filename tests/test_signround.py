@@ -22,17 +22,26 @@ def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Pa
     return path
 
 
-@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", [4, 3])
-def test_untuned_grid_is_rtn(bits: int, sym: bool) -> None:
-    """With offsets 0 and coefficients 1 the tuned grid is GPTQ's min-max grid (RTN), code for code."""
+def test_untuned_asymmetric_grid_is_rtn(bits: int) -> None:
+    """With offsets 0 and coefficients 1 the asymmetric grid is GPTQ's min-max grid (RTN), code for code."""
     torch.manual_seed(bits)
     w = torch.randn(24, 64)
-    codes, scale, zero = tuned_grid(w, torch.zeros_like(w), torch.ones(24, 2), torch.ones(24, 2), bits, 32, sym)
-    q, s, z = rtn(w, bits, 32, sym)
-    assert (
-        torch.equal(codes.reshape(24, 64), q) and torch.equal(scale, s.reshape(-1)) and torch.equal(zero, z.reshape(-1))
-    )
+    codes, scale, zero = tuned_grid(w, torch.zeros_like(w), torch.ones(24, 2), torch.ones(24, 2), bits, 32, False)
+    q, s, z = rtn(w, bits, 32, False)
+    assert torch.equal(codes.reshape(24, 64), q)
+    assert torch.equal(scale, s.reshape(-1)) and torch.equal(zero, z.reshape(-1))
+
+
+def test_untuned_symmetric_grid_uses_the_full_range() -> None:
+    """AutoRound's symmetric grid: the larger side of each group is exactly the extra level (code 0, value -8 at 4
+    bits), with a negative scale when that side is the positive one."""
+    w = torch.tensor([[-1.0, -0.5, 0.25, 0.5] * 8, [1.0, 0.5, -0.25, -0.5] * 8])
+    codes, scale, zero = tuned_grid(w, torch.zeros_like(w), torch.ones(2, 1), torch.ones(2, 1), 4, 32, True)
+    assert scale.tolist() == [0.125, -0.125] and zero.tolist() == [8.0, 8.0]
+    assert codes[0, :4].tolist() == [0.0, 4.0, 10.0, 12.0] and codes[1, :4].tolist() == [0.0, 4.0, 10.0, 12.0]
+    back = (scale[:, None] * (codes - zero[:, None])).reshape(w.shape)
+    assert torch.equal(back, w)  # these values lie on the grid
 
 
 def _layer(tiny_models: dict):  # noqa: ANN202 - (layer, names, inputs, kwargs)

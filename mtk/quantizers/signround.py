@@ -2,8 +2,12 @@
 
 Every Linear's weight ``W`` gets a rounding offset ``V`` (its shape, in [-0.5, 0.5], start 0) and per-group
 coefficients ``a``, ``b`` (in [0, 1], start 1) on the group's min and max. The grid of a group is fitted on
-``min(w, 0) * a .. max(w, 0) * b`` (GPTQ's min-max fit, mtk.quantizers.grid, symmetric or not) and each value is
-``clamp(round(w / scale + V) + zero)``, rounding with a straight-through gradient. The layer's output with those
+``lo = min(w, 0) * a`` .. ``hi = max(w, 0) * b`` and each value is ``clamp(round(w / scale + V) + zero)``, rounding
+with a straight-through gradient. Asymmetric: GPTQ's min-max fit (mtk.quantizers.grid), zero points >= 1.
+Symmetric: AutoRound's full-range grid, ``scale = ±max(-lo, hi) / 2^(bits-1)`` with zero ``2^(bits-1)``, signed so
+that the larger side lands on code 0, the one level a symmetric grid has beyond the other side (GPTQ's symmetric
+grid leaves it unused: ``2 max|w| / (2^bits - 1)``). A negative scale is stored as it is: ``scale * (code - zero)``
+is what every GPTQ/AWQ/compressed-tensors kernel computes. The layer's output with those
 weights is compared with its float output (mean squared error) on a batch of calibration samples, and ``V``, ``a``,
 ``b`` take signed gradient steps (``p -= lr * sign(grad)``) with the learning rate decaying linearly from ``lr`` to 0
 over ``iters`` steps; the parameters of the step with the lowest batch loss are kept. AutoRound's defaults: 200
@@ -42,9 +46,12 @@ def tuned_grid(
     rows, offsets = grouped(w, group), grouped(v, group)
     lo = torch.clamp(rows.amin(dim=1), max=0) * lo_coef.reshape(-1)
     hi = torch.clamp(rows.amax(dim=1), min=0) * hi_coef.reshape(-1)
-    if sym:  # GPTQ's symmetric grid: zero at 2^(bits-1), scale over the larger side
-        scale = torch.clamp(2 * torch.maximum(-lo, hi) / maxq, min=1e-5)
-        zero = torch.full_like(scale, (maxq + 1) / 2)
+    if sym:  # AutoRound's full-range grid: the larger side on code 0 (value -2^(bits-1)), zero at 2^(bits-1)
+        half = (maxq + 1) / 2
+        larger = torch.maximum(-lo, hi)
+        sign = torch.where(-lo > hi, 1.0, -1.0)  # a negative scale when the positive side is the larger one
+        scale = sign * torch.clamp(larger / half, min=1e-5)
+        zero = torch.full_like(scale, half)
     else:  # zero points >= 1, as the GPTQ v1 layout stores zero - 1 (grid.fit_gptq)
         scale = torch.clamp((hi - lo) / maxq, min=1e-5)
         zero = torch.clamp(_round_ste(-lo / scale), 1, maxq)
