@@ -17,8 +17,10 @@ Usage::
         --runs mtk-gptq,gptqmodel-gptq,mtk-rtn --eval-text /tmp/ho/licenses.txt --eval-text /tmp/ho/metadata.txt
 
 GPTQModel settings: ``QuantizeConfig(bits=4, group_size=64, sym=True, desc_act=False, damp_percent=...)`` for
-GPTQ (its other defaults kept, e.g. act_group_aware), and ``method=AWQ, format=GEMM, sym=False`` (AutoAWQ's
-zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend needs CUDA.
+GPTQ (its other defaults kept, e.g. act_group_aware; ``--peer-dtype`` is ``GPTQModel.load``'s dtype, whose
+``auto`` is bfloat16 on CPU: ``--mtk-dtype bfloat16`` calibrates mtk's GPTQ the same way), and ``method=AWQ,
+format=GEMM, sym=False`` (AutoAWQ's zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend
+needs CUDA.
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
             group_size=args.group_size,
             samples=args.samples,
             seq_len=args.seq_len,
-            **({"damp_percent": args.damp} if method == "gptq" else {}),  # a GPTQ option (refused for others)
+            # GPTQ options (refused for other methods)
+            **({"damp_percent": args.damp, "calibration_dtype": args.mtk_dtype} if method == "gptq" else {}),
             **({"sym": True} if method == "rtn" else {}),  # GPTQ's grid
         )
         quantize(src, out, cfg, calibration=cal, device="cpu", overwrite=True)
     else:
+        import torch
         from gptqmodel import GPTQModel, QuantizeConfig
         from gptqmodel.quantization import FORMAT, METHOD
         from gptqmodel.utils.backend import BACKEND
@@ -86,7 +90,10 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
                 bits=4, group_size=args.group_size, sym=False, quant_method=METHOD.AWQ, format=FORMAT.GEMM
             )
             extra = {"backend": BACKEND.AWQ_TORCH}
-        model = GPTQModel.load(str(src), qc)
+        # "auto" is GPTQModel's default: bfloat16 on CPU (gptqmodel/utils/model.py auto_dtype), so its calibration
+        # forwards and the weights it quantizes are bfloat16 there; "float32" calibrates as mtk does.
+        dtype = args.peer_dtype if args.peer_dtype == "auto" else getattr(torch, args.peer_dtype)  # not a string
+        model = GPTQModel.load(str(src), qc, dtype=dtype)
         model.quantize(data, batch_size=1, **extra)
         model.save(str(out))
     return {"tool_s": time.perf_counter() - start}
@@ -167,6 +174,12 @@ def main() -> None:
         default=[],
         help="also score every checkpoint on this held-out text (repeatable; the KJV's second half is always first)",
     )
+    parser.add_argument(
+        "--mtk-dtype", default="float32", choices=("float32", "bfloat16"), help="mtk GPTQ's --calibration-dtype"
+    )
+    parser.add_argument(
+        "--peer-dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="GPTQModel.load's dtype"
+    )
     parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path)
@@ -214,6 +227,10 @@ def main() -> None:
         str(args.ctx),
         "--windows",
         str(args.windows),
+        "--peer-dtype",
+        args.peer_dtype,
+        "--mtk-dtype",
+        args.mtk_dtype,
     ]
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items() if k not in ("child",)}}
     texts = [str(ev), *(str(t.resolve()) for t in args.eval_text)]
