@@ -188,6 +188,7 @@ def quantize(
     static_groups: bool = False,
     act_group_aware: bool | None = None,
     damp_percent: float = 0.01,
+    calibration_dtype: str = "float32",
     bnb_quant_type: str = "nf4",
     bnb_double_quant: bool = False,
     format: str | None = None,  # noqa: A002 - the CLI's --format
@@ -211,7 +212,8 @@ def quantize(
     format's loader is installed) loads it in transformers before it is published. Impossible combinations raise
     UsageError before any work. Mixture-of-experts models are written as compressed-tensors unless ``format`` says
     otherwise (gptq and awq are refused for them: UnsupportedError); ``moe_calibration`` ("routed" or "all")
-    chooses the tokens each expert is calibrated on; ``smoothing_strength`` is SmoothQuant's migration strength,
+    chooses the tokens each expert is calibrated on; ``calibration_dtype`` ("float32" or "bfloat16", GPTQ) the dtype
+    the layers run in while calibrating; ``smoothing_strength`` is SmoothQuant's migration strength,
     ``signround_*`` SignRound's steps, learning rate (0: 1 / steps) and batch."""
     from mtk.artifacts import quantized
     from mtk.quantizers.config import QuantizeConfig
@@ -221,7 +223,8 @@ def quantize(
     try:
         cfg = QuantizeConfig(
             method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, static_groups=static_groups,
-            act_group_aware=act_group_aware, damp_percent=damp_percent, format=format, samples=samples,
+            act_group_aware=act_group_aware, damp_percent=damp_percent, calibration_dtype=calibration_dtype,
+            format=format, samples=samples,
             seq_len=seq_len, moe_calibration=moe_calibration, smoothing_strength=smoothing_strength,
             signround_iters=signround_iters, signround_lr=signround_lr, signround_batch=signround_batch,
             bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant,

@@ -11,10 +11,16 @@ Usage::
 
     .venv/bin/python scripts/bench_quantize.py                         # 32 x 512-token samples, 16 eval windows
     .venv/bin/python scripts/bench_quantize.py --samples 128 --json bench-quantize.json
+    # issue #17: 16 x 256 calibration tokens from the first 400 KB, 4 windows of each held-out text as well
+    .venv/bin/python scripts/heldout_texts.py /tmp/ho
+    .venv/bin/python scripts/bench_quantize.py --samples 16 --seq-len 256 --cal-chars 400000 --windows 4 \
+        --runs mtk-gptq,gptqmodel-gptq,mtk-rtn --eval-text /tmp/ho/licenses.txt --eval-text /tmp/ho/metadata.txt
 
 GPTQModel settings: ``QuantizeConfig(bits=4, group_size=64, sym=True, desc_act=False, damp_percent=...)`` for
-GPTQ (its other defaults kept, e.g. act_group_aware), and ``method=AWQ, format=GEMM, sym=False`` (AutoAWQ's
-zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend needs CUDA.
+GPTQ (its other defaults kept, e.g. act_group_aware; ``--peer-dtype`` is ``GPTQModel.load``'s dtype, whose
+``auto`` is bfloat16 on CPU: ``--mtk-dtype bfloat16`` calibrates mtk's GPTQ the same way), and ``method=AWQ,
+format=GEMM, sym=False`` (AutoAWQ's zero-point layout) with ``backend=AWQ_TORCH`` for AWQ: its default AWQ backend
+needs CUDA.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ CHILD_ENV = {
     "GPTQMODEL_CPU_WORKERS": "2",
     "OMP_WAIT_POLICY": "PASSIVE",
 }
-RUNS = (("mtk", "gptq"), ("gptqmodel", "gptq"), ("mtk", "awq"), ("gptqmodel", "awq"))
+RUNS = ("mtk-gptq", "gptqmodel-gptq", "mtk-awq", "gptqmodel-awq", "mtk-rtn")
+DEFAULT_RUNS = ",".join(RUNS[:4])
 TARGET_PPL = 1.005  # mtk's perplexity at most the peer's + 0.5%
 
 
@@ -59,10 +66,13 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
             group_size=args.group_size,
             samples=args.samples,
             seq_len=args.seq_len,
-            **({"damp_percent": args.damp} if method == "gptq" else {}),  # a GPTQ option (refused for others)
+            # GPTQ options (refused for other methods)
+            **({"damp_percent": args.damp, "calibration_dtype": args.mtk_dtype} if method == "gptq" else {}),
+            **({"sym": True} if method == "rtn" else {}),  # GPTQ's grid
         )
         quantize(src, out, cfg, calibration=cal, device="cpu", overwrite=True)
     else:
+        import torch
         from gptqmodel import GPTQModel, QuantizeConfig
         from gptqmodel.quantization import FORMAT, METHOD
         from gptqmodel.utils.backend import BACKEND
@@ -80,14 +90,18 @@ def quantize_child(tool: str, method: str, src: Path, out: Path, cal: Path, args
                 bits=4, group_size=args.group_size, sym=False, quant_method=METHOD.AWQ, format=FORMAT.GEMM
             )
             extra = {"backend": BACKEND.AWQ_TORCH}
-        model = GPTQModel.load(str(src), qc)
+        # "auto" is GPTQModel's default: bfloat16 on CPU (gptqmodel/utils/model.py auto_dtype), so its calibration
+        # forwards and the weights it quantizes are bfloat16 there; "float32" calibrates as mtk does.
+        dtype = args.peer_dtype if args.peer_dtype == "auto" else getattr(torch, args.peer_dtype)  # not a string
+        model = GPTQModel.load(str(src), qc, dtype=dtype)
         model.quantize(data, batch_size=1, **extra)
         model.save(str(out))
     return {"tool_s": time.perf_counter() - start}
 
 
-def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
-    """Runs in the child: perplexity of a checkpoint in transformers on ``args.windows`` windows of ``text``."""
+def eval_child(path: Path, texts: list[Path], args: argparse.Namespace) -> dict:
+    """Runs in the child: perplexity of a checkpoint in transformers on ``args.windows`` windows of each text
+    (``ppl``: the first text's, ``by_text``: each text's, by file stem)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,8 +109,6 @@ def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
     from mtk.bench.perplexity import perplexity, token_windows
 
     tok = AutoTokenizer.from_pretrained(str(path))
-    ids = tok(text.read_text(encoding="utf-8")[:400_000], add_special_tokens=False)["input_ids"]
-    windows = token_windows(ids, args.ctx, args.windows)
     quantized = (path / "quantize_config.json").exists()
     model = load_quantized(path) if quantized else AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
@@ -104,7 +116,13 @@ def eval_child(path: Path, text: Path, args: argparse.Namespace) -> dict:
         with torch.inference_mode():
             return model(torch.tensor([w])).logits[0].float()
 
-    return {"ppl": perplexity(logits, windows), "windows": len(windows), "tokens": sum(len(w) for w in windows)}
+    by_text = {}
+    for text in texts:
+        ids = tok(text.read_text(encoding="utf-8")[:400_000], add_special_tokens=False)["input_ids"]
+        windows = token_windows(ids, args.ctx, args.windows)
+        by_text[text.stem] = perplexity(logits, windows)
+    first = next(iter(by_text.values()))
+    return {"ppl": first, "by_text": by_text, "windows": len(windows), "tokens": sum(len(w) for w in windows)}
 
 
 def run_child(argv: list[str], log: Path) -> dict:
@@ -146,6 +164,23 @@ def main() -> None:
     parser.add_argument("--damp", type=float, default=0.01)
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument(
+        "--cal-chars", type=int, help="calibrate on the first N characters of the KJV's first half (default: all)"
+    )
+    parser.add_argument(
+        "--eval-text",
+        type=Path,
+        action="append",
+        default=[],
+        help="also score every checkpoint on this held-out text (repeatable; the KJV's second half is always first)",
+    )
+    parser.add_argument(
+        "--mtk-dtype", default="float32", choices=("float32", "bfloat16"), help="mtk GPTQ's --calibration-dtype"
+    )
+    parser.add_argument(
+        "--peer-dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="GPTQModel.load's dtype"
+    )
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs saved in --workdir")
@@ -157,7 +192,7 @@ def main() -> None:
             tool, method, src, out, cal = rest
             result = quantize_child(tool, method, Path(src), Path(out), Path(cal), args)
         else:
-            result = eval_child(Path(rest[0]), Path(rest[1]), args)
+            result = eval_child(Path(rest[0]), [Path(t) for t in rest[1:]], args)
         result["rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -165,7 +200,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cal_text, eval_text = bible_halves()
     cal, ev = work / "calibration.txt", work / "eval.txt"
-    cal.write_text(cal_text, encoding="utf-8")
+    cal.write_text(cal_text[: args.cal_chars], encoding="utf-8")
     ev.write_text(eval_text, encoding="utf-8")
     src = args.hf
     if src is None:
@@ -192,42 +227,54 @@ def main() -> None:
         str(args.ctx),
         "--windows",
         str(args.windows),
+        "--peer-dtype",
+        args.peer_dtype,
+        "--mtk-dtype",
+        args.mtk_dtype,
     ]
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items() if k not in ("child",)}}
-    results["float"] = cached_child([*common, "--child", "eval", str(src), str(ev)], work / "float-eval", args.reuse)
+    texts = [str(ev), *(str(t.resolve()) for t in args.eval_text)]
+    results["float"] = cached_child([*common, "--child", "eval", str(src), *texts], work / "float-eval", args.reuse)
     print(f"float32 reference: ppl {results['float']['ppl']:.4f}", file=sys.stderr)
-    for tool, method in RUNS:
+    runs = args.runs.split(",")
+    if unknown := set(runs) - set(RUNS):
+        sys.exit(f"unknown --runs {sorted(unknown)}: choose from {', '.join(RUNS)}")
+    for run in runs:
+        tool, method = run.split("-")
         out = work / f"{tool}-{method}"
         q = cached_child(
             [*common, "--child", "quantize", tool, method, str(src), str(out), str(cal)],
             work / f"{tool}-{method}-quantize",
             args.reuse,
         )
-        e = cached_child([*common, "--child", "eval", str(out), str(ev)], work / f"{tool}-{method}-eval", args.reuse)
+        e = cached_child([*common, "--child", "eval", str(out), *texts], work / f"{tool}-{method}-eval", args.reuse)
         results[f"{tool}-{method}"] = {"quantize": q, "eval": e}
         print(
             f"{tool:9s} {method}: {q['wall_s']:.1f} s wall, {q['peak_rss_mib']:.0f} MiB peak, ppl {e['ppl']:.4f}",
             file=sys.stderr,
         )
-    report(results)
+    report(results, runs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-def report(results: dict[str, Any]) -> None:
+def report(results: dict[str, Any], runs: list[str]) -> None:
     ref = results["float"]["ppl"]
     print(
         f"\nfloat32 perplexity {ref:.4f} ({results['float']['windows']} windows, {results['float']['tokens']} tokens)"
     )
     print(f"{'method':6s} {'tool':10s} {'ppl':>9s} {'vs float':>9s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s}")
+    for run in runs:
+        tool, method = run.split("-")
+        r = results[run]
+        q, e = r["quantize"], r["eval"]
+        print(
+            f"{method:6s} {tool:10s} {e['ppl']:9.4f} {e['ppl'] / ref - 1:+9.2%} {q['wall_s']:8.1f} "
+            f"{q['cpu_s']:8.1f} {q['peak_rss_mib']:9.0f}"
+        )
     for method in ("gptq", "awq"):
-        for tool in ("mtk", "gptqmodel"):
-            r = results[f"{tool}-{method}"]
-            q, e = r["quantize"], r["eval"]
-            print(
-                f"{method:6s} {tool:10s} {e['ppl']:9.4f} {e['ppl'] / ref - 1:+9.2%} {q['wall_s']:8.1f} "
-                f"{q['cpu_s']:8.1f} {q['peak_rss_mib']:9.0f}"
-            )
+        if f"mtk-{method}" not in results or f"gptqmodel-{method}" not in results:
+            continue
         m, p = results[f"mtk-{method}"], results[f"gptqmodel-{method}"]
         ppl_ratio = m["eval"]["ppl"] / p["eval"]["ppl"]
         time_ratio = p["quantize"]["wall_s"] / m["quantize"]["wall_s"]
@@ -237,6 +284,13 @@ def report(results: dict[str, Any]) -> None:
             f"  {method}: mtk/peer ppl {ppl_ratio:.4f}, peer/mtk wall time {time_ratio:.2f}x, "
             f"mtk/peer peak RSS {rss_ratio:.2f} -> {verdict} the targets (ppl <= peer +0.5%, time <= peer's)"
         )
+    names = list(results["float"].get("by_text", {}))
+    if len(names) > 1:
+        print(f"\nperplexity by text ({results['float']['windows']} windows of {results['settings']['ctx']} tokens)")
+        print(f"{'run':16s} " + " ".join(f"{n[:12]:>12s}" for n in names))
+        for run in ["float", *runs]:
+            by = (results[run] if run == "float" else results[run]["eval"])["by_text"]
+            print(f"{run:16s} " + " ".join(f"{by[n]:12.4f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ def test_config_validation() -> None:
         {"method": "rtn", "act_group_aware": True},
         {"method": "rtn", "desc_act": True},  # an option RTN does not read
         {"method": "awq", "damp_percent": 0.1},
+        {"calibration_dtype": "float16"},
+        {"method": "awq", "calibration_dtype": "bfloat16"},  # a GPTQ option
         {"method": "squeezeq"},  # not registered
         {"format": "exl2"},
         {"bits": 4, "group_size": 16},  # GPTQModel's int4 CPU kernel takes groups of 32 to 256
@@ -420,6 +422,27 @@ def test_peak_memory_is_one_layer_not_the_model(tmp_path: Path, calibration: Pat
     grown = 14 * layer
     # Fourteen more layers (~180 MiB of float32 weights) may cost no more than a few layers.
     assert deltas[16] - deltas[2] < 0.25 * grown, (deltas, grown)
+
+
+def test_gptq_calibrates_in_bfloat16_as_gptqmodel_does_on_cpu(
+    tiny_models: dict, tmp_path: Path, calibration: Path
+) -> None:
+    """``calibration_dtype="bfloat16"``: the layers (weights cast from the checkpoint) and their activations are
+    bfloat16 while calibrating, as GPTQModel's CPU default; the grids change a little, not much."""
+    from mtk.formats.checkpoint import HFCheckpoint
+    from mtk.quantizers.layerwise import LayerwiseModel
+
+    src = tiny_models["llama"]
+    layer = LayerwiseModel(src, torch.device("cpu"), dtype=torch.bfloat16).load_layer(0)
+    assert {p.dtype for p in layer.parameters()} == {torch.bfloat16}
+    scales = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = QuantizeConfig(group_size=32, samples=4, seq_len=64, calibration_dtype=dtype)
+        assert cfg.options.calibration_dtype == dtype and QuantizeConfig.from_dict(cfg.to_dict()) == cfg
+        quantize(src, tmp_path / dtype, cfg, calibration=calibration, device="cpu")
+        scales[dtype] = HFCheckpoint(tmp_path / dtype).get("model.layers.0.mlp.down_proj.scales").float()
+    rel = ((scales["bfloat16"] - scales["float32"]).abs() / scales["float32"]).max()
+    assert 0 < rel < 0.05, rel
 
 
 def test_api_output_matches_cli_layout(tiny_models: dict, tmp_path: Path) -> None:

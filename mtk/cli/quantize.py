@@ -4,7 +4,7 @@ bitsandbytes loaders."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -13,6 +13,7 @@ from mtk.quantizers import FORMATS, QUANTIZERS
 from mtk.quantizers.config import MOE_CALIBRATIONS, allowed
 from mtk.quantizers.methods import DEFAULT_GROUP_SIZE
 from mtk.quantizers.methods.bnb import QUANT_TYPES
+from mtk.quantizers.methods.gptq import CalibrationDtype
 
 
 def _method_help() -> str:
@@ -83,6 +84,13 @@ def quantize_command(
     damp_percent: Annotated[
         float, typer.Option(help="GPTQ Hessian dampening, a fraction of its mean diagonal.")
     ] = 0.01,
+    calibration_dtype: Annotated[
+        str,
+        typer.Option(
+            help="GPTQ: the dtype the layers run in while calibrating; bfloat16 reproduces GPTQModel on CPU.",
+            metavar=f"<{'|'.join(get_args(CalibrationDtype))}>",
+        ),
+    ] = "float32",
     bnb_quant_type: Annotated[
         str,
         typer.Option(
@@ -142,7 +150,8 @@ def quantize_command(
         result = quantize(
             model, output, method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
             static_groups=static_groups, act_group_aware=act_group_aware, damp_percent=damp_percent,
-            bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant, format=format_,
+            calibration_dtype=calibration_dtype, bnb_quant_type=bnb_quant_type, bnb_double_quant=bnb_double_quant,
+            format=format_,
             calibration=calibration, samples=samples, seq_len=seq_len, moe_calibration=moe_calibration,
             smoothing_strength=smoothing_strength, signround_iters=signround_iters, signround_lr=signround_lr,
             signround_batch=signround_batch, device=device.value, verify=verify, overwrite=overwrite,

@@ -33,10 +33,10 @@ class QuantizeConfig:
     default to the method's. ``group_size`` -1 means one scale per output channel over the whole input; None: the
     method's default at that width (128; bnb: its 4-bit block of 64, and one absmax per row at 8 bits; fp8 and
     smoothquant: per channel). ``sym`` stores the zero point at the middle of the range (GPTQ's default); AWQ's
-    default is asymmetric. ``damp_percent``,
-    ``desc_act``, ``static_groups``, ``act_group_aware`` and ``true_sequential`` are GPTQ's options (see
-    ``methods.gptq.GPTQConfig``). ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer
-    is calibrated on: ``routed`` (those its router sends it) or ``all`` (every token of its layer).
+    default is asymmetric. ``damp_percent``, ``desc_act``, ``static_groups``, ``act_group_aware``,
+    ``true_sequential`` and ``calibration_dtype`` are GPTQ's options (see ``methods.gptq.GPTQConfig``).
+    ``moe_calibration`` chooses the tokens each expert of a mixture-of-experts layer is calibrated on: ``routed``
+    (those its router sends it) or ``all`` (every token of its layer).
     ``bnb_quant_type`` and ``bnb_double_quant`` are the bnb method's (see ``methods.bnb.BnBConfig``),
     ``smoothing_strength`` SmoothQuant's (``methods.smoothquant.SmoothQuantConfig``), ``signround_iters``,
     ``signround_lr`` and ``signround_batch`` SignRound's (``methods.signround.SignRoundConfig``).
@@ -51,6 +51,7 @@ class QuantizeConfig:
     act_group_aware: bool | None = None
     damp_percent: float = 0.01
     true_sequential: bool = True
+    calibration_dtype: str = "float32"
     format: str | None = None
     samples: int = 128
     seq_len: int = 512

@@ -193,7 +193,9 @@ def quantize(
         )
     if cfg.needs_calibration and calibration is None:
         raise UsageError(f"--method {cfg.method} needs --calibration FILE (text, JSONL or Parquet)")
-    lw = LayerwiseModel(model_dir, dev, ckpt, plan)
+    # A method's options may name the dtype its layers calibrate in (GPTQ's calibration_dtype); float32 otherwise.
+    dtype = getattr(torch, getattr(cfg.options, "calibration_dtype", "float32"))
+    lw = LayerwiseModel(model_dir, dev, ckpt, plan, dtype)
     n_layers = len(lw.layers)
     n_experts = expert_count(plan, lw.config)
     plans = layer_plans(model_type, getattr(lw.config, "layer_types", None), n_layers)

@@ -93,7 +93,9 @@ class LayerwiseModel:
         device: torch.device,
         ckpt: HFCheckpoint | None = None,
         plan: LayerPlan | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        """``dtype``: of the layers' weights and activations while calibrating (the checkpoint's are cast to it)."""
         from transformers import AutoModelForCausalLM
 
         self.ckpt = ckpt or HFCheckpoint(model_dir)
@@ -101,7 +103,7 @@ class LayerwiseModel:
         self.config = self.ckpt.transformers_config(gated_q=_gated_q(self.ckpt))
         try:
             with torch.device("meta"):
-                self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
+                self.model = AutoModelForCausalLM.from_config(self.config, dtype=dtype)
         # Values transformers loads but cannot build with: a negative width, an unknown activation, a padding id
         # past the vocabulary (torch asserts).
         except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
