@@ -48,6 +48,14 @@ def bible_text() -> str:
 
 
 @pytest.fixture(scope="session")
+def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
+    """Calibration text for the quantize tests: the first 100 KB of the Bible (a module may define its own)."""
+    path = tmp_path_factory.mktemp("cal") / "cal.txt"
+    path.write_text(bible_text[:100_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2 imported once for the session (verification is tested separately)."""
     from mtk.converters.gguf_to_hf import gguf_import

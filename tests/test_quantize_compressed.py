@@ -27,13 +27,6 @@ ct = pytest.importorskip("compressed_tensors")
 CT = "compressed-tensors"
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "cal.txt"
-    path.write_text(bible_text[:100_000], encoding="utf-8")
-    return path
-
-
 def _scheme(cfg: QuantizeConfig):  # noqa: ANN202 - a compressed_tensors QuantizationScheme
     from compressed_tensors.quantization import QuantizationScheme
 

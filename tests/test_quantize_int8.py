@@ -23,13 +23,6 @@ INT8 = FORMATS.get("compressed-tensors-int8")
 W8A8 = "compressed-tensors-int8"
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "cal.txt"
-    path.write_text(bible_text[:100_000], encoding="utf-8")
-    return path
-
-
 def _scheme(cfg: QuantizeConfig):  # noqa: ANN202 - a compressed_tensors QuantizationScheme
     from compressed_tensors.quantization import QuantizationScheme
 

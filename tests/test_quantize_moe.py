@@ -19,13 +19,6 @@ pytest.importorskip("compressed_tensors")
 CT = "compressed-tensors"
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "cal.txt"
-    path.write_text(bible_text[:100_000], encoding="utf-8")
-    return path
-
-
 def _float_routing(src: Path, calibration: Path, samples: int, seq_len: int) -> list[list[int]]:
     """Tokens each expert's router picks per layer, in the float model run by transformers itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -143,13 +143,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "cal.txt"
-    path.write_text(bible_text[:100_000], encoding="utf-8")
-    return path
-
-
 def _held_weights(path: Path) -> dict[str, torch.Tensor]:
     """Each quantized Linear's weight as mtk reads the files (``unpack``), by module name."""
     from mtk.formats.checkpoint import HFCheckpoint

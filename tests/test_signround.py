@@ -15,13 +15,6 @@ from mtk.quantizers.grid import rtn
 from mtk.quantizers.signround import signround_layer, tuned_grid
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory: pytest.TempPathFactory, bible_text: str) -> Path:
-    path = tmp_path_factory.mktemp("cal") / "cal.txt"
-    path.write_text(bible_text[:100_000], encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("bits", [4, 3])
 def test_untuned_asymmetric_grid_is_rtn(bits: int) -> None:
     """With offsets 0 and coefficients 1 the asymmetric grid is GPTQ's min-max grid (RTN), code for code."""
