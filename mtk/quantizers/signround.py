@@ -88,6 +88,44 @@ class _TunedWeight(nn.Module):
         return QuantizedLinear(codes.reshape(out, cols), scale.reshape(out, -1), zero.reshape(out, -1), g_idx)
 
 
+def _descend(
+    layer: nn.Module,
+    tuned: dict[str, _TunedWeight],
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    kwargs: dict[str, Any],
+    iters: int,
+    lr: float,
+    batch: int,
+) -> tuple[float, float]:
+    """``iters`` signed-gradient steps on the tuned parameters, the learning rate decaying linearly from ``lr`` to 0;
+    leaves them at the step with the lowest batch loss. Returns the first and the lowest loss."""
+    params = [p for t in tuned.values() for p in t.parameters()]
+    gen = torch.Generator().manual_seed(SEED)
+    order: list[int] = []
+    first, best, best_state = None, float("inf"), [p.detach().clone() for p in params]
+    for i in range(iters):
+        if len(order) < batch:
+            order += torch.randperm(len(xs), generator=gen).tolist()
+        picked, order = order[:batch], order[batch:]
+        x, y = torch.cat([xs[k] for k in picked]), torch.cat([ys[k] for k in picked])
+        loss = torch.nn.functional.mse_loss(layer_output(layer, x, kwargs), y)
+        value = float(loss.detach())
+        first = value if first is None else first
+        if value < best:  # the parameters this loss was measured with (before this step)
+            best, best_state = value, [p.detach().clone() for p in params]
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(lr * (1 - i / iters) * torch.sign(g))
+        for t in tuned.values():
+            t.clamp_()
+    with torch.no_grad():
+        for p, saved in zip(params, best_state, strict=True):
+            p.copy_(saved)
+    return float(first or 0.0), best
+
+
 def signround_layer(
     layer: nn.Module,
     names: list[str],
@@ -114,32 +152,8 @@ def signround_layer(
         lin = layer.get_submodule(name)
         tuned[name] = _TunedWeight(lin.weight.data.float(), bits, group_size, sym)
         parametrize.register_parametrization(lin, "weight", tuned[name], unsafe=True)
-    params = [p for t in tuned.values() for p in t.parameters()]
-    step0 = 1.0 / iters if lr is None else lr
-    gen = torch.Generator().manual_seed(SEED)
-    order: list[int] = []
-    best, first, best_state = float("inf"), None, [p.detach().clone() for p in params]
     try:
-        for i in range(iters):
-            if len(order) < batch:
-                order += torch.randperm(len(xs), generator=gen).tolist()
-            picked, order = order[:batch], order[batch:]
-            x, y = torch.cat([xs[k] for k in picked]), torch.cat([ys[k] for k in picked])
-            loss = torch.nn.functional.mse_loss(layer_output(layer, x, kwargs), y)
-            value = float(loss.detach())
-            first = value if first is None else first
-            if value < best:  # the parameters this loss was measured with (before this step)
-                best, best_state = value, [p.detach().clone() for p in params]
-            grads = torch.autograd.grad(loss, params)
-            step = step0 * (1 - i / iters)
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p.sub_(step * torch.sign(g))
-            for t in tuned.values():
-                t.clamp_()
-        with torch.no_grad():
-            for p, saved in zip(params, best_state, strict=True):
-                p.copy_(saved)
+        first, best = _descend(layer, tuned, xs, ys, kwargs, iters, 1.0 / iters if lr is None else lr, batch)
         result = {}
         for name, t in tuned.items():
             lin = layer.get_submodule(name)
@@ -150,4 +164,4 @@ def signround_layer(
             parametrize.remove_parametrizations(layer.get_submodule(name), "weight", leave_parametrized=False)
     for name, q in result.items():
         layer.get_submodule(name).weight.data = q.dequantize().to(layer.get_submodule(name).weight.dtype)
-    return result, {"first_loss": float(first or 0.0), "best_loss": best}
+    return result, {"first_loss": first, "best_loss": best}
