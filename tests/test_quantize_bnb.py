@@ -263,7 +263,8 @@ def test_every_dense_family_loads_back(family: str, tiny_models: dict, tmp_path:
 
 def test_mixture_of_experts_models_are_refused(tiny_models: dict, tmp_path: Path) -> None:
     r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "o"), "--method", "bnb")
-    assert r.returncode == 2 and "bnb writes the formats bitsandbytes" in r.stderr, r.stderr
+    # bnb writes no format whose runtime loads per-expert weights back: refused (unsupported), naming the method
+    assert r.returncode == 3 and "--method bnb writes no format whose runtime loads per-expert" in r.stderr, r.stderr
     r = run_mtk("quantize", str(tiny_models["qwen2moe"]), "-o", str(tmp_path / "o"), "--format", "bitsandbytes")
     assert r.returncode == 2 and "use --method bnb" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
