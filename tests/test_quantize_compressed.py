@@ -19,8 +19,8 @@ from mtk.quantizers.compressed import pack_compressed, pack_rows, unpack_compres
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import check_shape, quantize
 from mtk.quantizers.formats.compressed_tensors import quantization_config
-from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import rtn
+from mtk.quantizers.linear import QuantizedLinear
 
 ct = pytest.importorskip("compressed_tensors")
 

@@ -14,7 +14,7 @@ from conftest import run_mtk
 from mtk.quantizers.activations import int8_dynamic
 from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.formats import FORMATS
-from mtk.quantizers.gptq import round_to_nearest
+from mtk.quantizers.linear import round_to_nearest
 from mtk.quantizers.smoothquant import smoothing_scales
 
 ct = pytest.importorskip("compressed_tensors")

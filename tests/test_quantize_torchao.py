@@ -17,7 +17,7 @@ from mtk.quantizers.config import QuantizeConfig
 from mtk.quantizers.engine import STORED_FLOAT
 from mtk.quantizers.formats import FORMATS, format_of
 from mtk.quantizers.formats.torchao import DEQUANT_DTYPE
-from mtk.quantizers.gptq import round_to_nearest
+from mtk.quantizers.linear import round_to_nearest
 
 pytest.importorskip("torchao")
 

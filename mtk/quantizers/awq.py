@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from mtk.converters.family import LayerPlan, ScaleGroup
-from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import fit_awq, from_codes, grouped, to_codes
 from mtk.quantizers.layerwise import layer_output
+from mtk.quantizers.linear import QuantizedLinear
 from mtk.quantizers.plan import scale_groups, stages
 
 N_GRID = 20

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtk.quantizers.gptq import QuantizedLinear
+from mtk.quantizers.linear import QuantizedLinear
 
 # bitsandbytes' get_4bit_type("nf4"): the 16 quantiles of N(0, 1) normalised to [-1, 1], with an exact zero
 # (QLoRA's appendix). Stored in the checkpoint as ``weight.quant_map``.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from mtk.errors import UsageError
-from mtk.quantizers.gptq import QuantizedLinear
+from mtk.quantizers.linear import QuantizedLinear
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max

@@ -13,37 +13,19 @@ gain, with a natural ``g_idx`` that every kernel reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mtk.errors import MtkError
-from mtk.quantizers.grid import fit_gptq, from_codes, rtn, to_codes
+from mtk.quantizers.grid import fit_gptq, from_codes, to_codes
 from mtk.quantizers.layerwise import _Stop, forward_all
+from mtk.quantizers.linear import QuantizedLinear, round_to_nearest
 
 if TYPE_CHECKING:
     from mtk.converters.family import LayerPlan
     from mtk.quantizers.config import QuantizeConfig
-
-
-@dataclass
-class QuantizedLinear:
-    """Integer codes ``(out, in)``, per-group ``scale``/``zero`` ``(out, n_groups)`` and ``g_idx`` ``(in,)``.
-
-    ``fallback`` says why the method's own result was not used or was changed ("" when it was), e.g. a MoE expert
-    that no calibration token reached, rounded to nearest instead."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    zero: torch.Tensor
-    g_idx: torch.Tensor
-    fallback: str = ""
-
-    def dequantize(self) -> torch.Tensor:
-        g = self.g_idx.long()
-        return self.scale[:, g] * (self.codes - self.zero[:, g])
 
 
 def hessian_update(h: torch.Tensor, x: torch.Tensor) -> int:
@@ -74,14 +56,6 @@ def inverse_factor(h: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, 
                 return upper, tries
         damp = damp * 10
     raise HessianError("GPTQ: the layer's Hessian is not positive definite even with strong dampening")
-
-
-def round_to_nearest(w: torch.Tensor, bits: int, group_size: int, sym: bool, fallback: str = "") -> QuantizedLinear:
-    """RTN on GPTQ's grid (``grid.rtn``), natural groups."""
-    codes, scale, zero = rtn(w, bits, group_size, sym)
-    gs = w.shape[1] if group_size == -1 else group_size
-    g_idx = (torch.arange(w.shape[1], device=w.device) // gs).to(torch.int32)
-    return QuantizedLinear(codes, scale, zero, g_idx, fallback)
 
 
 def column_order(diag: torch.Tensor, group_size: int, *, desc_act: bool, act_group_aware: bool) -> torch.Tensor:

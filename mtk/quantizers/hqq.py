@@ -31,7 +31,7 @@ import torch
 from mtk.quantizers.grid import grouped, max_code
 
 if TYPE_CHECKING:
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 LP_NORM = 0.7
 BETA = 10.0
@@ -77,7 +77,7 @@ def fit_hqq(w: torch.Tensor, bits: int, min_zero: int = 1) -> tuple[torch.Tensor
 
 def hqq_linear(w: torch.Tensor, bits: int, group_size: int) -> QuantizedLinear:
     """A Linear weight ``(out, in)`` on HQQ's grids, natural groups."""
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
     out, cols = w.shape
     rows = grouped(w.float(), group_size)

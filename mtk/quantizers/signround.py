@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from mtk.quantizers.gptq import QuantizedLinear
 from mtk.quantizers.grid import grouped, max_code
 from mtk.quantizers.layerwise import layer_output
+from mtk.quantizers.linear import QuantizedLinear
 
 SEED = 0  # the batch order: deterministic bytes
 

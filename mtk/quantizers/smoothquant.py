@@ -17,7 +17,7 @@ from torch import nn
 
 from mtk.converters.family import LayerPlan
 from mtk.quantizers.awq import apply_scales
-from mtk.quantizers.gptq import QuantizedLinear, round_to_nearest
+from mtk.quantizers.linear import QuantizedLinear, round_to_nearest
 from mtk.quantizers.plan import linear_names, scale_groups
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 # name -> (dtype, shape) of each tensor stored for one Linear, in write order
 PackedShapes = dict[str, tuple["torch.dtype", tuple[int, ...]]]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.formats import PackedShapes
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 
 def refuse(cfg: QuantizeConfig) -> str | None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 
 def refuse(cfg: QuantizeConfig) -> str | None:

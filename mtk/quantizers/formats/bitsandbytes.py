@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 # bitsandbytes' valid 4-bit block sizes (quantize_4bit), as group sizes; 8 bits: one absmax per row.
 GROUP_SIZES = {4: (32, 64, 128, 256, 512, 1024, 2048, 4096), 8: (-1,)}

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 # The compressed-tensors release whose layout and config keys this module writes (and its tests read back).
 FORMAT_VERSION = "0.20.0"

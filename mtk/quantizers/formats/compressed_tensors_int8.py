@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 FORMAT = "int-quantized"
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
+    from mtk.quantizers.linear import QuantizedLinear
 
 SUBCLASS = "IntxUnpackedToInt8Tensor"
 QDATA, SCALE, ZERO = "_weight_qdata", "_weight_scale", "_weight_zero_point"

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
     from mtk.converters.family import LayerPlan
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
     from mtk.quantizers.layerwise import LayerwiseModel
+    from mtk.quantizers.linear import QuantizedLinear
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
     from mtk.converters.family import LayerPlan
     from mtk.quantizers.config import QuantizeConfig
-    from mtk.quantizers.gptq import QuantizedLinear
     from mtk.quantizers.layerwise import LayerwiseModel
+    from mtk.quantizers.linear import QuantizedLinear
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def quantize_layer(
     lw: LayerwiseModel, i: int, plan: LayerPlan, cfg: QuantizeConfig, inputs: list[torch.Tensor], kwargs: dict[str, Any]
 ) -> LayerResult:
     """Weights straight from the checkpoint, rounded."""
-    from mtk.quantizers.gptq import round_to_nearest
+    from mtk.quantizers.linear import round_to_nearest
 
     return from_checkpoint(lw, i, plan, lambda w: round_to_nearest(w, cfg.bits, cfg.group_size, bool(cfg.sym)))
 
