@@ -224,6 +224,23 @@ def _expert_names(family: Any, mod_name: str) -> tuple[str, str, str]:
     return by_role["ffn_gate_exps"], by_role["ffn_up_exps"], by_role["ffn_down_exps"]
 
 
+def run_windows(
+    model: torch.nn.Module, windows: torch.Tensor, hooks: list[Any], progress: Progress | None = None
+) -> None:
+    """Run ``model`` on int64 ``windows`` (n, seq_len), one window per forward, for its forward ``hooks`` (their
+    handles), which are removed afterwards even when a forward fails."""
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for i, ids in enumerate(windows):
+                model(ids[None].to(device), use_cache=False)
+                if progress:
+                    progress(i + 1, len(windows), f"chunk {i + 1}")
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def collect_imatrix(
     model: torch.nn.Module,
     family: Any,
@@ -257,15 +274,7 @@ def collect_imatrix(
             hooks.append(module.register_forward_pre_hook(acc))
     if (family.expert_tensors or family.derived) and not experts:
         raise UnsupportedError(f"{family.gguf_arch}: the model's expert modules are not the fused kind mtk reads")
-    try:
-        with torch.inference_mode():
-            for i, ids in enumerate(windows):
-                model(ids[None].to(device), use_cache=False)
-                if progress:
-                    progress(i + 1, len(windows), f"chunk {i + 1}")
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_windows(model, windows, hooks, progress)
     out = Imatrix(datasets=[dataset] if dataset else [], chunk_count=len(windows), chunk_size=windows.shape[1])
     for name, acc in accs.items():
         if acc.sums is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from gguf import GGMLQuantizationType
 
-from mtk.converters.imatrix import Imatrix, matrix_gguf_names
+from mtk.converters.imatrix import Imatrix, matrix_gguf_names, run_windows
 from mtk.errors import UnsupportedError
 from mtk.kernels.codes import CODE_BYTES
 from mtk.quantizers.gguf_gptq import gptq_or_plain, output_error
@@ -104,18 +104,9 @@ def collect_hessians(
     if not names:
         raise UnsupportedError(f"no block matrices of {family.gguf_arch} found among the model's modules")
     modules = dict(model.named_modules())
-    device = next(model.parameters()).device
     accs = {gguf_name: _Accumulator(first_token_weight) for gguf_name in names.values()}
     hooks = [modules[m].register_forward_pre_hook(accs[g]) for m, g in names.items()]
-    try:
-        with torch.inference_mode():
-            for i, ids in enumerate(windows):
-                model(ids[None].to(device), use_cache=False)
-                if progress:
-                    progress(i + 1, len(windows), f"chunk {i + 1}")
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_windows(model, windows, hooks, progress)
     out = Hessians(
         dataset=dataset, windows=len(windows), seq_len=int(windows.shape[1]), first_token_weight=first_token_weight
     )
