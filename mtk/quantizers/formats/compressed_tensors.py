@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtk.errors import EnvironmentProblem, UsageError
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, MoeSupport, PackedShapes, group_label
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, MoeSupport, PackedShapes, float_tolerance, group_label
 
 if TYPE_CHECKING:
     import torch
 
-    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.linear import QuantizedLinear
 
@@ -208,15 +207,6 @@ def load(path: Path) -> Any:
     return model
 
 
-def tolerance(qc: dict[str, Any]) -> Tolerance:
-    from mtk.compare import Tolerance
-
-    # compressed-tensors unpacks to float Linears: symmetric checkpoints (kept packed until the first forward, then
-    # dequantized with the float32 scales of the model) match the files' weights exactly (measured KL 0, max |diff|
-    # 0 on SmolLM2); asymmetric ones are dequantized at load time in the checkpoint's float16, measured KL 3e-6.
-    return Tolerance(kl_mean=1e-4, top1=0.95)
-
-
 def label(qc: dict[str, Any]) -> str:
     """``compressed-tensors 4-bit g128``: bits and group size from the config group's weight arguments."""
     weights = scheme_weights(qc)
@@ -243,7 +233,10 @@ COMPRESSED_TENSORS = FORMATS.add(
         runtime_available=available,
         runtime_module="compressed_tensors",
         load=load,
-        tolerance=tolerance,
+        # compressed-tensors unpacks to float Linears: symmetric checkpoints (kept packed until the first forward, then
+        # dequantized with the float32 scales of the model) match the files' weights exactly (measured KL 0, max |diff|
+        # 0 on SmolLM2); asymmetric ones are dequantized at load time in the checkpoint's float16, measured KL 3e-6.
+        tolerance=float_tolerance,
         label=label,
         moe=MoeSupport(config=moe_config, refuse=moe_refuse),
         keep_float=keep_float,

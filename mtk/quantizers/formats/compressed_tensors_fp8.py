@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.formats import FORMATS, CheckpointFormat
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, float_tolerance
 from mtk.quantizers.formats import compressed_tensors as ct
 from mtk.quantizers.formats._fp8 import Fp8Tensors, refuse
 
 if TYPE_CHECKING:
-    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
 
 FORMAT = "float-quantized"
@@ -67,14 +66,6 @@ def label(qc: dict[str, Any]) -> str:
     return "compressed-tensors e4m3 " + (f"block{block[0]}" if block else "channel")
 
 
-def tolerance(qc: dict[str, Any]) -> Tolerance:
-    from mtk.compare import Tolerance
-
-    # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
-    # float32 rounding where the two order their operations differently.
-    return Tolerance(kl_mean=1e-4, top1=0.95)
-
-
 COMPRESSED_TENSORS_FP8 = FORMATS.add(
     "compressed-tensors-fp8",
     CheckpointFormat(
@@ -95,7 +86,9 @@ COMPRESSED_TENSORS_FP8 = FORMATS.add(
         runtime_available=ct.available,
         runtime_module="compressed_tensors",
         load=ct.load,
-        tolerance=tolerance,
+        # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
+        # float32 rounding where the two order their operations differently.
+        tolerance=float_tolerance,
         label=label,
         activations=activations,
         keep_float=ct.keep_float,

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes, float_tolerance
 from mtk.quantizers.formats import compressed_tensors as ct
 
 if TYPE_CHECKING:
     import torch
 
-    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.linear import QuantizedLinear
 
@@ -85,14 +84,6 @@ def label(qc: dict[str, Any]) -> str:
     return "compressed-tensors int8 w8a8"
 
 
-def tolerance(qc: dict[str, Any]) -> Tolerance:
-    from mtk.compare import Tolerance
-
-    # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
-    # float32 rounding where the two order their operations differently.
-    return Tolerance(kl_mean=1e-4, top1=0.95)
-
-
 COMPRESSED_TENSORS_INT8 = FORMATS.add(
     "compressed-tensors-int8",
     CheckpointFormat(
@@ -113,7 +104,9 @@ COMPRESSED_TENSORS_INT8 = FORMATS.add(
         runtime_available=ct.available,
         runtime_module="compressed_tensors",
         load=ct.load,
-        tolerance=tolerance,
+        # The verifier's float model quantizes the Linear inputs as the runtime does (``activations``): what remains is
+        # float32 rounding where the two order their operations differently.
+        tolerance=float_tolerance,
         label=label,
         activations=activations,
         keep_float=ct.keep_float,

@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtk.quantizers.formats import FORMATS, CheckpointFormat
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, float_tolerance
 from mtk.quantizers.formats._fp8 import Fp8Tensors
 from mtk.quantizers.formats._fp8 import refuse as fp8_refuse
 
 if TYPE_CHECKING:
-    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
 
 
@@ -69,13 +68,6 @@ def load(path: Path) -> Any:
     )
 
 
-def tolerance(qc: dict[str, Any]) -> Tolerance:
-    from mtk.compare import Tolerance
-
-    # Dequantized at load time to exactly weight * scale in float32: the files' own weights.
-    return Tolerance(kl_mean=1e-4, top1=0.95)
-
-
 def label(qc: dict[str, Any]) -> str:
     """``fp8 e4m3 block128``."""
     block = qc.get("weight_block_size")
@@ -102,7 +94,8 @@ FINEGRAINED_FP8 = FORMATS.add(
         runtime_available=available,
         runtime_module="transformers",
         load=load,
-        tolerance=tolerance,
+        # Dequantized at load time to exactly weight * scale in float32: the files' own weights.
+        tolerance=float_tolerance,
         label=label,
     ),
 )

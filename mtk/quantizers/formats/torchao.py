@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtk.errors import EnvironmentProblem
-from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes, StoredTensor, group_label
+from mtk.quantizers.formats import FORMATS, CheckpointFormat, PackedShapes, StoredTensor, float_tolerance, group_label
 
 if TYPE_CHECKING:
     import torch
 
-    from mtk.compare import Tolerance
     from mtk.quantizers.config import QuantizeConfig
     from mtk.quantizers.linear import QuantizedLinear
 
@@ -186,14 +185,6 @@ def load(path: Path) -> Any:
     return model.to(torch.float32)
 
 
-def tolerance(qc: dict[str, Any]) -> Tolerance:
-    from mtk.compare import Tolerance
-
-    # torchao dequantizes each Linear in torch ((qdata - zero_point) * scale, as mtk's unpack) and runs a float
-    # Linear: what remains is float32 rounding where the two order their operations differently.
-    return Tolerance(kl_mean=1e-4, top1=0.95)
-
-
 TORCHAO = FORMATS.add(
     "torchao",
     CheckpointFormat(
@@ -214,7 +205,9 @@ TORCHAO = FORMATS.add(
         runtime_available=available,
         runtime_module="torchao",
         load=load,
-        tolerance=tolerance,
+        # torchao dequantizes each Linear in torch ((qdata - zero_point) * scale, as mtk's unpack) and runs a float
+        # Linear: what remains is float32 rounding where the two order their operations differently.
+        tolerance=float_tolerance,
         label=label,
         safetensors_metadata=safetensors_metadata,
     ),
